@@ -1,0 +1,78 @@
+"""One error base class; each subclass says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class QledgerError(Exception):
+    """Base class of every error qledger raises on purpose."""
+
+    #: One line for a person: what to do next.
+    hint: str = ""
+
+    def one_line(self) -> str:
+        text = str(self).replace("\n", " ")
+        return f"{text} ({self.hint})" if self.hint else text
+
+
+class StoreUnavailableError(QledgerError):
+    """The store URL is malformed or its database does not answer."""
+
+    hint = "check --store / $QLEDGER_STORE and that the database is running"
+
+
+class StoreNotInitialisedError(QledgerError):
+    """The store has no genesis entry yet."""
+
+    hint = "run `qledger init` first"
+
+
+class RejectedEntryError(QledgerError):
+    """An entry was refused before anything was written."""
+
+    hint = "nothing was written; fix the entry and submit it again"
+
+
+class OversizedEntryError(RejectedEntryError):
+    """The signed envelope exceeds the maximum entry size."""
+
+
+class NonCanonicalEntryError(RejectedEntryError):
+    """The envelope or its payload is not RFC 8785 canonical JSON, or is malformed."""
+
+
+class BadSignatureError(RejectedEntryError):
+    """The signature does not verify for the key it names."""
+
+
+class UnknownKeyError(RejectedEntryError):
+    """The signing key is not registered in the ledger."""
+
+    hint = "register the key with `qledger keys add` (signed by an admin) first"
+
+
+class RevokedKeyError(RejectedEntryError):
+    """The signing key was revoked before this position."""
+
+    hint = "sign with a key that is still registered"
+
+
+class NotAuthorisedError(RejectedEntryError):
+    """The signing key may not make this kind of entry (e.g. a key change by a non-admin)."""
+
+
+class ContentMismatchError(RejectedEntryError):
+    """The envelope's content disagrees with the event it is stored as."""
+
+
+class KeyFileError(QledgerError):
+    """A key file is missing, unreadable or has unsafe permissions."""
+
+    hint = "check $QLEDGER_HOME; private key files must be mode 0600"
+
+
+class ProofError(QledgerError):
+    """A proof was requested for positions the tree does not have."""
+
+
+class LogFormatError(QledgerError):
+    """An exported log or bundle cannot be read."""

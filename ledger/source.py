@@ -1,0 +1,76 @@
+"""What the verifier reads, behind one ABC: a live store or an exported log file."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ledger import merkle
+from ledger.chain import GENESIS_CHAIN_HASH
+from ledger.registry import KeyRegistry
+
+
+@dataclass(frozen=True)
+class EntryRow:
+    """One ledger entry as stored.  Fields a source does not have are None."""
+
+    position: int
+    leaf_hash: bytes
+    chain_hash: bytes
+    state: bytes | None  # the canonical DSSE envelope; None if the event row is gone
+    notification_id: int | None = None
+    subtree_hashes: bytes | None = None
+    originator_id: str | None = None
+    originator_version: int | None = None
+    topic: str | None = None
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    key_id: str
+    principal: str
+    public_key: bytes
+    purpose: str
+    registered_at: int
+    revoked_at: int | None
+
+
+@dataclass
+class StartState:
+    """What verification from position N takes on trust from before N."""
+
+    chain_hash: bytes
+    frontier: merkle.Frontier
+    registry: KeyRegistry
+
+    @classmethod
+    def empty(cls) -> StartState:
+        return cls(GENESIS_CHAIN_HASH, merkle.Frontier(), KeyRegistry())
+
+
+class LedgerSource(ABC):
+    @abstractmethod
+    def origin(self) -> str | None: ...
+
+    @abstractmethod
+    def tree_size(self) -> int: ...
+
+    @abstractmethod
+    def entries(self, start: int, stop: int | None) -> Iterator[EntryRow]:
+        """Entries with start <= position <= stop, in position order, streamed."""
+
+    @abstractmethod
+    def key_rows(self) -> list[KeyRow]: ...
+
+    @abstractmethod
+    def checkpoint_notes(self) -> list[str]: ...
+
+    def unchained_events(self) -> list[int]:
+        """Notification ids of stored events that no ledger entry covers."""
+        return []
+
+    def start_state(self, start: int) -> StartState:
+        if start <= 1:
+            return StartState.empty()
+        raise NotImplementedError("this source can only be verified from position 1")

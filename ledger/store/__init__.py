@@ -1,0 +1,1 @@
+"""Infrastructure: the eventsourcing recorders that also keep the ledger's tables."""

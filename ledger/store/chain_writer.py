@@ -1,0 +1,238 @@
+"""The part of a ledger recorder that both stores share: checks and chains every entry.
+
+It runs in two phases around the library's own insert:
+
+* ``prepare`` (no transaction): parse each envelope, check it is canonical, small enough,
+  for this ledger, matches the stored event's columns, and that its signature verifies.
+* ``chain`` (inside the library's transaction, after its table lock and insert): give each
+  entry the next gapless position, check its key is valid *at that position* (so a
+  concurrent revocation cannot slip through), and insert its leaf hash, chain hash and the
+  Merkle nodes it completes.
+
+Any error raises before commit, so the library rolls the whole batch back: nothing written.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+
+from ledger import dsse, merkle
+from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
+from ledger.content import MAX_ENTRY_BYTES, EntryContent
+from ledger.errors import (
+    BadSignatureError,
+    NonCanonicalEntryError,
+    OversizedEntryError,
+    UnknownKeyError,
+)
+from ledger.keys import PublicKey
+from ledger.mapper import SignedHere, check_columns
+from ledger.registry import KeyRecord, KeyRegistry
+
+
+@dataclass(frozen=True)
+class PreparedEntry:
+    envelope: dsse.SignedEnvelope
+    content: EntryContent
+    leaf_hash: bytes
+
+
+@dataclass
+class ChainHead:
+    """What the next append needs: the last position, its chain hash, the tree's right edge."""
+
+    position: int
+    chain_hash: bytes
+    frontier: merkle.Frontier
+    registry: KeyRegistry
+
+    def copy(self) -> ChainHead:
+        return ChainHead(self.position, self.chain_hash, self.frontier.copy(), self.registry.copy())
+
+
+def prepare_entry(stored: StoredEvent, origin: str | None) -> PreparedEntry:
+    if len(stored.state) > MAX_ENTRY_BYTES:
+        raise OversizedEntryError(
+            f"entry of {len(stored.state)} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit; "
+            "store large artifacts by digest"
+        )
+    envelope = dsse.parse(stored.state)
+    if envelope.payload_type != dsse.EVENT_PAYLOAD_TYPE:
+        raise NonCanonicalEntryError(f"payloadType must be {dsse.EVENT_PAYLOAD_TYPE}")
+    content = EntryContent.from_bytes(envelope.payload)
+    check_columns(content, stored, origin)
+    return PreparedEntry(envelope, content, merkle.leaf_hash(stored.state))
+
+
+class ChainWriter(ABC):
+    """Mixed into a library recorder; the subclass supplies SQL for its dialect."""
+
+    events_table_name: str
+    ledger_origin: str | None = None
+
+    def init_chain_writer(self) -> None:
+        self._head: ChainHead | None = None
+        self._pending_head: ChainHead | None = None
+        self._prepared: list[PreparedEntry] = []
+        self._write_lock = threading.Lock()
+
+    # -- dialect ----------------------------------------------------------------------
+
+    @abstractmethod
+    def sql(self, template: str) -> str:
+        """Fill table names and the parameter placeholder into ``template``."""
+
+    datastore: Any  # the library's SQLiteDatastore or PostgresDatastore
+
+    def read_transaction(self) -> Any:
+        """A context manager yielding a cursor in a transaction that is rolled back."""
+        return self.datastore.transaction(commit=False)
+
+    def write_transaction(self) -> Any:
+        return self.datastore.transaction(commit=True)
+
+    # -- queries shared by writer and readers ----------------------------------------
+
+    def load_head(self, cursor: Any) -> ChainHead:
+        cursor.execute(self.sql("SELECT position, chain_hash FROM {entries} "
+                                "ORDER BY position DESC LIMIT 1"))
+        row = cursor.fetchone()
+        if row is None:
+            return ChainHead(0, GENESIS_CHAIN_HASH, merkle.Frontier(), KeyRegistry())
+        size = int(row["position"])
+        addresses = merkle.frontier_node_addresses(size)
+        nodes = self.fetch_nodes(cursor, addresses)
+        frontier = merkle.Frontier(size, [nodes[a] for a in addresses])
+        return ChainHead(size, bytes(row["chain_hash"]), frontier, self.load_registry(cursor))
+
+    def fetch_nodes(
+        self, cursor: Any, addresses: Iterable[merkle.NodeAddress]
+    ) -> dict[merkle.NodeAddress, bytes]:
+        wanted = list(addresses)
+        positions = sorted({merkle.storing_position(level, index) for level, index in wanted})
+        if not positions:
+            return {}
+        marks = ",".join(self.sql("{p}") for _ in positions)
+        cursor.execute(
+            self.sql(f"SELECT position, leaf_hash, subtree_hashes FROM {{entries}} "
+                     f"WHERE position IN ({marks})"),
+            positions,
+        )
+        rows = {int(r["position"]): (bytes(r["leaf_hash"]), bytes(r["subtree_hashes"]))
+                for r in cursor.fetchall()}
+        nodes = {}
+        for level, index in wanted:
+            leaf, subtrees = rows[merkle.storing_position(level, index)]
+            nodes[(level, index)] = merkle.node_from_row(level, leaf, subtrees)
+        return nodes
+
+    def load_registry(self, cursor: Any) -> KeyRegistry:
+        cursor.execute(self.sql("SELECT position, key_id, action, principal, public_key, purpose "
+                                "FROM {keys} ORDER BY position, action"))
+        return registry_from_key_rows(cursor.fetchall())
+
+    # -- phase 1: outside the transaction ---------------------------------------------
+
+    def prepare(self, stored_events: Sequence[StoredEvent]) -> list[PreparedEntry]:
+        prepared = [prepare_entry(s, self.ledger_origin) for s in stored_events]
+        for stored, entry in zip(stored_events, prepared, strict=True):
+            if isinstance(stored, SignedHere):
+                continue
+            public = self._public_key_for(entry)
+            if not entry.envelope.signature_valid(public):
+                raise BadSignatureError(
+                    f"signature by key {entry.envelope.key_id[:16]}… does not verify "
+                    f"for {entry.content.event_type} v{entry.content.stream_version}"
+                )
+        return prepared
+
+    def _public_key_for(self, entry: PreparedEntry) -> PublicKey:
+        from ledger.domain import GENESIS_TYPE
+
+        if entry.content.event_type == GENESIS_TYPE:
+            return PublicKey(bytes.fromhex(str(entry.content.payload.get("public_key", ""))))
+        for refresh in (False, True):
+            if refresh or self._head is None:
+                with self.read_transaction() as cursor:
+                    self._head = self.load_head(cursor)
+            record: KeyRecord | None = self._head.registry.keys.get(entry.envelope.key_id)
+            if record is not None:
+                return record.public
+        raise UnknownKeyError(f"key {entry.envelope.key_id[:16]}… is not registered")
+
+    # -- phase 2: inside the transaction, table lock held ----------------------------
+
+    def chain(self, cursor: Any, notification_ids: Sequence[int]) -> None:
+        head = self.load_head(cursor) if self._head is None else self._head.copy()
+        if self._head is not None:
+            # Another process may have appended since we last looked; trust only the table.
+            cursor.execute(self.sql("SELECT MAX(position) AS p FROM {entries}"))
+            latest = cursor.fetchone()["p"] or 0
+            if latest != head.position:
+                head = self.load_head(cursor)
+        entry_rows = []
+        key_rows = []
+        for entry, notification_id in zip(self._prepared, notification_ids, strict=True):
+            position = head.position + 1
+            head.registry.check_signer(entry.envelope.key_id, entry.content, position)
+            record = head.registry.apply(position, entry.content)
+            if record is not None:
+                action = "revoke" if record.revoked_at == position else "register"
+                key_rows.append((position, record.key_id, action, record.principal,
+                                 record.public.raw, record.purpose))
+            head.chain_hash = chain_hash(head.chain_hash, entry.leaf_hash)
+            completed = head.frontier.append(entry.leaf_hash)
+            head.position = position
+            entry_rows.append((position, notification_id, entry.leaf_hash, head.chain_hash,
+                               b"".join(completed)))
+        cursor.executemany(
+            self.sql("INSERT INTO {entries} (position, notification_id, leaf_hash, chain_hash, "
+                     "subtree_hashes) VALUES ({p}, {p}, {p}, {p}, {p})"),
+            entry_rows,
+        )
+        if key_rows:
+            cursor.executemany(
+                self.sql("INSERT INTO {keys} (position, key_id, action, principal, public_key, "
+                         "purpose) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"),
+                key_rows,
+            )
+        self._pending_head = head
+
+    # -- around the library's insert ----------------------------------------------------
+
+    def run_insert(self, stored_events: Sequence[StoredEvent], insert: Any) -> Any:
+        prepared = self.prepare(stored_events)
+        with self._write_lock:
+            self._prepared = prepared
+            self._pending_head = None
+            try:
+                result = insert()
+            except BaseException:
+                # The transaction rolled back; the cached head may be ahead of the table.
+                self._head = None
+                raise
+            finally:
+                self._prepared = []
+            self._head = self._pending_head
+            return result
+
+
+def registry_from_key_rows(rows: Iterable[Any]) -> KeyRegistry:
+    registry = KeyRegistry()
+    for row in rows:
+        position = int(row["position"])
+        if row["action"] == "register":
+            registry.keys[row["key_id"]] = KeyRecord(
+                row["key_id"], row["principal"], PublicKey(bytes(row["public_key"])),
+                row["purpose"], position,
+            )
+        elif row["key_id"] in registry.keys:
+            registry.keys[row["key_id"]].revoked_at = position
+        registry.last_position = max(registry.last_position, position)
+    return registry

@@ -1,0 +1,107 @@
+"""The PostgreSQL ledger recorder, and the admin set-up that makes ledger tables append-only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from psycopg import Cursor
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
+from ledger.store.chain_writer import ChainWriter
+from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+
+APPEND_ONLY_FUNCTION = "qledger_append_only"
+
+
+class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
+    notification_column = "notification_id"
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.init_chain_writer()
+        schema = datastore.schema
+        self._names = {
+            name: f"{Identifier(schema).as_string()}.{Identifier(table).as_string()}"
+            for name, table in (("entries", ENTRIES), ("keys", KEYS),
+                                ("checkpoints", CHECKPOINTS), ("events", events_table_name))
+        }
+        for ddl in TABLE_DDL:
+            self.sql_create_statements.append(
+                SQL(ddl.format(int="bigint", blob="bytea", **self._names))  # type: ignore[arg-type]
+            )
+        self.sql_create_statements += append_only_statements(schema, self.ledger_table_names())
+
+    def ledger_table_names(self) -> list[str]:
+        return [self.events_table_name, ENTRIES, KEYS, CHECKPOINTS]
+
+    def sql(self, template: str) -> str:
+        return template.format(p="%s", **self._names)
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        return self.run_insert(  # type: ignore[no-any-return]
+            stored_events, lambda: super(LedgerPostgresRecorder, self).insert_events(
+                stored_events, **kwargs)
+        )
+
+    def _fetch_ids_after_insert_events(
+        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        assert notification_ids is not None
+        # Still inside the library's transaction, after its EXCLUSIVE table lock: positions
+        # assigned here follow commit order, so concurrent writers cannot fork the chain.
+        self.chain(curs, notification_ids)
+        return notification_ids
+
+
+def append_only_statements(schema: str, tables: Sequence[str]) -> list[Any]:
+    """Triggers refusing UPDATE, DELETE and TRUNCATE; safe to run again."""
+    function = SQL("{}.{}").format(Identifier(schema), Identifier(APPEND_ONLY_FUNCTION))
+    statements: list[Any] = [
+        SQL(
+            "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN RAISE EXCEPTION 'qledger: % is append-only, % refused', "
+            "TG_TABLE_NAME, TG_OP USING ERRCODE = 'insufficient_privilege'; END $$"
+        ).format(fn=function)
+    ]
+    for table in tables:
+        target = SQL("{}.{}").format(Identifier(schema), Identifier(table))
+        statements += [
+            SQL(
+                "CREATE OR REPLACE TRIGGER {name} BEFORE UPDATE OR DELETE ON {target} "
+                "FOR EACH ROW EXECUTE FUNCTION {fn}()"
+            ).format(name=Identifier(f"{table}_append_only"), target=target, fn=function),
+            SQL(
+                "CREATE OR REPLACE TRIGGER {name} BEFORE TRUNCATE ON {target} "
+                "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+            ).format(name=Identifier(f"{table}_no_truncate"), target=target, fn=function),
+        ]
+    return statements
+
+
+def grant_statements(schema: str, role: str, tables: Sequence[str]) -> list[Any]:
+    """The service role may INSERT and SELECT, nothing else, on ledger tables."""
+    role_id = Identifier(role)
+    statements: list[Any] = [
+        SQL(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN "
+            "CREATE ROLE {role} LOGIN; END IF; END $$"
+        ).format(name=role, role=role_id),
+        SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Identifier(schema), role_id),
+    ]
+    for table in tables:
+        target = SQL("{}.{}").format(Identifier(schema), Identifier(table))
+        statements += [
+            SQL("REVOKE ALL ON {} FROM {}").format(target, role_id),
+            SQL("GRANT SELECT, INSERT ON {} TO {}").format(target, role_id),
+        ]
+    statements.append(
+        SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(Identifier(schema), role_id)
+    )
+    return statements

@@ -1,0 +1,117 @@
+"""The verifier's view of a live store: the very rows the application reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+from uuid import UUID
+
+from ledger import merkle
+from ledger.registry import KeyRegistry
+from ledger.source import EntryRow, KeyRow, LedgerSource, StartState
+from ledger.store.chain_writer import ChainWriter
+
+PAGE = 2000
+
+
+def _stream_id(value: Any) -> str | None:
+    """SQLite keeps UUIDs as bare hex, PostgreSQL as uuid: compare them in one spelling."""
+    if value is None:
+        return None
+    try:
+        return str(UUID(str(value)))
+    except ValueError:
+        return str(value)
+
+
+class StoreSource(LedgerSource):
+    def __init__(self, recorder: ChainWriter, notification_column: str) -> None:
+        self.recorder = recorder
+        self.column = notification_column
+
+    def _query(self, template: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        with self.recorder.read_transaction() as cursor:
+            cursor.execute(self.recorder.sql(template), params)
+            return list(cursor.fetchall())
+
+    def origin(self) -> str | None:
+        return self.recorder.ledger_origin
+
+    def tree_size(self) -> int:
+        rows = self._query("SELECT MAX(position) AS size FROM {entries}")
+        return int(rows[0]["size"] or 0)
+
+    def entries(self, start: int, stop: int | None) -> Iterator[EntryRow]:
+        # Keyset pagination: each page is a short transaction, memory stays at one page.
+        last = start - 1
+        stop = stop if stop is not None else 2**62
+        while True:
+            rows = self._query(
+                "SELECT e.position, e.notification_id, e.leaf_hash, e.chain_hash, "
+                "e.subtree_hashes, s.originator_id, s.originator_version, s.topic, s.state "
+                "FROM {entries} e LEFT JOIN {events} s ON s." + self.column +
+                " = e.notification_id WHERE e.position > {p} AND e.position <= {p} "
+                "ORDER BY e.position LIMIT " + str(PAGE),
+                (last, stop),
+            )
+            for r in rows:
+                yield EntryRow(
+                    position=int(r["position"]),
+                    leaf_hash=bytes(r["leaf_hash"]),
+                    chain_hash=bytes(r["chain_hash"]),
+                    state=None if r["state"] is None else bytes(r["state"]),
+                    notification_id=int(r["notification_id"]),
+                    subtree_hashes=bytes(r["subtree_hashes"]),
+                    originator_id=_stream_id(r["originator_id"]),
+                    originator_version=r["originator_version"],
+                    topic=r["topic"],
+                )
+            if len(rows) < PAGE:
+                return
+            last = int(rows[-1]["position"])
+
+    def key_rows(self) -> list[KeyRow]:
+        rows = self._query("SELECT position, key_id, action, principal, public_key, purpose "
+                           "FROM {keys} ORDER BY position, action")
+        keys: dict[str, KeyRow] = {}
+        for r in rows:
+            if r["action"] == "register":
+                keys[r["key_id"]] = KeyRow(r["key_id"], r["principal"], bytes(r["public_key"]),
+                                           r["purpose"], int(r["position"]), None)
+            elif r["key_id"] in keys:
+                old = keys[r["key_id"]]
+                keys[r["key_id"]] = KeyRow(old.key_id, old.principal, old.public_key,
+                                           old.purpose, old.registered_at, int(r["position"]))
+        return list(keys.values())
+
+    def checkpoint_notes(self) -> list[str]:
+        return [r["note"] for r in self._query("SELECT note FROM {checkpoints} ORDER BY tree_size")]
+
+    def unchained_events(self) -> list[int]:
+        rows = self._query(
+            "SELECT s." + self.column + " AS nid FROM {events} s WHERE NOT EXISTS "
+            "(SELECT 1 FROM {entries} e WHERE e.notification_id = s." + self.column + ") "
+            "ORDER BY 1 LIMIT 10")
+        return [int(r["nid"]) for r in rows]
+
+    def start_state(self, start: int) -> StartState:
+        if start <= 1:
+            return StartState.empty()
+        with self.recorder.read_transaction() as cursor:
+            size = start - 1
+            cursor.execute(self.recorder.sql("SELECT chain_hash FROM {entries} WHERE position = {p}"),
+                           (size,))
+            row = cursor.fetchone()
+            if row is None:
+                return StartState.empty()
+            addresses = merkle.frontier_node_addresses(size)
+            nodes = self.recorder.fetch_nodes(cursor, addresses)
+            registry = self.recorder.load_registry(cursor)
+        trimmed = KeyRegistry()
+        for key_id, record in registry.keys.items():
+            if record.registered_at < start:
+                if record.revoked_at is not None and record.revoked_at >= start:
+                    record.revoked_at = None
+                trimmed.keys[key_id] = record
+        return StartState(bytes(row["chain_hash"]),
+                          merkle.Frontier(size, [nodes[a] for a in addresses]), trimmed)
