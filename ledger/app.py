@@ -66,7 +66,7 @@ class LedgerApp(Application[UUID]):
         return cast(ChainWriter, self.recorder)
 
     def source(self) -> LedgerSource:
-        return StoreSource(self.ledger, cast(Any, self.recorder).notification_column)
+        return StoreSource(self.ledger, cast(Any, self.recorder).notification_column, self)
 
     def add_signer(self, key: SigningKey) -> None:
         self._signers[key.principal] = key
@@ -77,11 +77,19 @@ class LedgerApp(Application[UUID]):
         self.ledger.ledger_origin = origin
 
     def _read_origin(self) -> str | None:
-        notifications = self.recorder.select_notifications(start=None, limit=1)
+        try:
+            notifications = self.recorder.select_notifications(start=None, limit=1)
+        except PersistenceError as exc:
+            if "no such table" in str(exc) or "does not exist" in str(exc):
+                return None  # not initialised yet: `qledger init` creates the tables
+            raise
         if not notifications or notifications[0].topic != GENESIS_TYPE:
             return None
         event = self.mapper.to_domain_event(notifications[0])
         return cast(str, vars(event)["origin"])
+
+    def reload_origin(self) -> None:
+        self._set_origin(self._read_origin())
 
     def require_origin(self) -> str:
         if self.origin is None:

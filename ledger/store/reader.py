@@ -25,8 +25,10 @@ def _stream_id(value: Any) -> str | None:
 
 
 class StoreSource(LedgerSource):
-    def __init__(self, recorder: ChainWriter, notification_column: str) -> None:
+    def __init__(self, recorder: ChainWriter, notification_column: str, owner: object = None) -> None:
         self.recorder = recorder
+        # The application owns the connection pool and closes it when collected.
+        self._owner = owner
         self.column = notification_column
 
     def _query(self, template: str, params: tuple[Any, ...] = ()) -> list[Any]:

@@ -1,0 +1,68 @@
+"""Admin operations the CLI exposes: set up a store and manage its keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from psycopg.sql import SQL, Identifier
+
+from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.keys import KeyStore, SigningKey
+from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
+
+ROOT = "root"
+CHECKPOINTER = "checkpointer"
+SERVICE_ROLE = "qledger_service"
+
+
+@dataclass
+class InitResult:
+    created_genesis: bool
+    registered: list[str]
+    origin: str
+
+
+def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
+               service_role: str = SERVICE_ROLE) -> InitResult:
+    """Tables, triggers, grants, genesis, root and checkpoint keys.  Safe to run twice."""
+    if app.store.is_postgres:
+        recorder = cast(LedgerPostgresRecorder, app.recorder)
+        schema = recorder.datastore.schema
+        with recorder.datastore.transaction(commit=True) as cursor:
+            cursor.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(schema)))
+        recorder.create_table()
+        with recorder.datastore.transaction(commit=True) as cursor:
+            for statement in grant_statements(schema, service_role, recorder.ledger_table_names()):
+                cursor.execute(statement)
+    else:
+        app.recorder.create_table()  # type: ignore[attr-defined]
+    app.reload_origin()
+    root = keys.load_or_create(ROOT)
+    created = app.genesis(root, origin)
+    app.add_signer(root)
+    registered = []
+    checkpointer = keys.load_or_create(CHECKPOINTER)
+    if checkpointer.key_id not in app.keyring().keys:
+        app.register_key(ROOT, CHECKPOINTER, checkpointer.public, "checkpoint")
+        registered.append(CHECKPOINTER)
+    return InitResult(created, registered, app.require_origin())
+
+
+def open_admin_app(store: str | None, keys: KeyStore, *, create_tables: bool = False) -> LedgerApp:
+    """An app holding whatever admin and checkpoint keys this machine has."""
+    signers = [keys.load(p) for p in (ROOT, CHECKPOINTER) if keys.exists(p)]
+    return LedgerApp(store, signers, create_tables=create_tables)
+
+
+def add_key(app: LedgerApp, keys: KeyStore, principal: str, purpose: str,
+            admin: str = ROOT) -> SigningKey:
+    key = keys.load_or_create(principal)
+    app.register_key(admin, principal, key.public, purpose)
+    return key
+
+
+def key_listing(app: LedgerApp) -> list[dict[str, Any]]:
+    return [{"key_id": k.key_id, "principal": k.principal, "purpose": k.purpose,
+             "registered_at": k.registered_at, "revoked_at": k.revoked_at}
+            for k in app.source().key_rows()]

@@ -1,0 +1,183 @@
+"""The ``qledger`` command.  Exit codes: 0 success, 1 verification failed, 2 could not run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ledger import admin
+from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.errors import QledgerError
+from ledger.exportlog import LogFileSource, write_log
+from ledger.keys import KeyStore
+from ledger.source import LedgerSource
+from ledger.verify import VerifyReport, verify
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="qledger: a signed, hash-chained provenance ledger.")
+proof_app = typer.Typer(no_args_is_help=True, help="RFC 9162 proofs, as JSON.")
+keys_app = typer.Typer(no_args_is_help=True, help="Register, revoke and list keys.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios to baselines.")
+app.add_typer(proof_app, name="proof")
+app.add_typer(keys_app, name="keys")
+app.add_typer(bench_app, name="bench")
+
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", help="sqlite:///PATH or postgresql://USER@HOST/DB; default $QLEDGER_STORE, "
+    "then sqlite:///./qledger.db")]
+
+T = TypeVar("T")
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"qledger: {message}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn an expected error into a one-line reason and exit 2; tracebacks are for bugs."""
+    try:
+        yield
+    except QledgerError as exc:
+        raise fail(exc.one_line()) from None
+
+
+def _print_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _open(store: str | None) -> LedgerApp:
+    return admin.open_admin_app(store, KeyStore.default())
+
+
+@app.command()
+def init(store: StoreOption = None,
+         origin: Annotated[str, typer.Option(help="The ledger's origin line")] = DEFAULT_ORIGIN,
+         service_role: Annotated[str, typer.Option(help="PostgreSQL role to grant INSERT, SELECT")]
+         = admin.SERVICE_ROLE) -> None:
+    """Create tables, triggers, grants, the genesis entry and the root and checkpoint keys."""
+    with reported_errors():
+        ledger = _open(store)
+        result = admin.init_store(ledger, KeyStore.default(), origin, service_role)
+        typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
+                   f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
+
+
+def _progress_verify(source: LedgerSource, start: int, stop: int | None, jobs: int) -> VerifyReport:
+    total = (stop or source.tree_size()) - start + 1
+    columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True, console=None, disable=not sys.stderr.isatty()) as bar:
+        task = bar.add_task("verify", total=max(total, 0))
+        return verify(source, start, stop, jobs, lambda n: bar.advance(task, n))
+
+
+@app.command("verify")
+def verify_command(
+    store: StoreOption = None,
+    from_: Annotated[int, typer.Option("--from", min=1, help="First position to check")] = 1,
+    to: Annotated[int | None, typer.Option(min=1, help="Last position to check")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes for signatures")] = 1,
+    log: Annotated[Path | None, typer.Option(help="Verify an exported log file instead")] = None,
+) -> None:
+    """Recompute every hash, signature and checkpoint; exit 1 at the first break."""
+    with reported_errors():
+        source: LedgerSource = LogFileSource(log) if log else _open(store).source()
+        report = _progress_verify(source, from_, to, jobs)
+    if report.finding is not None:
+        raise fail(f"TAMPERED: {report.finding}", 1)
+    typer.echo(f"OK: {report.entries_checked} entries, {report.checkpoints_checked} checkpoints, "
+               f"root {report.root_hash.hex()} at size {report.tree_size}")
+
+
+@app.command("export-log")
+def export_log(output: Annotated[Path, typer.Option("-o", "--output", help="JSON Lines file")],
+               store: StoreOption = None) -> None:
+    """Write the whole ledger as JSON Lines that `qledger verify --log` checks offline."""
+    with reported_errors():
+        source = _open(store).source()
+        try:
+            with output.open("w", encoding="utf-8") as fh:
+                count = write_log(source, fh)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}") from None
+    typer.echo(f"exported {count} entries to {output}")
+
+
+@app.command()
+def checkpoint(store: StoreOption = None) -> None:
+    """Sign a checkpoint of the tree now and print it."""
+    with reported_errors():
+        ledger = _open(store)
+        key = KeyStore.default().load(admin.CHECKPOINTER)
+        note = ledger.checkpoint(key)
+        size, root = note.split("\n")[1:3]
+        _print_json({"tree_size": int(size), "root_hash": root, "note": note})
+
+
+@proof_app.command("inclusion")
+def proof_inclusion(position: int, size: Annotated[int | None, typer.Option()] = None,
+                    store: StoreOption = None) -> None:
+    """Inclusion proof of the entry at POSITION in the tree of --size entries (default: all)."""
+    with reported_errors():
+        _print_json(_open(store).inclusion_proof(position, size))
+
+
+@proof_app.command("consistency")
+def proof_consistency(first: int, second: int, store: StoreOption = None) -> None:
+    """Consistency proof that the tree of FIRST entries is a prefix of the tree of SECOND."""
+    with reported_errors():
+        _print_json(_open(store).consistency_proof(first, second))
+
+
+@keys_app.command("add")
+def keys_add(principal: str,
+             purpose: Annotated[str, typer.Option(help="client, executor, admin, checkpoint, export")]
+             = "client",
+             store: StoreOption = None) -> None:
+    """Create (or reuse) PRINCIPAL's key under $QLEDGER_HOME and register it, signed by root."""
+    with reported_errors():
+        key = admin.add_key(_open(store), KeyStore.default(), principal, purpose)
+        typer.echo(key.key_id)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, reason: Annotated[str, typer.Option()] = "revoked by admin",
+                store: StoreOption = None) -> None:
+    """Revoke KEY_ID from the next position on; history signed before stays valid."""
+    with reported_errors():
+        _open(store).revoke_key(admin.ROOT, key_id, reason)
+        typer.echo(f"revoked {key_id}")
+
+
+@keys_app.command("list")
+def keys_list(store: StoreOption = None) -> None:
+    with reported_errors():
+        _print_json(admin.key_listing(_open(store)))
+
+
+@bench_app.command("ledger")
+def bench_ledger(store: StoreOption = None,
+                 events: Annotated[int, typer.Option(min=100)] = 5000,
+                 proof_sizes: Annotated[str, typer.Option(help="Comma-separated tree sizes")]
+                 = "100000,1000000") -> None:
+    """Throughput of plain eventsourcing vs ledger appends, verify, Ed25519, proofs, verify RSS."""
+    from ledger.bench import run_ledger_bench
+
+    with reported_errors():
+        run_ledger_bench(store, events, [int(s) for s in proof_sizes.split(",") if s])
+
+
+def run(func: Callable[[], T]) -> T:  # pragma: no cover - entry-point glue
+    return func()
+
+
+def main() -> None:
+    app()
