@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from psycopg import Cursor
-from psycopg.rows import DictRow
+from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier
 
 from ledger.store.chain_writer import ChainWriter
@@ -45,18 +44,22 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         return self.run_insert(  # type: ignore[no-any-return]
-            stored_events, lambda: super(LedgerPostgresRecorder, self).insert_events(
-                stored_events, **kwargs)
-        )
+            stored_events, lambda: self._insert_chained(stored_events, **kwargs))
 
-    def _fetch_ids_after_insert_events(
-        self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent], **kwargs: Any
-    ) -> Sequence[int] | None:
-        notification_ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
-        assert notification_ids is not None
-        # Still inside the library's transaction, after its EXCLUSIVE table lock: positions
-        # assigned here follow commit order, so concurrent writers cannot fork the chain.
-        self.chain(curs, notification_ids)
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _insert_chained(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int]:
+        # The library's own insert_events catches exceptions inside its transaction block
+        # and re-raises them after COMMIT, so an entry refused by ``chain`` would still be
+        # committed to the events table.  Here every exception leaves through
+        # ``conn.transaction()``, which rolls back.
+        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+            self._insert_events(curs, stored_events, **kwargs)
+            # Takes the library's EXCLUSIVE table lock, so positions follow commit order
+            # and concurrent writers cannot fork the chain.
+            self._insert_stored_events(curs, stored_events, **kwargs)
+            notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+            assert notification_ids is not None
+            self.chain(curs, notification_ids)
         return notification_ids
 
 

@@ -1,0 +1,81 @@
+"""Canonicalisation and DSSE signing: property tests and tamper tests."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from securesystemslib.signer import SSlibKey
+
+from ledger import dsse
+from ledger.canonical import canonical_bytes, parse_canonical
+from ledger.content import EntryContent
+from ledger.errors import NonCanonicalEntryError
+from ledger.keys import SigningKey
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children,
+                                                                        max_size=4),
+    max_leaves=20,
+)
+
+KEY = SigningKey.from_seed("alice", bytes(range(32)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_canonical_bytes_round_trip(value: object) -> None:
+    data = canonical_bytes(value)
+    assert parse_canonical(data) == value
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers(), min_size=2, max_size=5))
+def test_non_canonical_spellings_are_refused(value: dict[str, int]) -> None:
+    spaced = json.dumps(value, indent=1).encode()
+    with pytest.raises(NonCanonicalEntryError):
+        parse_canonical(spaced)
+
+
+def content(payload: dict[str, object]) -> EntryContent:
+    return EntryContent("origin", "00000000-0000-0000-0000-000000000001", 1, "t:T", 1,
+                        "2026-01-01T00:00:00+00:00", "alice", payload)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=4))
+def test_envelope_verifies_with_securesystemslib(payload: dict[str, object]) -> None:
+    envelope = dsse.sign(content(payload).to_bytes(), KEY)
+    parsed = dsse.parse(envelope.canonical)
+    assert parsed == envelope
+    assert EntryContent.from_bytes(parsed.payload).payload == payload
+    key = SSlibKey(KEY.key_id, "ed25519", "ed25519", {"public": KEY.public.raw.hex()})
+    verified = parsed.to_securesystemslib().verify([key], 1)
+    assert KEY.key_id in verified
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0))
+def test_any_changed_byte_is_refused_or_fails_to_verify(where: int) -> None:
+    envelope = dsse.sign(content({"shots": 1024}).to_bytes(), KEY)
+    data = bytearray(envelope.canonical)
+    index = where % len(data)
+    data[index] = (data[index] + 1) % 256
+    try:
+        parsed = dsse.parse(bytes(data))
+    except NonCanonicalEntryError:
+        return
+    assert not parsed.signature_valid(KEY.public) or parsed.key_id != KEY.key_id
+
+
+def test_envelope_shape_is_enforced() -> None:
+    envelope = dsse.sign(b"{}", KEY)
+    value = json.loads(envelope.canonical)
+    value["signatures"].append(value["signatures"][0])
+    with pytest.raises(NonCanonicalEntryError, match="exactly one signature"):
+        dsse.parse(canonical_bytes(value))
+    with pytest.raises(NonCanonicalEntryError):
+        EntryContent.from_bytes(canonical_bytes({"origin": "x"}))
