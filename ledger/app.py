@@ -8,7 +8,7 @@ from typing import Any, cast
 from uuid import UUID
 
 from eventsourcing.application import Application
-from eventsourcing.persistence import PersistenceError, Recording, Transcoder
+from eventsourcing.persistence import PersistenceError, Recording
 
 from ledger import merkle
 from ledger.checkpoint import Checkpoint
@@ -57,7 +57,7 @@ class LedgerApp(Application[UUID]):
     # -- wiring ---------------------------------------------------------------------------
 
     def construct_mapper(self) -> SigningMapper:
-        mapper = SigningMapper(transcoder=cast(Transcoder, self.construct_transcoder()))
+        mapper = SigningMapper(transcoder=self.construct_transcoder())
         mapper.signers = self._signers
         return mapper
 

@@ -181,3 +181,7 @@ def run(func: Callable[[], T]) -> T:  # pragma: no cover - entry-point glue
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import binascii
 from dataclasses import dataclass
 
 from securesystemslib.dsse import Envelope
-from securesystemslib.signer import Signature
+from securesystemslib.signer import Signature  # type: ignore[attr-defined]
 
 from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.errors import NonCanonicalEntryError

@@ -104,11 +104,11 @@ class KeyRegistry:
             self.keys[record.key_id] = record
             return record
         if content.event_type == KEY_REVOKED_TYPE:
-            record = self.keys.get(str(payload.get("key_id")))
-            if record is None or record.revoked_at is not None:
+            revoked = self.keys.get(str(payload.get("key_id")))
+            if revoked is None or revoked.revoked_at is not None:
                 raise ContentMismatchError("can only revoke a registered, unrevoked key")
-            record.revoked_at = position
-            return record
+            revoked.revoked_at = position
+            return revoked
         return None
 
     def copy(self) -> KeyRegistry:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.store.chain_writer import ChainWriter
 from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
@@ -33,6 +34,17 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
                 SQL(ddl.format(int="bigint", blob="bytea", **self._names))  # type: ignore[arg-type]
             )
         self.sql_create_statements += append_only_statements(schema, self.ledger_table_names())
+        # The library serialises writers with LOCK TABLE ... IN EXCLUSIVE MODE, which needs
+        # UPDATE/DELETE/TRUNCATE privilege; the service role has INSERT and SELECT only.  A
+        # transaction-scoped advisory lock serialises every writer of this ledger the same
+        # way (all of them come through this recorder) and needs no privilege at all.
+        lock_key = int.from_bytes(
+            hashlib.sha256(f"qledger:{schema}.{events_table_name}".encode()).digest()[:8],
+            "big", signed=True)
+        self.lock_table_statements = [
+            SQL("SET LOCAL lock_timeout = '{0}s'").format(datastore.lock_timeout),
+            SQL("SELECT pg_advisory_xact_lock({0})").format(Literal(lock_key)),
+        ]
 
     def ledger_table_names(self) -> list[str]:
         return [self.events_table_name, ENTRIES, KEYS, CHECKPOINTS]

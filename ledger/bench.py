@@ -1,0 +1,251 @@
+"""``qledger bench ledger``: every figure next to a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+
+from ledger import merkle
+from ledger.admin import add_key, init_store, open_admin_app
+from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
+from ledger.group_commit import GroupCommitter
+from ledger.keys import KeyStore, SigningKey
+from ledger.store.url import parse_store_url, resolve_store
+from ledger.verify import verify
+
+
+class BenchRecord(Aggregate):
+    """One event per aggregate, the payload of a typical execution step record."""
+
+    @event("Recorded")
+    def __init__(self, *, principal: str, step: str, settings: dict[str, Any]) -> None:
+        self.step = step
+        self.settings = settings
+
+
+def _payload(i: int) -> dict[str, Any]:
+    return {"step": "execute", "settings": {"shots": 1024, "seed_simulator": i,
+                                            "backend": "aer_simulator", "counts_sha256": "ab" * 32}}
+
+
+def _rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+@contextmanager
+def _bench_store(base: str | None) -> Iterator[str]:
+    """A fresh store of the requested kind, removed afterwards."""
+    store = resolve_store(base)
+    if store.is_postgres:
+        schema = f"qledger_bench_{uuid.uuid4().hex[:8]}"
+        server = store.url.split("?")[0]
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute(f'CREATE SCHEMA "{schema}"')
+        try:
+            yield f"{server}?schema={schema}&pool_size=4"
+        finally:
+            with psycopg.connect(server, autocommit=True) as conn:
+                conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    else:
+        directory = tempfile.mkdtemp(prefix="qledger-bench-")
+        try:
+            yield f"sqlite:///{directory}/ledger.db"
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+class PlainApp(Application[Any]):
+    name = "plain"
+
+
+def _plain_rate(url: str, n: int) -> float:
+    store = parse_store_url(url)
+    env = dict(store.env)
+    env.pop("APPLICATION_RECORDER_TOPIC")
+    if not store.is_postgres:
+        env["SQLITE_DBNAME"] = env["SQLITE_DBNAME"] + ".plain"
+    app = PlainApp(env)
+    start = time.perf_counter()
+    for i in range(n):
+        app.save(BenchRecord(principal="alice", **_payload(i)))
+    return _rate(n, time.perf_counter() - start)
+
+
+def _raw_insert_rate(url: str, n: int, row_bytes: int) -> float:
+    """The ceiling: batched INSERTs of rows the size of an entry, no Python per row beyond params."""
+    store = parse_store_url(url)
+    rows = [(uuid.uuid4().hex, 1, "topic", os.urandom(row_bytes)) for _ in range(n)]
+    if store.is_postgres:
+        schema = store.env["POSTGRES_SCHEMA"]
+        with psycopg.connect(url.split("?")[0]) as conn:
+            conn.execute(f'CREATE TABLE "{schema}".raw_rows (id text, v int, topic text, state bytea)')
+            conn.commit()
+            start = time.perf_counter()
+            with conn.cursor() as cur:
+                for i in range(0, n, 500):
+                    cur.executemany(f'INSERT INTO "{schema}".raw_rows VALUES (%s,%s,%s,%s)',
+                                    rows[i:i + 500])
+                    conn.commit()
+            return _rate(n, time.perf_counter() - start)
+    import sqlite3
+
+    lite = sqlite3.connect(store.env["SQLITE_DBNAME"] + ".raw")
+    lite.execute("PRAGMA journal_mode=WAL")
+    lite.execute("CREATE TABLE raw_rows (id text, v int, topic text, state blob)")
+    start = time.perf_counter()
+    for i in range(0, n, 500):
+        lite.executemany("INSERT INTO raw_rows VALUES (?,?,?,?)", rows[i:i + 500])
+        lite.commit()
+    lite.close()
+    return _rate(n, time.perf_counter() - start)
+
+
+def _ed25519_verify_rate(seconds: float = 1.0) -> float:
+    key = SigningKey.generate("bench")
+    message = b"x" * 400
+    signature = key.sign(message)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(200):
+            key.public.verify(signature, message)
+        count += 200
+    return _rate(count, time.perf_counter() - start)
+
+
+def _synthetic_tree(url: str, size: int) -> Callable[[int, int], list[bytes]]:
+    """Write ``size`` leaf rows straight into a scratch entries table; return a prover."""
+    store = parse_store_url(url)
+    frontier = merkle.Frontier()
+    previous = GENESIS_CHAIN_HASH
+
+    def rows() -> Iterator[tuple[int, int, bytes, bytes, bytes]]:
+        nonlocal previous
+        for position in range(1, size + 1):
+            leaf = merkle.leaf_hash(position.to_bytes(8, "big"))
+            previous = chain_hash(previous, leaf)
+            yield position, position, leaf, previous, b"".join(frontier.append(leaf))
+
+    table = f"proof_tree_{size}"
+    if store.is_postgres:
+        schema = store.env["POSTGRES_SCHEMA"]
+        conn: Any = psycopg.connect(url.split("?")[0], autocommit=True)
+        name = f'"{schema}".{table}'
+        conn.execute(f"CREATE TABLE {name} (position bigint PRIMARY KEY, notification_id bigint, "
+                     "leaf_hash bytea, chain_hash bytea, subtree_hashes bytea)")
+        with conn.cursor() as cur, cur.copy(f"COPY {name} FROM STDIN") as copy:
+            for row in rows():
+                copy.write_row(row)
+        mark = "%s"
+    else:
+        import sqlite3
+
+        conn = cast(Any, sqlite3.connect(store.env["SQLITE_DBNAME"] + f".{table}"))
+        name = table
+        conn.execute(f"CREATE TABLE {name} (position INTEGER PRIMARY KEY, notification_id INTEGER, "
+                     "leaf_hash BLOB, chain_hash BLOB, subtree_hashes BLOB)")
+        conn.executemany(f"INSERT INTO {name} VALUES (?,?,?,?,?)", rows())
+        conn.commit()
+        mark = "?"
+
+    def fetch(addresses: Any) -> dict[merkle.NodeAddress, bytes]:
+        wanted = list(addresses)
+        positions = sorted({merkle.storing_position(lv, ix) for lv, ix in wanted})
+        marks = ",".join(mark for _ in positions)
+        got = {int(r[0]): (bytes(r[1]), bytes(r[2])) for r in conn.execute(
+            f"SELECT position, leaf_hash, subtree_hashes FROM {name} WHERE position IN ({marks})",
+            positions).fetchall()}
+        return {(lv, ix): merkle.node_from_row(lv, *got[merkle.storing_position(lv, ix)])
+                for lv, ix in wanted}
+
+    return lambda index, n: merkle.inclusion_proof(index, n, fetch)
+
+
+def _verify_rss_kib(url: str, home: str) -> int:
+    """Peak RSS of a separate `qledger verify` process (ru_maxrss of children, KiB on Linux)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "ledger.cli", "verify", "--store", url],
+                   check=True, capture_output=True, env={**os.environ, "QLEDGER_HOME": home})
+    return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
+
+
+def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> None:
+    cores = os.cpu_count() or 1
+    kind = "PostgreSQL" if resolve_store(base).is_postgres else "SQLite"
+    print(f"qledger bench ledger: {events} events per phase on {kind}, {cores} cores")
+    with _bench_store(base) as url, tempfile.TemporaryDirectory() as home:
+        keys = KeyStore(Path(home))
+        app = open_admin_app(url, keys)
+        init_store(app, keys)
+        alice = add_key(app, keys, "alice", "client")
+        app.add_signer(alice)
+
+        a = _plain_rate(url, events)
+        start = time.perf_counter()
+        for i in range(events):
+            app.save(BenchRecord(principal="alice", **_payload(i)))
+        b = _rate(events, time.perf_counter() - start)
+
+        committer = GroupCommitter(app)
+        per_writer = max(1, events // 16)
+        def writer(w: int) -> None:
+            futures = [committer.submit(BenchRecord(principal="alice", **_payload(w * per_writer + i)))
+                       for i in range(per_writer)]
+            for f in futures:
+                f.result()
+        start = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(writer, range(16)))
+        c = _rate(per_writer * 16, time.perf_counter() - start)
+        committer.close()
+
+        state_bytes = len(app.recorder.select_notifications(start=None, limit=4)[-1].state)
+        d = _raw_insert_rate(url, events, state_bytes)
+
+        size = app.tree_size()
+        start = time.perf_counter()
+        report = verify(app.source(), jobs=cores)
+        e = _rate(size, time.perf_counter() - start)
+        assert report.ok, report.finding
+        start = time.perf_counter()
+        previous = GENESIS_CHAIN_HASH
+        for row in app.source().entries(1, None):
+            previous = chain_hash(previous, merkle.leaf_hash(row.state or b""))
+        e_chain = _rate(size, time.perf_counter() - start)
+        f = _ed25519_verify_rate()
+        rss = _verify_rss_kib(url, home)
+
+        print(f"(a) plain eventsourcing save          {a:10.0f} events/s")
+        print(f"(b) ledger append, 1 writer           {b:10.0f} events/s   b/a = {b / a:.2f} (target >= 0.8)")
+        print(f"(c) ledger, 16 writers, group commit  {c:10.0f} events/s   c/d = {c / d:.2f} (target >= 0.4; "
+              f"c target >= 10000)")
+        print(f"(d) raw batched INSERT ceiling        {d:10.0f} rows/s")
+        print(f"(e) verify --jobs {cores}                   {e:10.0f} entries/s  e/(cores*f) = "
+              f"{e / (cores * f):.2f} (target >= 0.8)")
+        print(f"    chain-only recompute              {e_chain:10.0f} entries/s")
+        print(f"(f) Ed25519 verify, one core          {f:10.0f} /s")
+        for n in proof_sizes:
+            prove = _synthetic_tree(url, n)
+            timings = []
+            for index in (0, n // 3, n // 2, n - 1):
+                t0 = time.perf_counter()
+                prove(index, n)
+                timings.append(time.perf_counter() - t0)
+            print(f"(g) inclusion proof at {n:>8} entries {1000 * max(timings):9.2f} ms worst of 4 "
+                  f"(target <= 5 ms at 1M)")
+        print(f"(h) peak RSS of `qledger verify` over {size} entries: {rss / 1024:.1f} MiB "
+              f"(target <= 150 MiB)")
