@@ -142,6 +142,10 @@ class Verifier:
             except LogFormatError as exc:
                 report.finding = Finding(0, Tamper.CHECKPOINT_MISMATCH, f"unreadable note: {exc}")
                 return report
+            if size in p.checkpoints:
+                report.finding = Finding(size, Tamper.CHECKPOINT_MISMATCH,
+                                         f"two stored checkpoints claim tree size {size}")
+                return report
             p.checkpoints[size] = note
         pool = ProcessPoolExecutor(self.jobs) if self.jobs > 1 else None
         try:
