@@ -116,6 +116,7 @@ def checkpoint(store: StoreOption = None) -> None:
     """Sign a checkpoint of the tree now and print it."""
     with reported_errors():
         ledger = _open(store)
+        ledger.require_origin()
         key = KeyStore.default().load(admin.CHECKPOINTER)
         note = ledger.checkpoint(key)
         size, root = note.split("\n")[1:3]

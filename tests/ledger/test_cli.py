@@ -1,0 +1,114 @@
+"""The qledger command as an admin or auditor uses it: exit codes, exported logs, proofs."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ledger import merkle
+from ledger.cli import app as cli
+
+runner = CliRunner()
+
+
+def qledger(*args: str) -> tuple[int, str]:
+    result = runner.invoke(cli, list(args))
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def initialised(store_url: str, qledger_home: Path) -> str:
+    code, out = qledger("init", "--store", store_url)
+    assert code == 0 and out.startswith("initialised"), out
+    code, out = qledger("init", "--store", store_url)
+    assert code == 0 and out.startswith("already initialised"), out
+    assert qledger("keys", "add", "alice", "--store", store_url)[0] == 0
+    assert qledger("checkpoint", "--store", store_url)[0] == 0
+    assert qledger("keys", "add", "bob", "--purpose", "executor", "--store", store_url)[0] == 0
+    return store_url
+
+
+def test_private_keys_are_0600(initialised: str, qledger_home: Path) -> None:
+    files = list((qledger_home / "keys").glob("*.key"))
+    assert {f.stem for f in files} == {"root", "checkpointer", "alice", "bob"}
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    (qledger_home / "keys" / "root.key").chmod(0o644)
+    code, out = qledger("keys", "add", "carol", "--store", initialised)
+    assert code == 2 and "mode 644" in out
+
+
+def test_verify_store_and_exported_log(initialised: str, tmp_path: Path) -> None:
+    code, out = qledger("verify", "--store", initialised, "--jobs", "2")
+    assert code == 0 and out.startswith("OK: 4 entries, 1 checkpoints"), out
+    log = tmp_path / "ledger.jsonl"
+    assert qledger("export-log", "-o", str(log), "--store", initialised)[0] == 0
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["ledger"] + ["key"] * 4 + ["checkpoint"] + ["entry"] * 4
+    assert qledger("verify", "--log", str(log)) == (0, out)
+    # Drop an entry line from the exported log: a gap, named.
+    kept = [line for line in log.read_text().splitlines() if '"position":3,' not in line]
+    log.write_text("\n".join(kept) + "\n")
+    code, out = qledger("verify", "--log", str(log))
+    assert code == 1 and "position 3: missing entry" in out
+
+
+def test_exported_log_any_entry_byte_changed_fails(initialised: str, tmp_path: Path) -> None:
+    log = tmp_path / "ledger.jsonl"
+    qledger("export-log", "-o", str(log), "--store", initialised)
+    text = log.read_text()
+    start = text.index('"type":"entry"')
+    for offset in range(start, len(text), 97):
+        if text[offset] in '\n"{}[],:':
+            continue
+        tampered = tmp_path / "t.jsonl"
+        replacement = "A" if text[offset] != "A" else "B"
+        tampered.write_text(text[:offset] + replacement + text[offset + 1:])
+        code, out = qledger("verify", "--log", str(tampered))
+        assert code in (1, 2), f"change at offset {offset} went unnoticed"
+
+
+def test_cannot_run_exits_2_with_one_line(qledger_home: Path, tmp_path: Path) -> None:
+    for args in (["verify", "--store", "mysql://x/y"],
+                 ["verify", "--store", "postgresql://nobody@127.0.0.1:1/none"],
+                 ["verify", "--store", f"sqlite:///{tmp_path}/missing-dir/x.db"],
+                 ["verify", "--log", str(tmp_path / "absent.jsonl")]):
+        code, out = qledger(*args)
+        assert code == 2, (args, out)
+        assert out.startswith("qledger: ") and out.count("\n") == 1, out
+
+
+def test_uninitialised_store_says_run_init(qledger_home: Path, tmp_path: Path) -> None:
+    code, out = qledger("checkpoint", "--store", f"sqlite:///{tmp_path}/new.db")
+    assert code == 2 and "qledger init" in out
+
+
+def test_proofs_printed_verify(initialised: str) -> None:
+    code, out = qledger("proof", "inclusion", "2", "--size", "4", "--store", initialised)
+    proof = json.loads(out)
+    assert merkle.verify_inclusion(proof["leaf_index"], proof["tree_size"],
+                                   bytes.fromhex(proof["leaf_hash"]),
+                                   [bytes.fromhex(h) for h in proof["inclusion_path"]],
+                                   bytes.fromhex(proof["root_hash"]))
+    code, out = qledger("proof", "consistency", "3", "4", "--store", initialised)
+    c = json.loads(out)
+    assert merkle.verify_consistency(3, 4, bytes.fromhex(c["first_root"]),
+                                     bytes.fromhex(c["second_root"]),
+                                     [bytes.fromhex(h) for h in c["consistency_path"]])
+    code, out = qledger("checkpoint", "--store", initialised)
+    assert json.loads(out)["root_hash"]  # the latest checkpoint covers size 4
+    assert qledger("proof", "inclusion", "9", "--store", initialised)[0] == 2
+    assert qledger("proof", "consistency", "4", "3", "--store", initialised)[0] == 2
+
+
+def test_console_script_runs(initialised: str, qledger_home: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "ledger.cli", "verify", "--store", initialised],
+                          capture_output=True, text=True, env={"QLEDGER_HOME": str(qledger_home),
+                                                              "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("OK:")

@@ -1,0 +1,66 @@
+"""Several writer processes at once, and a writer killed with SIGKILL mid-batch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ledger.app import LedgerApp
+from ledger.verify import verify
+from tests.ledger.helpers import make_ledger, write_notes
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def spawn(url: str, home: Path, count: int, batch: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.ledger.writer_process", url, str(home), str(count), str(batch)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+def positions(app: LedgerApp) -> list[int]:
+    with app.ledger.read_transaction() as cursor:
+        cursor.execute(app.ledger.sql("SELECT position FROM {entries} ORDER BY position"))
+        return [int(r["position"]) for r in cursor.fetchall()]
+
+
+def test_eight_writer_processes_never_fork_the_chain(store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(store_url, qledger_home)
+    writers = [spawn(store_url, qledger_home, 15, batch) for batch in (1, 2, 3, 5, 1, 2, 3, 5)]
+    for w in writers:
+        _, err = w.communicate(timeout=180)
+        assert w.returncode == 0, err
+    expected = 3 + 8 * 15 * 2
+    assert positions(app) == list(range(1, expected + 1))  # gapless, no duplicates
+    report = verify(app.source())
+    assert report.ok, report.finding
+    assert report.tree_size == expected
+
+
+def test_sigkill_mid_batch_leaves_no_partial_entry(store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(store_url, qledger_home)
+    batch = 40  # aggregates per save: 80 entries per transaction
+    writer = spawn(store_url, qledger_home, 100_000, batch)
+    assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 60
+    while app.tree_size() < 3 + 5 * 2 * batch and time.monotonic() < deadline:
+        time.sleep(0.02)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(timeout=30)
+    assert writer.returncode == -signal.SIGKILL
+    size = app.tree_size()
+    assert (size - 3) % (2 * batch) == 0, f"a partial batch was committed: {size - 3} entries"
+    assert positions(app) == list(range(1, size + 1))
+    assert verify(app.source()).ok
+    # The next append continues the chain.
+    survivor = LedgerApp(store_url, [app.mapper.signers["alice"]],  # type: ignore[attr-defined]
+                         create_tables=False)
+    write_notes(survivor, "alice", 1)
+    report = verify(survivor.source())
+    assert report.ok and report.tree_size == size + 2
