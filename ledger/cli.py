@@ -164,6 +164,16 @@ def keys_list(store: StoreOption = None) -> None:
         _print_json(admin.key_listing(_open(store)))
 
 
+@app.command()
+def demo(workdir: Annotated[Path | None, typer.Option(help="Keep the demo store here")] = None) -> None:
+    """The main job: submit, execute on Qiskit Aer, verify, export and verify offline (SQLite)."""
+    from executor.demo import run_demo
+
+    with reported_errors():
+        if not run_demo(workdir, typer.echo):
+            raise fail("demo ledger did not verify", 1)
+
+
 @bench_app.command("ledger")
 def bench_ledger(store: StoreOption = None,
                  events: Annotated[int, typer.Option(min=100)] = 5000,
