@@ -60,6 +60,13 @@ class LogFileSource(LedgerSource):
                         raise LogFormatError(f"{self.path}:{number}: not JSON: {exc.msg}") from exc
                     if not isinstance(obj, dict) or "type" not in obj:
                         raise LogFormatError(f"{self.path}:{number}: a line must be an object with type")
+                    # One spelling per line: a log that differs from what was exported by
+                    # even one byte is refused, never reinterpreted.
+                    if canonical_bytes(obj) + b"\n" != text.encode():
+                        raise LogFormatError(f"{self.path}:{number}: line is not canonical JSON")
+                    for name in ("leaf_hash", "chain_hash", "public_key"):
+                        if name in obj and obj[name] != str(obj[name]).lower():
+                            raise LogFormatError(f"{self.path}:{number}: {name} must be lowercase hex")
                     yield number, obj
         except OSError as exc:
             raise LogFormatError(f"cannot read {self.path}: {exc.strerror}") from exc
