@@ -199,3 +199,17 @@ def test_add_key_via_admin_helper(store_url: str, qledger_home: Path) -> None:
     bob = add_key(app, KeyStore(qledger_home), "bob", "executor")
     assert app.keyring().keys[bob.key_id]["purpose"] == "executor"
     assert SCHEMA_VERSION == 1
+
+
+def test_checkpoints_are_made_every_n_entries(store_url: str, qledger_home: Path) -> None:
+    from ledger.app import CheckpointPolicy
+    from ledger.checkpoint import parse_note
+
+    app, _ = make_ledger(store_url, qledger_home)
+    app.checkpoint_policy = CheckpointPolicy(KeyStore(qledger_home).load("checkpointer"),
+                                             every=4, seconds=3600)
+    write_notes(app, "alice", 6)  # 12 entries after the 3 of set-up
+    sizes = [parse_note(n).checkpoint.tree_size for n in app.source().checkpoint_notes()]
+    assert sizes == [5, 9, 13]
+    report = verify(app.source())
+    assert report.ok and report.checkpoints_checked == 3
