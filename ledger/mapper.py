@@ -7,7 +7,7 @@ payload).  Aggregates are rebuilt from the very bytes the verifier checks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -29,8 +29,12 @@ class SignedHere(StoredEvent):
     """A stored event this process just signed with a key it holds.
 
     The recorder re-verifies every other envelope before writing; these it trusts,
-    because the signature was made a moment ago by the same code.
+    because the signature was made a moment ago by the same code, and it takes the parsed
+    envelope and content from here instead of parsing the bytes again.
     """
+
+    envelope: dsse.SignedEnvelope | None = field(default=None, compare=False, repr=False)
+    content: EntryContent | None = field(default=None, compare=False, repr=False)
 
 
 def check_columns(content: EntryContent, stored: StoredEvent, origin: str | None) -> None:
@@ -72,7 +76,7 @@ class SigningMapper(Mapper[UUID]):
             payload=state,
         )
         envelope = dsse.sign(content.to_bytes(), signer)
-        return SignedHere(originator_id, version, topic, envelope.canonical)
+        return SignedHere(originator_id, version, topic, envelope.canonical, envelope, content)
 
     def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
         envelope = dsse.parse(stored_event.state)

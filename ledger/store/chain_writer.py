@@ -62,10 +62,13 @@ def prepare_entry(stored: StoredEvent, origin: str | None) -> PreparedEntry:
             f"entry of {len(stored.state)} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit; "
             "store large artifacts by digest"
         )
-    envelope = dsse.parse(stored.state)
+    if isinstance(stored, SignedHere) and stored.envelope and stored.content:
+        envelope, content = stored.envelope, stored.content
+    else:
+        envelope = dsse.parse(stored.state)
+        content = EntryContent.from_bytes(envelope.payload)
     if envelope.payload_type != dsse.EVENT_PAYLOAD_TYPE:
         raise NonCanonicalEntryError(f"payloadType must be {dsse.EVENT_PAYLOAD_TYPE}")
-    content = EntryContent.from_bytes(envelope.payload)
     check_columns(content, stored, origin)
     return PreparedEntry(envelope, content, merkle.leaf_hash(stored.state))
 

@@ -64,11 +64,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         # and re-raises them after COMMIT, so an entry refused by ``chain`` would still be
         # committed to the events table.  Here every exception leaves through
         # ``conn.transaction()``, which rolls back.
-        with self.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as curs:
+        # Pipeline mode sends the lock, insert and chain statements without waiting for each
+        # reply; the exception (if any) still leaves through conn.transaction().
+        with (self.datastore.get_connection() as conn, conn.pipeline() as pipeline,
+              conn.transaction(), conn.cursor() as curs):
             self._insert_events(curs, stored_events, **kwargs)
             # Takes the library's EXCLUSIVE table lock, so positions follow commit order
             # and concurrent writers cannot fork the chain.
             self._insert_stored_events(curs, stored_events, **kwargs)
+            pipeline.sync()
             notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
             assert notification_ids is not None
             self.chain(curs, notification_ids)

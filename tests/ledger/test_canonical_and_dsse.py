@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from securesystemslib.signer import SSlibKey
 
 from ledger import dsse
-from ledger.canonical import canonical_bytes, parse_canonical
+from ledger.canonical import canonical_bytes, canonical_bytes_slow, parse_canonical
 from ledger.content import EntryContent
 from ledger.errors import NonCanonicalEntryError
 from ledger.keys import SigningKey
@@ -30,6 +30,33 @@ KEY = SigningKey.from_seed("alice", bytes(range(32)))
 def test_canonical_bytes_round_trip(value: object) -> None:
     data = canonical_bytes(value)
     assert parse_canonical(data) == value
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children,
+                                                                        max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(any_json)
+def test_fast_path_agrees_with_rfc8785_package(value: object) -> None:
+    try:
+        reference = canonical_bytes_slow(value)
+        parse_canonical(reference)  # e.g. 2.0**53 writes an integer RFC 8785 will not read
+    except NonCanonicalEntryError:
+        with pytest.raises(NonCanonicalEntryError):
+            canonical_bytes(value)
+        return
+    assert canonical_bytes(value) == reference
+    assert canonical_bytes(parse_canonical(reference)) == reference
+    loose = json.dumps(value, indent=1, ensure_ascii=True).encode()
+    if loose != reference:
+        with pytest.raises(NonCanonicalEntryError):
+            parse_canonical(loose)
 
 
 @settings(max_examples=100, deadline=None)
