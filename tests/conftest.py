@@ -31,7 +31,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start_throwaway_cluster() -> tuple[str, Path] | None:
+def _start_throwaway_cluster() -> tuple[str, Path, list[str]] | None:
     """Start a private cluster with pg_ctl when no server answers (e.g. a bare laptop)."""
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     pg_ctl = shutil.which("pg_ctl") or (str(candidates[-1]) if candidates else None)
@@ -51,7 +51,8 @@ def _start_throwaway_cluster() -> tuple[str, Path] | None:
     subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o",
                     f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
                    check=True, capture_output=True)
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres", data
+    stop = [*run_as, pg_ctl, "-D", str(data), "stop", "-m", "fast"]
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres", data, stop
 
 
 @pytest.fixture(scope="session")
@@ -67,8 +68,8 @@ def pg_server_url() -> Iterator[str]:
             pytest.fail(message)  # under CI a PostgreSQL test is never skipped
         pytest.skip(message)
     yield started[0]
-    subprocess.run(["pg_ctl", "-D", str(started[1]), "stop", "-m", "fast"], check=False,
-                   capture_output=True)
+    subprocess.run(started[2], check=False, capture_output=True)
+    shutil.rmtree(started[1], ignore_errors=True)
 
 
 @pytest.fixture

@@ -36,6 +36,9 @@ from ledger.mapper import SignedHere, check_columns
 from ledger.registry import KeyRecord, KeyRegistry
 
 
+LATEST_POSITION = "SELECT MAX(position) AS p FROM {entries}"
+
+
 @dataclass(frozen=True)
 class PreparedEntry:
     envelope: dsse.SignedEnvelope
@@ -84,6 +87,8 @@ class ChainWriter(ABC):
         self._pending_head: ChainHead | None = None
         self._prepared: list[PreparedEntry] = []
         self._write_lock = threading.Lock()
+        # Same text each time, so the driver's own caches (psycopg's prepared statements) hit.
+        self._sql_cache: dict[str, str] = {}
 
     # -- dialect ----------------------------------------------------------------------
 
@@ -171,12 +176,14 @@ class ChainWriter(ABC):
 
     # -- phase 2: inside the transaction, table lock held ----------------------------
 
-    def chain(self, cursor: Any, notification_ids: Sequence[int]) -> None:
+    def chain(self, cursor: Any, notification_ids: Sequence[int], latest: int | None = None) -> None:
+        """Chain the prepared entries; ``latest`` is the table's last position if already read."""
         head = self.load_head(cursor) if self._head is None else self._head.copy()
         if self._head is not None:
             # Another process may have appended since we last looked; trust only the table.
-            cursor.execute(self.sql("SELECT MAX(position) AS p FROM {entries}"))
-            latest = cursor.fetchone()["p"] or 0
+            if latest is None:
+                cursor.execute(self.sql(LATEST_POSITION))
+                latest = int(cursor.fetchone()["p"] or 0)
             if latest != head.position:
                 head = self.load_head(cursor)
         entry_rows = []

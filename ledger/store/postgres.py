@@ -11,7 +11,7 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
-from ledger.store.chain_writer import ChainWriter
+from ledger.store.chain_writer import LATEST_POSITION, ChainWriter
 from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
@@ -50,7 +50,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         return [self.events_table_name, ENTRIES, KEYS, CHECKPOINTS]
 
     def sql(self, template: str) -> str:
-        return template.format(p="%s", **self._names)
+        cached = self._sql_cache.get(template)
+        if cached is None:
+            cached = self._sql_cache[template] = template.format(p="%s", **self._names)
+        return cached
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -72,10 +75,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
             # Takes the library's EXCLUSIVE table lock, so positions follow commit order
             # and concurrent writers cannot fork the chain.
             self._insert_stored_events(curs, stored_events, **kwargs)
-            pipeline.sync()
+            # Ask for the head in the same round trip as the insert (the lock is already
+            # queued ahead of it), so chaining adds no round trip of its own.
+            with conn.cursor() as head:
+                head.execute(self.sql(LATEST_POSITION))
+                pipeline.sync()
+                latest = int(head.fetchone()["p"] or 0)  # type: ignore[index]
             notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
             assert notification_ids is not None
-            self.chain(curs, notification_ids)
+            self.chain(curs, notification_ids, latest)
         return notification_ids
 
 

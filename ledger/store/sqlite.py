@@ -20,8 +20,12 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
         self.init_chain_writer()
 
     def sql(self, template: str) -> str:
-        return template.format(entries=ENTRIES, keys=KEYS, checkpoints=CHECKPOINTS,
-                               events=self.events_table_name, p="?")
+        cached = self._sql_cache.get(template)
+        if cached is None:
+            cached = self._sql_cache[template] = template.format(
+                entries=ENTRIES, keys=KEYS, checkpoints=CHECKPOINTS, events=self.events_table_name,
+                p="?")
+        return cached
 
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
