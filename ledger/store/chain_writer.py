@@ -35,7 +35,6 @@ from ledger.keys import PublicKey
 from ledger.mapper import SignedHere, check_columns
 from ledger.registry import KeyRecord, KeyRegistry
 
-
 LATEST_POSITION = "SELECT MAX(position) AS p FROM {entries}"
 
 
