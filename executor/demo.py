@@ -1,27 +1,27 @@
 """``qledger demo``: the main job end to end on an embedded SQLite store.
 
-Submit (signed by the client), execute on Qiskit Aer (each step signed by the executor),
-checkpoint, verify the store, export the log and verify the export offline.
+An in-process gRPC server on a free loopback port; the client signs a SubmitWorkflow
+command for the Bell reference workflow, watches the run's entries stream in as the
+executor runs it on Qiskit Aer, then the ledger is verified, exported and verified offline.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from executor.bell import run_bell
-from executor.run import Run
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.commands import submit_command
+from executor.demo_workflow import BELL
+from executor.server import client_channel, start_server
+from ledger import merkle
 from ledger.admin import CHECKPOINTER, add_key, init_store, open_admin_app
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
 from ledger.verify import verify
-
-WORKFLOW: dict[str, Any] = {"name": "bell-sampling", "version": 1, "shots": 2048, "seed_transpiler": 11,
-            "seed_simulator": 7}
 
 
 def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
@@ -32,25 +32,34 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     app = open_admin_app(store, keys)
     init_store(app, keys)
     client = add_key(app, keys, "demo-client", "client")
-    executor = add_key(app, keys, "executor-1", "executor")
-    app.add_signer(client)
-    app.add_signer(executor)
+    executor_key = add_key(app, keys, "executor-1", "executor")
     say(f"store {store}: genesis, root, checkpoint, client and executor keys registered")
 
-    definition = json.dumps(WORKFLOW, sort_keys=True).encode()
-    run = Run(principal="demo-client", workflow="bell-sampling",
-              workflow_sha256=hashlib.sha256(definition).hexdigest(), inputs=WORKFLOW)
-    app.save(run)
-    say(f"submitted run {run.id} as demo-client")
-    for step, record in run_bell(WORKFLOW["shots"], WORKFLOW["seed_transpiler"],
-                                 WORKFLOW["seed_simulator"]):
-        run.record_step(principal="executor-1", step=step, record=record)
-        app.save(run)
-        say(f"  {step}: recorded and signed by executor-1")
-    run.complete(principal="executor-1", summary={"status": "completed"})
-    app.save(run)
-    note = app.checkpoint(keys.load(CHECKPOINTER))
-    say(f"checkpoint at tree size {note.split(chr(10))[1]}")
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER))
+    try:
+        with client_channel(running.address) as channel:
+            executor = pb_grpc.ExecutorStub(channel)
+            ledger = pb_grpc.LedgerStub(channel)
+            say(f"executor serving on {running.address}")
+            origin = ledger.GetCheckpoint(pb.GetCheckpointRequest()).note.split("\n")[0]
+            command = submit_command(client, origin, BELL, idempotency_key=str(uuid.uuid4()))
+            reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
+                command=pb.SignedEnvelope(envelope=command)), timeout=30)
+            say(f"submitted run {reply.run.run_id} ({BELL['name']}) signed by demo-client")
+            for entry in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=120):
+                say(f"  position {entry.position}: {entry.event_type.rsplit('.', 1)[-1]}")
+            run = executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))
+            say(f"run {run.status}: steps {', '.join(run.steps)}")
+            checkpoint = ledger.GetCheckpoint(pb.GetCheckpointRequest())
+            last = ledger.GetEntry(pb.GetEntryRequest(position=checkpoint.tree_size))
+            proof = ledger.GetInclusionProof(pb.GetInclusionProofRequest(
+                position=last.position, tree_size=checkpoint.tree_size))
+            included = merkle.verify_inclusion(proof.leaf_index, proof.tree_size, proof.leaf_hash,
+                                               list(proof.path), checkpoint.root_hash)
+            say(f"checkpoint at size {checkpoint.tree_size}; inclusion of the last entry: "
+                f"{'proven' if included else 'FAILED'}")
+    finally:
+        running.stop()
 
     report = verify(app.source())
     say(f"verify store: {'OK' if report.ok else report.finding}, {report.entries_checked} entries")
@@ -60,4 +69,5 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     offline = verify(LogFileSource(log))
     say(f"verify exported log {log}: {'OK' if offline.ok else offline.finding}")
     say(f"root hash {offline.root_hash.hex()}")
-    return report.ok and offline.ok and offline.root_hash == report.root_hash
+    return (run.status == "completed" and included and report.ok and offline.ok
+            and offline.root_hash == report.root_hash)

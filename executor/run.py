@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
+from eventsourcing.utils import get_topic
+
+TERMINAL = frozenset({"completed", "failed"})
+
+
+def run_id_for(principal: str, idempotency_key: str) -> UUID:
+    """The run a client's idempotency key names: the same key always means the same run."""
+    return uuid5(NAMESPACE_URL, f"qledger:run:{principal}:{idempotency_key}")
 
 
 class Run(Aggregate):
+    @staticmethod
+    def create_id(principal: str, idempotency_key: str) -> UUID:
+        return run_id_for(principal, idempotency_key)
+
     @event("Submitted")
-    def __init__(self, *, principal: str, workflow: str, workflow_sha256: str,
-                 inputs: dict[str, Any]) -> None:
+    def __init__(self, *, principal: str, idempotency_key: str, nonce: str, workflow: dict[str, Any],
+                 workflow_sha256: str) -> None:
+        self.submitted_by = principal
         self.workflow = workflow
+        self.workflow_sha256 = workflow_sha256
         self.steps: list[str] = []
         self.status = "submitted"
+        self.error = ""
 
     @event("StepRecorded")
     def record_step(self, *, principal: str, step: str, record: dict[str, Any]) -> None:
@@ -23,3 +39,12 @@ class Run(Aggregate):
     @event("Completed")
     def complete(self, *, principal: str, summary: dict[str, Any]) -> None:
         self.status = "completed"
+
+    @event("Failed")
+    def fail(self, *, principal: str, error_class: str, message: str, step: str) -> None:
+        self.status = "failed"
+        self.error = f"{error_class}: {message}"
+
+
+RUN_TOPIC = get_topic(Run)
+RUN_SUBMITTED_TYPE = get_topic(Run.Submitted)  # type: ignore[attr-defined]

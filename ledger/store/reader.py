@@ -27,6 +27,10 @@ def _stream_id(value: Any) -> str | None:
 class StoreSource(LedgerSource):
     def __init__(self, recorder: ChainWriter, notification_column: str, owner: object = None) -> None:
         self.recorder = recorder
+        self._joined = (
+            "SELECT e.position, e.notification_id, e.leaf_hash, e.chain_hash, e.subtree_hashes, "
+            "s.originator_id, s.originator_version, s.topic, s.state FROM {entries} e "
+            f"LEFT JOIN {{events}} s ON s.{notification_column} = e.notification_id")
         # The application owns the connection pool and closes it when collected.
         self._owner = owner
         self.column = notification_column
@@ -48,29 +52,33 @@ class StoreSource(LedgerSource):
         last = start - 1
         stop = stop if stop is not None else 2**62
         while True:
-            rows = self._query(
-                "SELECT e.position, e.notification_id, e.leaf_hash, e.chain_hash, "
-                "e.subtree_hashes, s.originator_id, s.originator_version, s.topic, s.state "
-                "FROM {entries} e LEFT JOIN {events} s ON s." + self.column +
-                " = e.notification_id WHERE e.position > {p} AND e.position <= {p} "
-                "ORDER BY e.position LIMIT " + str(PAGE),
-                (last, stop),
-            )
+            rows = self._query(self._joined + " WHERE e.position > {p} AND e.position <= {p} "
+                               "ORDER BY e.position LIMIT " + str(PAGE), (last, stop))
             for r in rows:
-                yield EntryRow(
-                    position=int(r["position"]),
-                    leaf_hash=bytes(r["leaf_hash"]),
-                    chain_hash=bytes(r["chain_hash"]),
-                    state=None if r["state"] is None else bytes(r["state"]),
-                    notification_id=int(r["notification_id"]),
-                    subtree_hashes=bytes(r["subtree_hashes"]),
-                    originator_id=_stream_id(r["originator_id"]),
-                    originator_version=r["originator_version"],
-                    topic=r["topic"],
-                )
+                yield self._row(r)
             if len(rows) < PAGE:
                 return
             last = int(rows[-1]["position"])
+
+    def _row(self, r: Any) -> EntryRow:
+        return EntryRow(
+            position=int(r["position"]), leaf_hash=bytes(r["leaf_hash"]),
+            chain_hash=bytes(r["chain_hash"]),
+            state=None if r["state"] is None else bytes(r["state"]),
+            notification_id=int(r["notification_id"]), subtree_hashes=bytes(r["subtree_hashes"]),
+            originator_id=_stream_id(r["originator_id"]), originator_version=r["originator_version"],
+            topic=r["topic"])
+
+    def entry_at(self, position: int) -> EntryRow | None:
+        rows = self._query(self._joined + " WHERE e.position = {p}", (position,))
+        return self._row(rows[0]) if rows else None
+
+    def stream_entries(self, stream_id: UUID, after_version: int) -> list[EntryRow]:
+        """The entries of one aggregate's stream after ``after_version``, in version order."""
+        key: Any = stream_id.hex if self.column == "rowid" else stream_id
+        rows = self._query(self._joined + " WHERE s.originator_id = {p} AND s.originator_version > {p} "
+                           "ORDER BY s.originator_version", (key, after_version))
+        return [self._row(r) for r in rows]
 
     def key_rows(self) -> list[KeyRow]:
         rows = self._query("SELECT position, key_id, action, principal, public_key, purpose "

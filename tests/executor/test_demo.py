@@ -6,8 +6,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from executor.bell import run_bell
+from executor.aer import run_workflow
+from executor.demo_workflow import BELL
 from executor.run import Run
+from executor.workflow import parse_workflow
 from ledger.app import LedgerApp
 from ledger.cli import app as cli
 
@@ -16,6 +18,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "verify store: OK, 10 entries" in result.output
+    assert "inclusion of the last entry: proven" in result.output
     assert "verify exported log" in result.output and result.output.count(": OK") == 2
     # The run reloads from the very envelopes that were verified.
     app = LedgerApp(f"sqlite:///{tmp_path / 'demo.db'}")
@@ -27,9 +30,11 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 
 
 def test_same_seeds_give_identical_counts_and_circuit_hashes() -> None:
-    first = dict(run_bell(1000, seed_transpiler=3, seed_simulator=5))
-    second = dict(run_bell(1000, seed_transpiler=3, seed_simulator=5))
-    other = dict(run_bell(1000, seed_transpiler=3, seed_simulator=6))
+    def run(seed_simulator: int) -> dict[str, dict[str, object]]:
+        body = {**BELL, "execute": {**BELL["execute"], "shots": 1000, "seed_simulator": seed_simulator}}
+        return dict(run_workflow(parse_workflow(body)))
+
+    first, second, other = run(5), run(5), run(6)
     assert first["execution"]["counts"] == second["execution"]["counts"]
     assert first["transpilation"]["qasm3_sha256"] == second["transpilation"]["qasm3_sha256"]
     assert first["execution"]["counts"] != other["execution"]["counts"]

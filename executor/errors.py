@@ -1,0 +1,68 @@
+"""gRPC status codes with rich error details (google.rpc.Status) for qledger's errors."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ledger.errors import (
+    BadSignatureError,
+    ContentMismatchError,
+    NonCanonicalEntryError,
+    NotAuthorisedError,
+    OversizedEntryError,
+    ProofError,
+    QledgerError,
+    RevokedKeyError,
+    StoreNotInitialisedError,
+    StoreUnavailableError,
+    UnknownKeyError,
+)
+
+_CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
+    (BadSignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownKeyError, grpc.StatusCode.UNAUTHENTICATED),
+    (RevokedKeyError, grpc.StatusCode.UNAUTHENTICATED),
+    (NotAuthorisedError, grpc.StatusCode.PERMISSION_DENIED),
+    (OversizedEntryError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NonCanonicalEntryError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ContentMismatchError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ProofError, grpc.StatusCode.OUT_OF_RANGE),
+    (StoreNotInitialisedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(error: QledgerError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
+          field: str | None = None) -> NoReturn:
+    """Abort with ``code``; name the offending request field in a BadRequest detail."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    if field is not None:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
+        status.details.append(detail)
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returns only by raising")
+
+
+def field_violations(error: grpc.RpcError) -> list[str]:
+    """The field names a rich error names (for clients and tests)."""
+    status = rpc_status.from_call(error)
+    fields: list[str] = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields

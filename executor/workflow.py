@@ -1,0 +1,103 @@
+"""Workflow definitions: versioned, validated, with every result-affecting setting explicit.
+
+Nothing that changes a result is defaulted: seeds, shots, optimisation level and backend
+must all be stated, so the recorded definition alone says how to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.canonical import canonical_bytes
+
+SCHEMA_VERSION = 1
+TEMPLATES = {"bell": 2, "ghz": None}  # template -> fixed qubit count (None: from parameters)
+BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
+MAX_SHOTS = 1_000_000
+MAX_QUBITS = 12
+
+
+class WorkflowError(ValueError):
+    """A definition is invalid; ``field`` names the offending field (a JSON path)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    version: int
+    template: str
+    qubits: int
+    shots: int
+    seed_transpiler: int
+    seed_simulator: int
+    optimization_level: int
+    backend: str
+    noise_seed: int | None
+
+    def sha256(self) -> str:
+        return workflow_sha256(self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version,
+                "circuit": {"template": self.template, "qubits": self.qubits},
+                "transpile": {"optimization_level": self.optimization_level,
+                              "seed_transpiler": self.seed_transpiler},
+                "execute": {"backend": self.backend, "shots": self.shots,
+                            "seed_simulator": self.seed_simulator, "noise_seed": self.noise_seed}}
+
+
+def workflow_sha256(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(definition)).hexdigest()
+
+
+def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int | None = None) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise WorkflowError(path, "is required")
+        value = value[part]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WorkflowError(path, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise WorkflowError(path, f"must be between {low} and {high}")
+    return value
+
+
+def parse_workflow(definition: Any) -> WorkflowSpec:
+    if not isinstance(definition, dict):
+        raise WorkflowError("workflow", "must be an object")
+    if definition.get("schema_version") != SCHEMA_VERSION:
+        raise WorkflowError("schema_version", f"must be {SCHEMA_VERSION}")
+    template = _get(definition, "circuit.template", str)
+    if template not in TEMPLATES:
+        raise WorkflowError("circuit.template", f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
+    qubits = _get(definition, "circuit.qubits", int, low=1, high=MAX_QUBITS)
+    if TEMPLATES[template] is not None and qubits != TEMPLATES[template]:
+        raise WorkflowError("circuit.qubits", f"template {template} has {TEMPLATES[template]} qubits")
+    backend = _get(definition, "execute.backend", str)
+    if backend not in BACKENDS:
+        raise WorkflowError("execute.backend", f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+    noise_seed = definition.get("execute", {}).get("noise_seed")
+    if backend == "aer_noisy":
+        noise_seed = _get(definition, "execute.noise_seed", int, low=0, high=2**31)
+    elif noise_seed is not None:
+        raise WorkflowError("execute.noise_seed", "only for aer_noisy")
+    spec = WorkflowSpec(
+        name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
+        template=template, qubits=qubits,
+        shots=_get(definition, "execute.shots", int, low=1, high=MAX_SHOTS),
+        seed_transpiler=_get(definition, "transpile.seed_transpiler", int, low=0, high=2**31),
+        seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
+        optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
+        backend=backend, noise_seed=noise_seed,
+    )
+    if spec.to_json() != definition:
+        raise WorkflowError("workflow", "has fields this schema version does not define")
+    return spec
