@@ -65,7 +65,8 @@ def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int |
         value = value[part]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise WorkflowError(path, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
-    if (low is not None and value < low) or (high is not None and value > high):
+    number = value if isinstance(value, int) else 0
+    if (low is not None and number < low) or (high is not None and number > high):
         raise WorkflowError(path, f"must be between {low} and {high}")
     return value
 
