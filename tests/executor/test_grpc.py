@@ -1,0 +1,210 @@
+"""The executor over a real loopback socket with the generated client, on both stores."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.commands import submit_command
+from executor.demo_workflow import BELL, GHZ_NOISY
+from executor.errors import field_violations
+from executor.server import PlaintextRefusedError, client_channel, start_server
+from ledger import dsse, merkle
+from ledger.admin import CHECKPOINTER
+from ledger.app import LedgerApp
+from ledger.canonical import canonical_bytes
+from ledger.content import EntryContent
+from ledger.keys import KeyStore, SigningKey
+from ledger.verify import verify
+from tests.ledger.helpers import make_ledger
+
+
+@dataclass
+class Service:
+    app: LedgerApp
+    client: SigningKey
+    executor: pb_grpc.ExecutorStub
+    ledger: pb_grpc.LedgerStub
+    channel: grpc.Channel
+    origin: str
+
+    def submit(self, workflow: dict[str, Any], key: str | None = None,
+               signer: SigningKey | None = None) -> pb.SubmitWorkflowResponse:
+        command = submit_command(signer or self.client, self.origin, workflow, key or str(uuid.uuid4()))
+        return self.submit_raw(command)
+
+    def submit_raw(self, envelope: bytes) -> pb.SubmitWorkflowResponse:
+        request = pb.SubmitWorkflowRequest(command=pb.SignedEnvelope(envelope=envelope))
+        return self.executor.SubmitWorkflow(request, timeout=30)  # type: ignore[no-any-return]
+
+    def watch(self, run_id: str, after: int = 0) -> list[pb.LedgerEntry]:
+        return list(self.executor.WatchRun(pb.WatchRunRequest(run_id=run_id, after_version=after),
+                                           timeout=120))
+
+
+@pytest.fixture
+def service(store_url: str, qledger_home: Path) -> Iterator[Service]:
+    app, alice = make_ledger(store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    executor_key = keys.load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER))
+    channel = client_channel(running.address)
+    try:
+        yield Service(app, alice, pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel), channel,
+                      app.require_origin())
+    finally:
+        channel.close()
+        running.stop()
+
+
+def code_of(call: Any) -> tuple[grpc.StatusCode, list[str]]:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    error = caught.value
+    return error.code(), field_violations(error)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("workflow", [BELL, GHZ_NOISY], ids=["bell-ideal", "ghz-noisy"])
+def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> None:
+    reply = service.submit(workflow)
+    assert reply.created and reply.run.status in ("submitted", "running", "completed")
+    entries = service.watch(reply.run.run_id)
+    kinds = [e.event_type.rsplit(".", 1)[-1] for e in entries]
+    assert kinds == ["Submitted", "StepRecorded", "StepRecorded", "StepRecorded", "StepRecorded",
+                     "Completed"]
+    assert [e.stream_version for e in entries] == list(range(1, 7))
+    assert all(e.leaf_hash == merkle.leaf_hash(e.envelope) for e in entries)
+    signers = [EntryContent.from_bytes(dsse.parse(e.envelope).payload).principal for e in entries]
+    assert signers == ["alice"] + ["executor-1"] * 5
+    execution = json.loads(dsse.parse(entries[3].envelope).payload)["payload"]["record"]
+    assert execution["shots"] == workflow["execute"]["shots"]
+    assert sum(execution["counts"].values()) == workflow["execute"]["shots"]
+    assert execution["environment"]["qiskit_aer"]
+    if workflow is GHZ_NOISY:
+        assert execution["noise_model"]["seed"] == 42
+        assert len(execution["counts"]) > 2  # noise puts shots outside |0000> and |1111>
+    run = service.executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))
+    assert run.status == "completed" and len(run.steps) == 4
+    # Resuming the watch from a version returns only what came after it.
+    assert [e.stream_version for e in service.watch(reply.run.run_id, after=4)] == [5, 6]
+    assert verify(service.app.source()).ok
+
+
+def test_same_workflow_same_seeds_identical_results(service: Service) -> None:
+    records = []
+    for _ in range(2):
+        reply = service.submit(BELL)
+        entries = service.watch(reply.run.run_id)
+        payloads = [json.loads(dsse.parse(e.envelope).payload)["payload"] for e in entries[1:5]]
+        records.append({p["step"]: p["record"] for p in payloads})
+    assert records[0]["execution"]["counts"] == records[1]["execution"]["counts"]
+    assert records[0]["transpilation"]["qasm3_sha256"] == records[1]["transpilation"]["qasm3_sha256"]
+
+
+def test_idempotency(service: Service) -> None:
+    first = service.submit(BELL, key="nightly-42")
+    service.watch(first.run.run_id)
+    size = service.app.tree_size()
+    again = service.submit(BELL, key="nightly-42")
+    assert (again.run.run_id, again.created) == (first.run.run_id, False)
+    # A replay of the very same signed command runs nothing twice either.
+    command = submit_command(service.client, service.origin, BELL, "nightly-43", nonce="n1")
+    replayed = [service.submit_raw(command) for _ in range(2)]
+    assert [r.created for r in replayed] == [True, False]
+    service.watch(replayed[0].run.run_id)
+    assert service.app.tree_size() == size + 6
+    other = {**BELL, "execute": {**BELL["execute"], "shots": 100}}
+    code, fields = code_of(lambda: service.submit(other, key="nightly-42"))
+    assert code == grpc.StatusCode.ALREADY_EXISTS and fields == ["idempotency_key"]
+    assert service.app.tree_size() == size + 6
+
+
+def test_signature_rejection_leaves_ledger_intact(service: Service) -> None:
+    size = service.app.tree_size()
+    stranger = SigningKey.generate("alice")  # claims alice, key never registered
+    assert code_of(lambda: service.submit(BELL, signer=stranger))[0] == grpc.StatusCode.UNAUTHENTICATED
+    good = json.loads(submit_command(service.client, service.origin, BELL, "k1"))
+    good["signatures"][0]["sig"] = json.loads(submit_command(stranger, service.origin, BELL, "k1"))[
+        "signatures"][0]["sig"]
+    forged = canonical_bytes(good)
+    assert code_of(lambda: service.submit_raw(forged))[0] == grpc.StatusCode.UNAUTHENTICATED
+    assert service.app.tree_size() == size and verify(service.app.source()).ok
+
+
+def test_bad_input_gets_its_status_and_field(service: Service) -> None:
+    size = service.app.tree_size()
+    bad_template = {**BELL, "circuit": {"template": "teleport", "qubits": 2}}
+    no_shots = {**BELL, "execute": {**BELL["execute"], "shots": 0}}
+    unseeded = {**BELL, "transpile": {"optimization_level": 1}}
+    cases = [
+        (lambda: service.submit_raw(b""), grpc.StatusCode.INVALID_ARGUMENT, ["command.envelope"]),
+        (lambda: service.submit_raw(b"{not json"), grpc.StatusCode.INVALID_ARGUMENT,
+         ["command.envelope"]),
+        (lambda: service.submit(bad_template), grpc.StatusCode.INVALID_ARGUMENT,
+         ["workflow.circuit.template"]),
+        (lambda: service.submit(no_shots), grpc.StatusCode.INVALID_ARGUMENT, ["workflow.execute.shots"]),
+        (lambda: service.submit(unseeded), grpc.StatusCode.INVALID_ARGUMENT,
+         ["workflow.transpile.seed_transpiler"]),
+        (lambda: service.executor.GetRun(pb.GetRunRequest(run_id="nope")),
+         grpc.StatusCode.INVALID_ARGUMENT, ["run_id"]),
+        (lambda: service.executor.GetRun(pb.GetRunRequest(run_id=str(uuid.uuid4()))),
+         grpc.StatusCode.NOT_FOUND, ["run_id"]),
+        (lambda: service.ledger.GetEntry(pb.GetEntryRequest(position=10_000)),
+         grpc.StatusCode.NOT_FOUND, ["position"]),
+        (lambda: service.ledger.GetInclusionProof(pb.GetInclusionProofRequest(position=10_000)),
+         grpc.StatusCode.OUT_OF_RANGE, ["position"]),
+        (lambda: service.submit_raw(b"x" * (3 * 1024 * 1024)), grpc.StatusCode.RESOURCE_EXHAUSTED, []),
+    ]
+    for call, code, fields in cases:
+        assert code_of(call) == (code, fields)
+    # A command for another ledger is refused too.
+    foreign = submit_command(service.client, "elsewhere/ledger", BELL, "k2")
+    assert code_of(lambda: service.submit_raw(foreign))[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert service.app.tree_size() == size and verify(service.app.source()).ok
+
+
+def test_ledger_service_entries_checkpoint_and_proofs(service: Service) -> None:
+    service.watch(service.submit(BELL).run.run_id)
+    checkpoint = service.ledger.GetCheckpoint(pb.GetCheckpointRequest())
+    entries = list(service.ledger.StreamEntries(pb.StreamEntriesRequest(from_position=1)))
+    assert [e.position for e in entries] == list(range(1, checkpoint.tree_size + 1))
+    leaves = [merkle.leaf_hash(e.envelope) for e in entries]
+    assert merkle.root_of(leaves) == checkpoint.root_hash
+    for position in (1, 3, checkpoint.tree_size):
+        proof = service.ledger.GetInclusionProof(pb.GetInclusionProofRequest(position=position))
+        assert merkle.verify_inclusion(proof.leaf_index, proof.tree_size, leaves[position - 1],
+                                       list(proof.path), checkpoint.root_hash)
+    consistency = service.ledger.GetConsistencyProof(
+        pb.GetConsistencyProofRequest(first=3, second=checkpoint.tree_size))
+    assert merkle.verify_consistency(3, checkpoint.tree_size, merkle.root_of(leaves[:3]),
+                                     checkpoint.root_hash, list(consistency.path))
+    assert len(list(service.ledger.StreamEntries(pb.StreamEntriesRequest(from_position=2, limit=3)))) == 3
+
+
+def test_health_and_reflection(service: Service) -> None:
+    health = health_pb2_grpc.HealthStub(service.channel)
+    for name in ("", "qledger.v1.Executor", "qledger.v1.Ledger"):
+        reply = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    stub = reflection_pb2_grpc.ServerReflectionStub(service.channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"qledger.v1.Executor", "qledger.v1.Ledger", "grpc.health.v1.Health"} <= names
+
+
+def test_plaintext_only_on_loopback(sqlite_store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    with pytest.raises(PlaintextRefusedError):
+        start_server(app, SigningKey.generate("executor-1"), None, listen="0.0.0.0:0")
