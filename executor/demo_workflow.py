@@ -1,19 +1,18 @@
-"""The reference workflows shipped with qledger."""
+"""The reference workflows shipped with qledger (executor/workflows/*.json)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
-BELL: dict[str, Any] = {
-    "schema_version": 1, "name": "bell-sampling", "version": 1,
-    "circuit": {"template": "bell", "qubits": 2},
-    "transpile": {"optimization_level": 1, "seed_transpiler": 11},
-    "execute": {"backend": "aer_ideal", "shots": 2048, "seed_simulator": 7, "noise_seed": None},
-}
+WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 
-GHZ_NOISY: dict[str, Any] = {
-    "schema_version": 1, "name": "ghz-noisy", "version": 1,
-    "circuit": {"template": "ghz", "qubits": 4},
-    "transpile": {"optimization_level": 2, "seed_transpiler": 5},
-    "execute": {"backend": "aer_noisy", "shots": 4096, "seed_simulator": 3, "noise_seed": 42},
-}
+
+def load(name: str) -> dict[str, Any]:
+    value: dict[str, Any] = json.loads((WORKFLOWS / f"{name}.json").read_text(encoding="utf-8"))
+    return value
+
+
+BELL = load("bell")
+GHZ_NOISY = load("ghz_noisy")

@@ -174,6 +174,82 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep the demo store 
             raise fail("demo ledger did not verify", 1)
 
 
+runs_app = typer.Typer(no_args_is_help=True, help="Inspect workflow runs on a server.")
+app.add_typer(runs_app, name="runs")
+ServerOption = Annotated[str, typer.Option("--server", help="host:port of a qledger server")]
+
+
+@contextmanager
+def grpc_errors() -> Iterator[None]:
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise fail(f"{exc.code().name}: {exc.details()}") from None
+
+
+@app.command()
+def serve(store: StoreOption = None,
+          listen: Annotated[str, typer.Option(help="Loopback host:port to listen on")] = "127.0.0.1:50051",
+          workers: Annotated[int, typer.Option(min=1, help="Runs executed at once")] = 2,
+          executor: Annotated[str, typer.Option(help="Principal whose key signs execution events")]
+          = "executor-1") -> None:
+    """Serve the Executor and Ledger gRPC services (plaintext, loopback only)."""
+    import signal
+    import threading
+
+    from executor.server import start_server
+
+    with reported_errors():
+        keys = KeyStore.default()
+        ledger = _open(store)
+        ledger.require_origin()
+        checkpointer = keys.load(admin.CHECKPOINTER) if keys.exists(admin.CHECKPOINTER) else None
+        try:
+            running = start_server(ledger, keys.load(executor), checkpointer, listen, workers)
+        except (ValueError, RuntimeError) as exc:
+            raise fail(str(exc)) from None
+    typer.echo(f"serving qledger.v1 on {listen.rsplit(':', 1)[0]}:{running.port} ({ledger.store.url})")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stop.wait()
+    running.stop()
+
+
+@app.command()
+def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
+           principal: Annotated[str, typer.Option("--as", help="Whose key signs the command")] = "client",
+           key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+           wait: Annotated[bool, typer.Option(help="Watch the run's entries until it ends")] = False) -> None:
+    """Sign and submit WORKFLOW (JSON); with --wait, show each step as it is recorded."""
+    from executor.client import read_workflow, submit_and_watch
+
+    with reported_errors(), grpc_errors():
+        signer = KeyStore.default().load(principal)
+        body = read_workflow(workflow)
+
+        def show(entry: Any) -> None:
+            typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]}")
+
+        run = submit_and_watch(server, signer, body, key, wait, show)
+    typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+    if run.status == "failed":
+        raise typer.Exit(1)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051") -> None:
+    from executor.client import get_run
+
+    with grpc_errors():
+        run = get_run(server, run_id)
+    _print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
+                 "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
+                 "version": run.version})
+
+
 @bench_app.command("ledger")
 def bench_ledger(store: StoreOption = None,
                  events: Annotated[int, typer.Option(min=100)] = 5000,

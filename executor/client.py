@@ -1,0 +1,50 @@
+"""Client-side helpers for the CLI: submit a workflow file, watch a run, fetch it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.commands import submit_command
+from executor.server import client_channel
+from ledger.errors import LogFormatError
+from ledger.keys import SigningKey
+
+
+def read_workflow(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise LogFormatError(f"cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise LogFormatError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(value, dict):
+        raise LogFormatError(f"{path} must hold a JSON object")
+    return value
+
+
+def submit_and_watch(address: str, key: SigningKey, workflow: dict[str, Any], idempotency_key: str | None,
+                     wait: bool, on_entry: Callable[[pb.LedgerEntry], None]) -> pb.Run:
+    with client_channel(address) as channel:
+        executor = pb_grpc.ExecutorStub(channel)
+        ledger = pb_grpc.LedgerStub(channel)
+        origin = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note.split("\n")[0]
+        command = submit_command(key, origin, workflow, idempotency_key or str(uuid.uuid4()))
+        reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
+            command=pb.SignedEnvelope(envelope=command)), timeout=30)
+        if wait:
+            for entry in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id)):
+                on_entry(entry)
+        run: pb.Run = executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id), timeout=30)
+        return run
+
+
+def get_run(address: str, run_id: str) -> pb.Run:
+    with client_channel(address) as channel:
+        run: pb.Run = pb_grpc.ExecutorStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+        return run

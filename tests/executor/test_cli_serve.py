@@ -1,0 +1,66 @@
+"""`qledger serve` and `qledger submit --wait` as separate processes over loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from executor.demo_workflow import WORKFLOWS
+from ledger.app import LedgerApp
+from ledger.keys import KeyStore
+from ledger.verify import verify
+from tests.ledger.helpers import make_ledger
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def qledger(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ledger.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(home)})
+
+
+def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    executor_key = KeyStore(qledger_home).load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "ledger.cli", "serve", "--store", sqlite_store_url,
+         "--listen", f"127.0.0.1:{port}"],
+        cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(qledger_home)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().startswith(f"serving qledger.v1 on 127.0.0.1:{port}")
+        done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
+                       f"127.0.0.1:{port}", "--as", "alice", "--wait")
+        assert done.returncode == 0, done.stderr
+        assert "StepRecorded" in done.stdout and done.stdout.strip().endswith("completed")
+        run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+        shown = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}")
+        assert '"status": "completed"' in shown.stdout
+        missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}")
+        assert missing.returncode == 2 and missing.stderr.startswith("qledger: INVALID_ARGUMENT")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert server.returncode == 0
+    time.sleep(0.1)
+    assert verify(LedgerApp(sqlite_store_url).source()).ok
+
+
+def test_submit_to_nothing_exits_2(qledger_home: Path, tmp_path: Path) -> None:
+    KeyStore(qledger_home).load_or_create("client")
+    done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
+                   f"127.0.0.1:{free_port()}", timeout=60)
+    assert done.returncode == 2 and done.stderr.startswith("qledger: UNAVAILABLE")
