@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -55,6 +55,25 @@ def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
         status.details.append(detail)
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort_with_status returns only by raising")
+
+
+def abort_exhausted(context: grpc.ServicerContext, message: str, retry_seconds: int) -> NoReturn:
+    """RESOURCE_EXHAUSTED with a RetryInfo detail telling the client when to try again."""
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
+    status.details.append(detail)
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returns only by raising")
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
+    return None
 
 
 def field_violations(error: grpc.RpcError) -> list[str]:

@@ -8,7 +8,7 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.utils import get_topic
 
-TERMINAL = frozenset({"completed", "failed"})
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
 
 
 def run_id_for(principal: str, idempotency_key: str) -> UUID:
@@ -23,27 +23,53 @@ class Run(Aggregate):
 
     @event("Submitted")
     def __init__(self, *, principal: str, idempotency_key: str, nonce: str, workflow: dict[str, Any],
-                 workflow_sha256: str) -> None:
+                 workflow_sha256: str, rerun_of: str | None) -> None:
         self.submitted_by = principal
         self.workflow = workflow
         self.workflow_sha256 = workflow_sha256
+        self.rerun_of = rerun_of
         self.steps: list[str] = []
+        self.records: list[dict[str, Any]] = []
         self.status = "submitted"
         self.error = ""
 
     @event("StepRecorded")
     def record_step(self, *, principal: str, step: str, record: dict[str, Any]) -> None:
         self.steps.append(step)
+        self.records.append(record)
         self.status = "running"
+
+    @event("Cancelled")
+    def cancel(self, *, principal: str, requested_by: str, command_sha256: str, reason: str) -> None:
+        self.status = "cancelled"
+        self.error = f"cancelled by {requested_by}: {reason}"
 
     @event("Completed")
     def complete(self, *, principal: str, summary: dict[str, Any]) -> None:
         self.status = "completed"
 
     @event("Failed")
-    def fail(self, *, principal: str, error_class: str, message: str, step: str) -> None:
+    def fail(self, *, principal: str, error_class: str, message: str, step: str, kind: str,
+             diagnostics: dict[str, Any]) -> None:
         self.status = "failed"
-        self.error = f"{error_class}: {message}"
+        self.error = f"{kind} {error_class} in {step}: {message}"
+
+
+class BackendBreaker(Aggregate):
+    """The ledger's record of one backend's circuit-breaker state changes."""
+
+    @staticmethod
+    def create_id(backend: str) -> UUID:
+        return uuid5(NAMESPACE_URL, f"qledger:breaker:{backend}")
+
+    @event("Created")
+    def __init__(self, *, principal: str, backend: str) -> None:
+        self.backend = backend
+        self.state = "closed"
+
+    @event("StateChanged")
+    def change(self, *, principal: str, state: str, reason: str) -> None:
+        self.state = state
 
 
 RUN_TOPIC = get_topic(Run)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -12,7 +12,12 @@ from grpc_reflection.v1alpha import reflection
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.service import ExecutorService, LedgerService, RunExecutor
+from executor.backends import BackendCatalog
+from executor.breaker import BreakerBoard
+from executor.pipeline import ExecutionContext, RetryPolicy
+from executor.queue import RunQueue
+from executor.service import ExecutorService, LedgerService
+from executor.worker import Worker
 from ledger.app import LedgerApp
 from ledger.content import MAX_ENTRY_BYTES
 from ledger.keys import SigningKey
@@ -41,10 +46,24 @@ def require_loopback(listen: str) -> None:
 
 
 @dataclass
+class ExecutorSettings:
+    """Operational settings: none of them changes a result, only how runs are carried out."""
+
+    workers: int = 2
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.2
+    max_attempts: int = 3
+    max_pending: int = 1000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 10.0
+
+
+@dataclass
 class RunningServer:
     server: grpc.Server
     port: int
-    runs: RunExecutor
+    worker: Worker
 
     @property
     def address(self) -> str:
@@ -52,19 +71,29 @@ class RunningServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
-        self.runs.close()
+        self.worker.stop()
 
 
 def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,
-                 listen: str = "127.0.0.1:0", workers: int = 2) -> RunningServer:
+                 listen: str = "127.0.0.1:0", settings: ExecutorSettings | None = None,
+                 catalog: BackendCatalog | None = None) -> RunningServer:
     require_loopback(listen)
+    settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
-    runs = RunExecutor(app, executor_key, workers)
+    queue = RunQueue(app)
+    queue.create()
+    ctx = ExecutionContext(catalog or BackendCatalog(),
+                           BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),
+                           settings.retry)
+    worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
+                    lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+                    max_attempts=settings.max_attempts)
     server = grpc.server(ThreadPoolExecutor(max_workers=16), options=[
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
-    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(app, runs), server)
+    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(app, worker, queue, settings.max_pending),
+                                           server)
     pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -74,7 +103,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
                                          health.SERVICE_NAME), server)
     port = server.add_insecure_port(listen)
     server.start()
-    return RunningServer(server, port, runs)
+    worker.start()
+    return RunningServer(server, port, worker)
 
 
 def client_channel(address: str) -> grpc.Channel:

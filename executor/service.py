@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
 
@@ -12,14 +13,17 @@ import grpc
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEvent
 
-from executor.aer import run_workflow
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.errors import abort, status_for
+from executor.commands import COMMAND_PAYLOAD_TYPE
+from executor.errors import abort, abort_exhausted, status_for
+from executor.queue import RunQueue
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
+from executor.worker import Worker
 from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
 from ledger import dsse
 from ledger.app import LedgerApp
+from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.content import EntryContent
 from ledger.errors import QledgerError
 from ledger.keys import SigningKey
@@ -37,39 +41,13 @@ def entry_message(row: EntryRow) -> pb.LedgerEntry:
                           stream_id=row.originator_id or "", stream_version=row.originator_version or 0)
 
 
-class RunExecutor:
-    """Executes submitted runs on a thread pool, recording each step signed by the executor."""
-
-    def __init__(self, app: LedgerApp, key: SigningKey, workers: int) -> None:
-        self.app, self.key = app, key
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="qledger-run")
-
-    def schedule(self, run_id: UUID) -> None:
-        self.pool.submit(self.execute, run_id)
-
-    def execute(self, run_id: UUID) -> None:
-        run = cast(Run, self.app.repository.get(run_id))
-        step = "workflow"
-        try:
-            spec = parse_workflow(run.workflow)
-            for step, record in run_workflow(spec):
-                run.record_step(principal=self.key.principal, step=step, record=record)
-                self.app.save(run)
-            run.complete(principal=self.key.principal, summary={"steps": len(run.steps)})
-            self.app.save(run)
-        except Exception as exc:  # every failure is recorded with what is needed to diagnose it
-            run = cast(Run, self.app.repository.get(run_id))
-            run.fail(principal=self.key.principal, error_class=type(exc).__name__,
-                     message=str(exc)[:2000], step=step)
-            self.app.save(run)
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True)
+MAX_COMMAND_AGE = timedelta(minutes=10)
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):
-    def __init__(self, app: LedgerApp, runs: RunExecutor) -> None:
-        self.app, self.runs = app, runs
+    def __init__(self, app: LedgerApp, worker: Worker, queue: RunQueue, max_pending: int) -> None:
+        self.app, self.worker, self.queue, self.max_pending = app, worker, queue, max_pending
+        self.executor_principal = worker.key.principal
         self.source = cast(StoreSource, app.source())
 
     def _run(self, run_id: UUID) -> Run | None:
@@ -82,11 +60,15 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     def run_message(run: Run) -> pb.Run:
         return pb.Run(run_id=str(run.id), workflow=str(run.workflow.get("name", "")), status=run.status,
                       steps=run.steps, submitted_by=run.submitted_by, error=run.error,
-                      version=run.version)
+                      version=run.version, workflow_json=canonical_bytes(run.workflow).decode(),
+                      rerun_of=run.rerun_of or "")
 
     def SubmitWorkflow(self, request: pb.SubmitWorkflowRequest,
                        context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
-        data = request.command.envelope
+        return self._submit(request.command.envelope, context, None)
+
+    def _submit(self, data: bytes, context: grpc.ServicerContext,
+                rerun_of: Run | None) -> pb.SubmitWorkflowResponse:
         if not data:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a signed command is required",
                   "command.envelope")
@@ -109,14 +91,23 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   "stream id must be the run id derived from principal and idempotency key",
                   "command.envelope")
         try:
-            parse_workflow(payload.get("workflow"))
+            parse_workflow(payload.get("workflow"), self.worker.ctx.catalog.names())
         except WorkflowError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), f"workflow.{exc.field}")
         if payload.get("workflow_sha256") != workflow_sha256(payload["workflow"]):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "workflow_sha256 does not match the workflow",
                   "workflow_sha256")
+        if rerun_of is not None and (payload.get("rerun_of") != str(rerun_of.id)
+                                     or payload["workflow_sha256"] != rerun_of.workflow_sha256):
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT,
+                  "a rerun must carry the recorded workflow and name the run it replays", "command.envelope")
+        if rerun_of is None and payload.get("rerun_of") is not None:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "use RerunWorkflow to replay a run", "rerun_of")
         existing = self._run(run_id)
         if existing is None:
+            pending = self.queue.pending()
+            if pending >= self.max_pending:
+                abort_exhausted(context, f"{pending} runs are waiting; try again shortly", retry_seconds=2)
             try:
                 self.app.recorder.insert_events([StoredEvent(run_id, 1, content.event_type, data)])
             except IntegrityError:
@@ -126,7 +117,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             except PersistenceError as exc:
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"ledger store unavailable: {exc}")
             else:
-                self.runs.schedule(run_id)
+                self.queue.enqueue(run_id)
+                self.worker.wake()
                 created = self._run(run_id)
                 assert created is not None
                 return pb.SubmitWorkflowResponse(run=self.run_message(created), created=True)
@@ -136,6 +128,52 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   f"idempotency key {key!r} already names run {run_id} with another workflow",
                   "idempotency_key")
         return pb.SubmitWorkflowResponse(run=self.run_message(existing), created=False)
+
+    def RerunWorkflow(self, request: pb.RerunWorkflowRequest,
+                      context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
+        original = self._run_or_abort(request.run_id, context)
+        return self._submit(request.command.envelope, context, original)
+
+    def CancelRun(self, request: pb.CancelRunRequest,
+                  context: grpc.ServicerContext) -> pb.Run:
+        data = request.command.envelope
+        try:
+            envelope = dsse.parse(data)
+            body = parse_canonical(envelope.payload)
+        except QledgerError as exc:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "command.envelope")
+        if (envelope.payload_type != COMMAND_PAYLOAD_TYPE or not isinstance(body, dict)
+                or body.get("command") != "CancelRun" or body.get("origin") != self.app.origin):
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "not a CancelRun command for this ledger",
+                  "command.envelope")
+        key = self.app.ledger.key_record(envelope.key_id)
+        if key is None or key.revoked_at is not None or not envelope.signature_valid(key.public):
+            abort(context, grpc.StatusCode.UNAUTHENTICATED, "command signature does not verify with a "
+                  "registered, unrevoked key", "command.envelope")
+        try:
+            issued = datetime.fromisoformat(str(body.get("issued_at")))
+        except ValueError:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "issued_at must be ISO 8601", "issued_at")
+        if abs(datetime.now(UTC) - issued) > MAX_COMMAND_AGE:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "command is too old (or from the future)",
+                  "issued_at")
+        run = self._run_or_abort(str(body.get("run_id")), context)
+        if body.get("principal") != key.principal or key.principal not in (run.submitted_by, "root"):
+            abort(context, grpc.StatusCode.PERMISSION_DENIED,
+                  f"{key.principal} may not cancel a run submitted by {run.submitted_by}", "run_id")
+        if run.status not in TERMINAL:
+            run.cancel(principal=self.executor_principal, requested_by=key.principal,
+                       command_sha256=hashlib.sha256(data).hexdigest(), reason=str(body.get("reason", "")))
+            try:
+                self.app.save(run)
+            except IntegrityError:  # a step was recorded meanwhile: cancel at the new version
+                run = cast(Run, self.app.repository.get(run.id))
+                if run.status not in TERMINAL:
+                    run.cancel(principal=self.executor_principal, requested_by=key.principal,
+                               command_sha256=hashlib.sha256(data).hexdigest(),
+                               reason=str(body.get("reason", "")))
+                    self.app.save(run)
+        return self.run_message(run)
 
     def _run_or_abort(self, run_id: str, context: grpc.ServicerContext) -> Run:
         try:

@@ -15,6 +15,7 @@ from ledger.canonical import canonical_bytes
 SCHEMA_VERSION = 1
 TEMPLATES = {"bell": 2, "ghz": None}  # template -> fixed qubit count (None: from parameters)
 BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
+PRIORITIES = ("low", "normal")
 MAX_SHOTS = 1_000_000
 MAX_QUBITS = 12
 
@@ -40,6 +41,8 @@ class WorkflowSpec:
     optimization_level: int
     backend: str
     noise_seed: int | None
+    fallback_backend: str | None
+    priority: str
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
@@ -50,7 +53,8 @@ class WorkflowSpec:
                 "transpile": {"optimization_level": self.optimization_level,
                               "seed_transpiler": self.seed_transpiler},
                 "execute": {"backend": self.backend, "shots": self.shots,
-                            "seed_simulator": self.seed_simulator, "noise_seed": self.noise_seed}}
+                            "seed_simulator": self.seed_simulator, "noise_seed": self.noise_seed,
+                            "fallback_backend": self.fallback_backend, "priority": self.priority}}
 
 
 def workflow_sha256(definition: dict[str, Any]) -> str:
@@ -71,7 +75,7 @@ def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int |
     return value
 
 
-def parse_workflow(definition: Any) -> WorkflowSpec:
+def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> WorkflowSpec:
     if not isinstance(definition, dict):
         raise WorkflowError("workflow", "must be an object")
     if definition.get("schema_version") != SCHEMA_VERSION:
@@ -83,13 +87,18 @@ def parse_workflow(definition: Any) -> WorkflowSpec:
     if TEMPLATES[template] is not None and qubits != TEMPLATES[template]:
         raise WorkflowError("circuit.qubits", f"template {template} has {TEMPLATES[template]} qubits")
     backend = _get(definition, "execute.backend", str)
-    if backend not in BACKENDS:
-        raise WorkflowError("execute.backend", f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-    noise_seed = definition.get("execute", {}).get("noise_seed")
-    if backend == "aer_noisy":
+    if backend not in backends:
+        raise WorkflowError("execute.backend", f"unknown backend {backend!r}; known: {sorted(backends)}")
+    execute = definition.get("execute", {})
+    noise_seed = execute.get("noise_seed")
+    if noise_seed is not None or backend == "aer_noisy":
         noise_seed = _get(definition, "execute.noise_seed", int, low=0, high=2**31)
-    elif noise_seed is not None:
-        raise WorkflowError("execute.noise_seed", "only for aer_noisy")
+    fallback = execute.get("fallback_backend")
+    if fallback is not None and (not isinstance(fallback, str) or fallback not in backends):
+        raise WorkflowError("execute.fallback_backend", f"must be null or one of {sorted(backends)}")
+    priority = _get(definition, "execute.priority", str)
+    if priority not in PRIORITIES:
+        raise WorkflowError("execute.priority", f"must be one of {list(PRIORITIES)}")
     spec = WorkflowSpec(
         name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
         template=template, qubits=qubits,
@@ -97,7 +106,7 @@ def parse_workflow(definition: Any) -> WorkflowSpec:
         seed_transpiler=_get(definition, "transpile.seed_transpiler", int, low=0, high=2**31),
         seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
         optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
-        backend=backend, noise_seed=noise_seed,
+        backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")

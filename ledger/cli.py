@@ -199,7 +199,7 @@ def serve(store: StoreOption = None,
     import signal
     import threading
 
-    from executor.server import start_server
+    from executor.server import ExecutorSettings, start_server
 
     with reported_errors():
         keys = KeyStore.default()
@@ -207,7 +207,8 @@ def serve(store: StoreOption = None,
         ledger.require_origin()
         checkpointer = keys.load(admin.CHECKPOINTER) if keys.exists(admin.CHECKPOINTER) else None
         try:
-            running = start_server(ledger, keys.load(executor), checkpointer, listen, workers)
+            running = start_server(ledger, keys.load(executor), checkpointer, listen,
+                                   ExecutorSettings(workers=workers))
         except (ValueError, RuntimeError) as exc:
             raise fail(str(exc)) from None
     typer.echo(f"serving qledger.v1 on {listen.rsplit(':', 1)[0]}:{running.port} ({ledger.store.url})")

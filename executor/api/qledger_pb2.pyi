@@ -13,7 +13,7 @@ class SignedEnvelope(_message.Message):
     def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "workflow", "status", "steps", "submitted_by", "error", "version")
+    __slots__ = ("run_id", "workflow", "status", "steps", "submitted_by", "error", "version", "workflow_json", "rerun_of")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,8 @@ class Run(_message.Message):
     SUBMITTED_BY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    WORKFLOW_JSON_FIELD_NUMBER: _ClassVar[int]
+    RERUN_OF_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     status: str
@@ -28,7 +30,9 @@ class Run(_message.Message):
     submitted_by: str
     error: str
     version: int
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., error: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+    workflow_json: str
+    rerun_of: str
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., workflow_json: _Optional[str] = ..., rerun_of: _Optional[str] = ...) -> None: ...
 
 class SubmitWorkflowRequest(_message.Message):
     __slots__ = ("command",)
@@ -57,6 +61,20 @@ class WatchRunRequest(_message.Message):
     run_id: str
     after_version: int
     def __init__(self, run_id: _Optional[str] = ..., after_version: _Optional[int] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("command",)
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    command: SignedEnvelope
+    def __init__(self, command: _Optional[_Union[SignedEnvelope, _Mapping]] = ...) -> None: ...
+
+class RerunWorkflowRequest(_message.Message):
+    __slots__ = ("run_id", "command")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    command: SignedEnvelope
+    def __init__(self, run_id: _Optional[str] = ..., command: _Optional[_Union[SignedEnvelope, _Mapping]] = ...) -> None: ...
 
 class LedgerEntry(_message.Message):
     __slots__ = ("position", "envelope", "leaf_hash", "chain_hash", "event_type", "stream_id", "stream_version")

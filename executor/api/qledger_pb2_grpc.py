@@ -49,6 +49,16 @@ class ExecutorStub:
                 request_serializer=executor_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
                 _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/qledger.v1.Executor/CancelRun',
+                request_serializer=executor_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.Run.FromString,
+                _registered_method=True)
+        self.RerunWorkflow = channel.unary_unary(
+                '/qledger.v1.Executor/RerunWorkflow',
+                request_serializer=executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -72,6 +82,18 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RerunWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +111,16 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.WatchRun,
                     request_deserializer=executor_dot_api_dot_qledger__pb2.WatchRunRequest.FromString,
                     response_serializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.CancelRunRequest.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.Run.SerializeToString,
+            ),
+            'RerunWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerunWorkflow,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +204,60 @@ class Executor:
             '/qledger.v1.Executor/WatchRun',
             executor_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
             executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Executor/CancelRun',
+            executor_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerunWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Executor/RerunWorkflow',
+            executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,

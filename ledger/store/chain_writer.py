@@ -159,18 +159,25 @@ class ChainWriter(ABC):
                 )
         return prepared
 
+    def key_record(self, key_id: str) -> KeyRecord | None:
+        """The key as the ledger currently records it (re-read once if not known yet)."""
+        for refresh in (False, True):
+            if refresh or self._head is None:
+                with self.read_transaction() as cursor:
+                    self._head = self.load_head(cursor)
+            record = self._head.registry.keys.get(key_id)
+            if record is not None:
+                return record
+        return None
+
     def _public_key_for(self, entry: PreparedEntry) -> PublicKey:
         from ledger.domain import GENESIS_TYPE
 
         if entry.content.event_type == GENESIS_TYPE:
             return PublicKey(bytes.fromhex(str(entry.content.payload.get("public_key", ""))))
-        for refresh in (False, True):
-            if refresh or self._head is None:
-                with self.read_transaction() as cursor:
-                    self._head = self.load_head(cursor)
-            record: KeyRecord | None = self._head.registry.keys.get(entry.envelope.key_id)
-            if record is not None:
-                return record.public
+        record = self.key_record(entry.envelope.key_id)
+        if record is not None:
+            return record.public
         raise UnknownKeyError(f"key {entry.envelope.key_id[:16]}… is not registered")
 
     # -- phase 2: inside the transaction, table lock held ----------------------------

@@ -6,8 +6,10 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from executor.aer import run_workflow
+from executor.backends import BackendCatalog
+from executor.breaker import BreakerBoard
 from executor.demo_workflow import BELL
+from executor.pipeline import ExecutionContext, run_steps
 from executor.run import Run
 from executor.workflow import parse_workflow
 from ledger.app import LedgerApp
@@ -32,7 +34,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
 def test_same_seeds_give_identical_counts_and_circuit_hashes() -> None:
     def run(seed_simulator: int) -> dict[str, dict[str, object]]:
         body = {**BELL, "execute": {**BELL["execute"], "shots": 1000, "seed_simulator": seed_simulator}}
-        return dict(run_workflow(parse_workflow(body)))
+        return dict(run_steps(parse_workflow(body), ExecutionContext(BackendCatalog(), BreakerBoard())))
 
     first, second, other = run(5), run(5), run(6)
     assert first["execution"]["counts"] == second["execution"]["counts"]

@@ -93,7 +93,7 @@ def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> No
     assert sum(execution["counts"].values()) == workflow["execute"]["shots"]
     assert execution["environment"]["qiskit_aer"]
     if workflow is GHZ_NOISY:
-        assert execution["noise_model"]["seed"] == 42
+        assert execution["backend"]["noise_model"]["seed"] == 42
         assert len(execution["counts"]) > 2  # noise puts shots outside |0000> and |1111>
     run = service.executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))
     assert run.status == "completed" and len(run.steps) == 4

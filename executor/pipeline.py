@@ -1,0 +1,136 @@
+"""A run's steps, in order, each yielding the record the ledger keeps of it.
+
+Execution is where failures are classified: a deterministic failure (the circuit or the
+settings are wrong) fails the run at once; an environmental one (backend down, timeout,
+quota) is retried with exponential backoff and jitter (tenacity), then the run fails
+over to the workflow's fallback backend.  A backend whose breaker is open is not called;
+a low-priority run is routed to the ideal simulator instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from qiskit import QuantumCircuit, qasm3, transpile
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from executor.aer import environment, ideal_distribution, sha256_text, synthesise
+from executor.backends import Backend, BackendCatalog, BackendError, BreakerOpenError
+from executor.breaker import BreakerBoard, Transition
+from executor.workflow import WorkflowSpec
+
+StepRecord = tuple[str, dict[str, Any]]
+SIMULATOR = "aer_ideal"
+
+
+class StepFailedError(Exception):
+    """A step failed for good; ``diagnostics`` is what a person needs to find out why."""
+
+    def __init__(self, cause: BaseException, kind: str, diagnostics: dict[str, Any]) -> None:
+        super().__init__(str(cause))
+        self.cause, self.kind, self.diagnostics = cause, kind, diagnostics
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 4
+    initial_wait: float = 0.05
+    max_wait: float = 1.0
+
+
+@dataclass
+class ExecutionContext:
+    catalog: BackendCatalog
+    breakers: BreakerBoard
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_breaker: Callable[[Transition], None] = lambda transition: None
+
+
+def _retryable(error: BaseException) -> bool:
+    return (isinstance(error, BackendError) and error.kind == "environmental"
+            and not isinstance(error, BreakerOpenError))
+
+
+def _call(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, spec: WorkflowSpec,
+          attempts: list[dict[str, Any]]) -> dict[str, int]:
+    breaker = ctx.breakers[backend.name]
+    for attempt in Retrying(stop=stop_after_attempt(ctx.retry.attempts),
+                            wait=wait_exponential_jitter(multiplier=ctx.retry.initial_wait,
+                                                         max=ctx.retry.max_wait),
+                            retry=retry_if_exception(_retryable), reraise=True):
+        with attempt:
+            allowed, transition = breaker.before_call()
+            if transition:
+                ctx.on_breaker(transition)
+            if not allowed:
+                raise BreakerOpenError(f"circuit breaker for {backend.name} is open")
+            try:
+                counts = backend.run(circuit, spec.shots, spec.seed_simulator)
+            except BackendError as exc:
+                attempts.append({"backend": backend.name, "error_class": type(exc).__name__,
+                                 "message": str(exc)})
+                if exc.kind == "environmental" and (transition := breaker.failure(str(exc))):
+                    ctx.on_breaker(transition)
+                raise
+            if transition := breaker.success():
+                ctx.on_breaker(transition)
+            return counts
+    raise AssertionError("tenacity either returns or re-raises")
+
+
+def execute(ctx: ExecutionContext, spec: WorkflowSpec, circuit: QuantumCircuit
+            ) -> tuple[dict[str, int], dict[str, Any]]:
+    requested = spec.backend
+    routed = None
+    if spec.priority == "low" and requested != SIMULATOR and ctx.breakers[requested].is_open():
+        routed = f"breaker for {requested} is open; low-priority run routed to {SIMULATOR}"
+        requested = SIMULATOR
+    candidates = [requested] + ([spec.fallback_backend] if spec.fallback_backend
+                                and spec.fallback_backend != requested else [])
+    attempts: list[dict[str, Any]] = []
+    last: BackendError | None = None
+    for name in candidates:
+        backend = ctx.catalog.get(name, spec.qubits, spec.noise_seed)
+        try:
+            counts = _call(ctx, backend, circuit, spec, attempts)
+        except BackendError as exc:
+            last = exc
+            if exc.kind == "deterministic":
+                break
+            continue
+        return counts, {"backend": backend.describe(), "requested_backend": spec.backend,
+                        "routed": routed, "failover": name != requested, "attempts": attempts}
+    assert last is not None
+    raise StepFailedError(last, last.kind, {"attempts": attempts, "candidates": candidates})
+
+
+def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
+    circuit = synthesise(spec.template, spec.qubits)
+    yield "circuit_synthesis", {"template": spec.template, "qubits": spec.qubits,
+                                "qasm3_sha256": sha256_text(qasm3.dumps(circuit))}
+    target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    t0 = time.perf_counter()
+    transpiled = transpile(circuit, target.simulator(), optimization_level=spec.optimization_level,
+                           seed_transpiler=spec.seed_transpiler)
+    qasm = qasm3.dumps(transpiled)
+    yield "transpilation", {
+        "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,
+        "target": spec.backend, "qasm3_sha256": sha256_text(qasm), "depth": transpiled.depth(),
+        "gate_counts": dict(sorted(transpiled.count_ops().items())),
+        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)}
+    t0 = time.perf_counter()
+    try:
+        counts, how = execute(ctx, spec, transpiled)
+    except StepFailedError as failure:
+        failure.diagnostics.update({"circuit_qasm3": qasm, "settings": spec.to_json()})
+        raise
+    yield "execution", {
+        **how, "shots": spec.shots, "seed_simulator": spec.seed_simulator,
+        "counts": dict(sorted(counts.items())),
+        "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
+    ideal = ideal_distribution(spec)
+    tvd = 0.5 * sum(abs(counts.get(k, 0) / spec.shots - ideal.get(k, 0.0)) for k in set(counts) | set(ideal))
+    yield "report", {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6)}

@@ -1,0 +1,156 @@
+"""Executor workers: claim runs from the queue, execute them, record every step.
+
+Crash safety: a run's steps are deterministic given its recorded seeds, so a worker that
+takes over a run whose executor died replays the already-recorded steps in memory
+(checking they reproduce what was recorded) and records only the missing ones.  Stream
+versions make a duplicated step impossible: a second writer of the same version is
+refused by the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from executor.breaker import Transition
+from executor.pipeline import ExecutionContext, StepFailedError, run_steps
+from executor.queue import RunQueue
+from executor.run import TERMINAL, BackendBreaker, Run
+from executor.workflow import WorkflowError, parse_workflow
+from ledger.app import LedgerApp
+from ledger.keys import SigningKey
+
+log = logging.getLogger("qledger.executor")
+
+# Fields of a step record that must come out the same when a step is replayed on resume.
+REPRODUCIBLE = ("qasm3_sha256", "counts")
+
+
+class LeaseLostError(Exception):
+    pass
+
+
+class Worker:
+    def __init__(self, app: LedgerApp, key: SigningKey, queue: RunQueue, ctx: ExecutionContext, *,
+                 threads: int = 2, lease_seconds: float = 30.0, poll_seconds: float = 0.2,
+                 max_attempts: int = 3) -> None:
+        self.app, self.key, self.queue, self.ctx = app, key, queue, ctx
+        self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
+        self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
+        self.ctx.on_breaker = self.record_breaker
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claimed = self.queue.claim(self.name, self.lease)
+            except Exception:  # store briefly unavailable: try again after the poll interval
+                log.exception("claiming work failed")
+                claimed = None
+            if claimed is None:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+                continue
+            run_id, attempt = claimed
+            try:
+                self.execute(run_id, attempt)
+                self.queue.finish(run_id, self.name)
+            except LeaseLostError:
+                log.warning("lease on run %s lost; another executor has it", run_id)
+            except Exception:
+                log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
+
+    def _load(self, run_id: UUID) -> Run:
+        return cast(Run, self.app.repository.get(run_id))
+
+    def execute(self, run_id: UUID, attempt: int = 1) -> None:
+        run = self._load(run_id)
+        if run.status in TERMINAL:
+            return
+        if attempt > self.max_attempts:
+            self._fail(run, "ExecutorLost", f"run was claimed {attempt - 1} times without finishing",
+                       "executor", "environmental", {})
+            return
+        step = "workflow"
+        try:
+            spec = parse_workflow(run.workflow, self.ctx.catalog.names())
+            for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
+                if index < len(run.steps):
+                    self._check_replay(run, index, step, record)
+                    continue
+                run = self._load(run_id)
+                if run.status == "cancelled":
+                    return
+                run.record_step(principal=self.key.principal, step=step, record=record)
+                self.app.save(run)
+                if not self.queue.renew(run_id, self.name, self.lease):
+                    raise LeaseLostError(str(run_id))
+            run = self._load(run_id)
+            if run.status in TERMINAL:
+                return
+            run.complete(principal=self.key.principal, summary={"steps": len(run.steps)})
+            self.app.save(run)
+        except (LeaseLostError, IntegrityError):
+            raise
+        except StepFailedError as failure:
+            self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause), step,
+                       failure.kind, failure.diagnostics)
+        except WorkflowError as exc:
+            self._fail(self._load(run_id), type(exc).__name__, str(exc), step, "deterministic",
+                       {"settings": run.workflow})
+        except Exception as exc:  # unexpected: still recorded, with what was being done
+            self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
+                       {"settings": run.workflow})
+
+    def _check_replay(self, run: Run, index: int, step: str, record: dict[str, Any]) -> None:
+        recorded = run.records[index]
+        same = run.steps[index] == step and all(
+            recorded.get(f) == record.get(f) for f in REPRODUCIBLE if f in recorded)
+        if not same:
+            raise WorkflowError("workflow", f"resuming step {step!r} did not reproduce its record")
+
+    def _fail(self, run: Run, error_class: str, message: str, step: str, kind: str,
+              diagnostics: dict[str, Any]) -> None:
+        if run.status in TERMINAL:
+            return
+        run.fail(principal=self.key.principal, error_class=error_class, message=message, step=step,
+                 kind=kind, diagnostics=diagnostics)
+        self.app.save(run)
+
+    def record_breaker(self, transition: Transition) -> None:
+        for _ in range(3):  # another executor may record a change of the same breaker at once
+            try:
+                try:
+                    breaker = cast(BackendBreaker, self.app.repository.get(
+                        BackendBreaker.create_id(transition.backend)))
+                except AggregateNotFoundError:
+                    breaker = BackendBreaker(principal=self.key.principal, backend=transition.backend)
+                breaker.change(principal=self.key.principal, state=transition.state,
+                               reason=transition.reason)
+                self.app.save(breaker)
+                return
+            except IntegrityError:
+                continue
+        log.error("could not record breaker transition %s", transition)
