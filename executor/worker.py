@@ -110,7 +110,7 @@ class Worker:
             run = self._load(run_id)
             if run.status in TERMINAL:
                 return
-            run.complete(principal=self.key.principal, summary={"steps": len(run.steps)})
+            run.complete(principal=self.key.principal, summary={"steps": len(run.steps), "worker": self.name})
             self.app.save(run)
         except (LeaseLostError, IntegrityError):
             raise

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,58 +13,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.demo_workflow import BELL, GHZ_NOISY
 from executor.errors import field_violations
-from executor.server import PlaintextRefusedError, client_channel, start_server
+from executor.server import PlaintextRefusedError, start_server
 from ledger import dsse, merkle
-from ledger.admin import CHECKPOINTER
-from ledger.app import LedgerApp
 from ledger.canonical import canonical_bytes
 from ledger.content import EntryContent
-from ledger.keys import KeyStore, SigningKey
+from ledger.keys import SigningKey
 from ledger.verify import verify
+from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
-
-
-@dataclass
-class Service:
-    app: LedgerApp
-    client: SigningKey
-    executor: pb_grpc.ExecutorStub
-    ledger: pb_grpc.LedgerStub
-    channel: grpc.Channel
-    origin: str
-
-    def submit(self, workflow: dict[str, Any], key: str | None = None,
-               signer: SigningKey | None = None) -> pb.SubmitWorkflowResponse:
-        command = submit_command(signer or self.client, self.origin, workflow, key or str(uuid.uuid4()))
-        return self.submit_raw(command)
-
-    def submit_raw(self, envelope: bytes) -> pb.SubmitWorkflowResponse:
-        request = pb.SubmitWorkflowRequest(command=pb.SignedEnvelope(envelope=envelope))
-        return self.executor.SubmitWorkflow(request, timeout=30)  # type: ignore[no-any-return]
-
-    def watch(self, run_id: str, after: int = 0) -> list[pb.LedgerEntry]:
-        return list(self.executor.WatchRun(pb.WatchRunRequest(run_id=run_id, after_version=after),
-                                           timeout=120))
-
-
-@pytest.fixture
-def service(store_url: str, qledger_home: Path) -> Iterator[Service]:
-    app, alice = make_ledger(store_url, qledger_home)
-    keys = KeyStore(qledger_home)
-    executor_key = keys.load_or_create("executor-1")
-    app.register_key("root", "executor-1", executor_key.public, "executor")
-    running = start_server(app, executor_key, keys.load(CHECKPOINTER))
-    channel = client_channel(running.address)
-    try:
-        yield Service(app, alice, pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel), channel,
-                      app.require_origin())
-    finally:
-        channel.close()
-        running.stop()
 
 
 def code_of(call: Any) -> tuple[grpc.StatusCode, list[str]]:

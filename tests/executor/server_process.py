@@ -1,0 +1,33 @@
+"""An executor server in its own process, for crash and scale-out tests.
+
+``python -m tests.executor.server_process STORE HOME LATENCY`` serves on a free loopback
+port, prints ``port N``, and offers a backend ``slow`` (aer_ideal plus LATENCY seconds).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+from executor.backends import BackendCatalog, FaultConfig
+from executor.server import ExecutorSettings, start_server
+from ledger.admin import CHECKPOINTER
+from ledger.app import LedgerApp
+from ledger.keys import KeyStore
+
+
+def main() -> None:
+    store, home, latency = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    keys = KeyStore(home)
+    app = LedgerApp(store, create_tables=False)
+    catalog = BackendCatalog({"slow": ("aer_ideal", FaultConfig(latency_seconds=latency))})
+    running = start_server(app, keys.load("executor-1"), keys.load(CHECKPOINTER),
+                           settings=ExecutorSettings(workers=2, lease_seconds=1.5, poll_seconds=0.1),
+                           catalog=catalog)
+    print(f"port {running.port}", flush=True)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

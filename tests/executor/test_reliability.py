@@ -1,0 +1,152 @@
+"""Failure classification, retries, failover, circuit breakers, cancellation, reruns, backpressure."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from executor.api import qledger_pb2 as pb
+from executor.backends import BackendCatalog, FaultConfig
+from executor.commands import cancel_command, submit_command
+from executor.demo_workflow import BELL
+from executor.errors import retry_delay
+from executor.pipeline import RetryPolicy
+from executor.run import BackendBreaker, run_id_for
+from ledger import dsse
+from ledger.keys import KeyStore, SigningKey
+from ledger.verify import verify
+from tests.executor.conftest import Service, ServiceFactory
+from tests.executor.test_grpc import code_of
+
+FAST_RETRY = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
+
+
+def workflow(backend: str, fallback: str | None = None, priority: str = "normal") -> dict[str, Any]:
+    return {**BELL, "execute": {**BELL["execute"], "backend": backend, "fallback_backend": fallback,
+                                "priority": priority}}
+
+
+def payloads(service: Service, run_id: str) -> list[dict[str, Any]]:
+    return [json.loads(dsse.parse(e.envelope).payload) for e in service.watch(run_id)]
+
+
+def finished(service: Service, body: dict[str, Any]) -> tuple[pb.Run, list[dict[str, Any]]]:
+    run_id = service.submit(body).run.run_id
+    entries = payloads(service, run_id)
+    return service.run(run_id), entries
+
+
+def catalog(**backends: FaultConfig) -> BackendCatalog:
+    return BackendCatalog({name: ("aer_ideal", config) for name, config in backends.items()})
+
+
+def test_environmental_failures_are_retried(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(flaky=FaultConfig(failure_rate=0.5, seed=3)), retry=RetryPolicy(
+        attempts=8, initial_wait=0.01, max_wait=0.05))
+    run, entries = finished(service, workflow("flaky"))
+    assert run.status == "completed", run.error
+    execution = entries[3]["payload"]["record"]
+    assert execution["backend"]["name"] == "flaky" and not execution["failover"]
+    assert execution["attempts"], "seed 3 fails the first call: the retry must be on record"
+    assert all(a["error_class"] == "BackendUnavailableError" for a in execution["attempts"])
+
+
+def test_failover_to_the_fallback_backend(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(down=FaultConfig(failure_rate=1.0)), retry=FAST_RETRY)
+    run, entries = finished(service, workflow("down", fallback="aer_ideal"))
+    assert run.status == "completed", run.error
+    execution = entries[3]["payload"]["record"]
+    assert execution["failover"] and execution["backend"]["name"] == "aer_ideal"
+    assert [a["backend"] for a in execution["attempts"]] == ["down"] * 3
+
+
+def test_without_fallback_the_run_fails_with_diagnostics(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(down=FaultConfig(failure_rate=1.0)), retry=FAST_RETRY)
+    run, entries = finished(service, workflow("down"))
+    assert run.status == "failed" and run.error.startswith("environmental BackendUnavailableError")
+    failed = entries[-1]["payload"]
+    assert failed["kind"] == "environmental" and failed["step"] == "transpilation"
+    assert "OPENQASM 3" in failed["diagnostics"]["circuit_qasm3"]
+    assert failed["diagnostics"]["settings"]["execute"]["backend"] == "down"
+    assert len(failed["diagnostics"]["attempts"]) == 3
+
+
+def test_deterministic_failures_fail_fast(service_factory: ServiceFactory) -> None:
+    rejecting = catalog(picky=FaultConfig(reject=True))
+    service = service_factory(rejecting, retry=FAST_RETRY)
+    run, entries = finished(service, workflow("picky", fallback="aer_ideal"))
+    assert run.status == "failed" and run.error.startswith("deterministic CircuitRejectedError")
+    assert rejecting.get("picky", 2, None).calls == 1  # no retry, no failover
+    assert entries[-1]["payload"]["diagnostics"]["circuit_qasm3"]
+
+
+def test_breaker_opens_is_recorded_and_reroutes_low_priority(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(down=FaultConfig(failure_rate=1.0)), retry=FAST_RETRY,
+                              breaker_threshold=2, breaker_cooldown=60)
+    run, _ = finished(service, workflow("down"))
+    assert run.status == "failed"
+    breaker = service.app.repository.get(BackendBreaker.create_id("down"))
+    assert isinstance(breaker, BackendBreaker) and breaker.state == "open"
+    # With the breaker open a low-priority run goes to the simulator; a normal one fails fast.
+    run, entries = finished(service, workflow("down", priority="low"))
+    assert run.status == "completed", run.error
+    execution = entries[3]["payload"]["record"]
+    assert execution["routed"].startswith("breaker for down is open")
+    assert execution["backend"]["name"] == "aer_ideal"
+    run, entries = finished(service, workflow("down"))
+    assert run.status == "failed" and "BreakerOpenError" in run.error
+    assert verify(service.app.source()).ok
+
+
+def test_cancel_run(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(slow=FaultConfig(latency_seconds=1.5)))
+    run_id = service.submit(workflow("slow")).run.run_id
+    time.sleep(0.3)
+    mallory = KeyStore(service.home).load_or_create("mallory")
+    service.app.register_key("root", "mallory", mallory.public, "client")
+    other = cancel_command(mallory, service.origin, run_id, "not mine")
+    request = pb.CancelRunRequest(command=pb.SignedEnvelope(envelope=other))
+    assert code_of(lambda: service.executor.CancelRun(request))[0] == grpc.StatusCode.PERMISSION_DENIED
+    forged = cancel_command(SigningKey.generate("alice"), service.origin, run_id, "forged")
+    request = pb.CancelRunRequest(command=pb.SignedEnvelope(envelope=forged))
+    assert code_of(lambda: service.executor.CancelRun(request))[0] == grpc.StatusCode.UNAUTHENTICATED
+    command = cancel_command(service.client, service.origin, run_id, "changed my mind")
+    cancelled = service.executor.CancelRun(pb.CancelRunRequest(command=pb.SignedEnvelope(envelope=command)))
+    assert cancelled.status == "cancelled"
+    kinds = [p["event_type"].rsplit(".", 1)[-1] for p in payloads(service, run_id)]
+    assert kinds[-1] == "Cancelled" and "Completed" not in kinds
+    time.sleep(2)  # the worker finishes its step and must not record past the cancellation
+    assert service.run(run_id).status == "cancelled"
+    assert verify(service.app.source()).ok
+
+
+def test_rerun_reproduces_the_recorded_run(service: Service) -> None:
+    original_id = service.submit(BELL).run.run_id
+    original = payloads(service, original_id)
+    recorded = json.loads(service.run(original_id).workflow_json)
+    command = submit_command(service.client, service.origin, recorded, "rerun-1", rerun_of=original_id)
+    reply = service.executor.RerunWorkflow(pb.RerunWorkflowRequest(
+        run_id=original_id, command=pb.SignedEnvelope(envelope=command)))
+    rerun = payloads(service, reply.run.run_id)
+    assert service.run(reply.run.run_id).rerun_of == original_id
+    assert rerun[3]["payload"]["record"]["counts"] == original[3]["payload"]["record"]["counts"]
+    changed = {**recorded, "execute": {**recorded["execute"], "shots": 10}}
+    bad = submit_command(service.client, service.origin, changed, "rerun-2", rerun_of=original_id)
+    request = pb.RerunWorkflowRequest(run_id=original_id, command=pb.SignedEnvelope(envelope=bad))
+    assert code_of(lambda: service.executor.RerunWorkflow(request))[0] == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_backpressure_is_resource_exhausted_with_retry_info(service_factory: ServiceFactory) -> None:
+    service = service_factory(catalog(slow=FaultConfig(latency_seconds=1.0)), workers=1, max_pending=1)
+    service.submit(workflow("slow"))
+    with pytest.raises(grpc.RpcError) as caught:
+        service.submit(workflow("slow"), key="second")
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert retry_delay(caught.value) == 2.0
+    # Refused before anything was written: the second run does not exist.
+    second = str(run_id_for("alice", "second"))
+    assert code_of(lambda: service.run(second))[0] == grpc.StatusCode.NOT_FOUND
