@@ -1,0 +1,114 @@
+"""Executors as separate processes: kill -9 mid-run and restart; two executors on one store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.commands import submit_command
+from executor.demo_workflow import BELL
+from executor.server import client_channel
+from ledger import dsse
+from ledger.app import LedgerApp
+from ledger.keys import KeyStore, SigningKey
+from ledger.verify import verify
+from tests.ledger.helpers import make_ledger
+
+REPO = Path(__file__).resolve().parents[2]
+SLOW = {**BELL, "execute": {**BELL["execute"], "backend": "slow"}}
+
+
+def prepare(store_url: str, home: Path) -> tuple[LedgerApp, SigningKey]:
+    app, alice = make_ledger(store_url, home)
+    executor_key = KeyStore(home).load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    return app, alice
+
+
+def spawn_server(store_url: str, home: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen([sys.executable, "-m", "tests.executor.server_process", store_url,
+                                str(home), str(latency)], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    assert line.startswith("port "), line
+    return process, f"127.0.0.1:{line.split()[1]}"
+
+
+def stream(app: LedgerApp, run_id: str) -> list[dict[str, Any]]:
+    from uuid import UUID
+
+    rows = app.source().stream_entries(UUID(run_id), 0)  # type: ignore[attr-defined]
+    return [json.loads(dsse.parse(r.state).payload) for r in rows]
+
+
+def wait_for(predicate: Any, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_kill_9_mid_run_then_restart_resumes(store_url: str, qledger_home: Path) -> None:
+    app, alice = prepare(store_url, qledger_home)
+    first, address = spawn_server(store_url, qledger_home, latency=30.0)
+    try:
+        with client_channel(address) as channel:
+            stub = pb_grpc.ExecutorStub(channel)
+            command = submit_command(alice, app.require_origin(), SLOW, "crash-1")
+            run_id = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
+                command=pb.SignedEnvelope(envelope=command)), timeout=30).run.run_id
+        # Synthesis and transpilation are recorded; execution sleeps in the slow backend.
+        wait_for(lambda: len(stream(app, run_id)) >= 3, 60)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    assert [p["stream_version"] for p in stream(app, run_id)] == [1, 2, 3]
+    second, address = spawn_server(store_url, qledger_home, latency=0.0)
+    try:
+        wait_for(lambda: stream(app, run_id)[-1]["event_type"].endswith("Completed"), 90)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    entries = stream(app, run_id)
+    steps = [p["payload"]["step"] for p in entries if p["event_type"].endswith("StepRecorded")]
+    assert steps == ["circuit_synthesis", "transpilation", "execution", "report"]  # none lost or twice
+    assert [p["stream_version"] for p in entries] == list(range(1, 7))
+    assert verify(app.source()).ok
+
+
+def test_two_executor_processes_share_one_store(pg_store_url: str, qledger_home: Path) -> None:
+    app, alice = prepare(pg_store_url, qledger_home)
+    servers = [spawn_server(pg_store_url, qledger_home, latency=0.3) for _ in range(2)]
+    try:
+        run_ids = []
+        for i in range(8):
+            _, address = servers[i % 2]
+            with client_channel(address) as channel:
+                command = submit_command(alice, app.require_origin(), SLOW, f"shared-{i}")
+                reply = pb_grpc.ExecutorStub(channel).SubmitWorkflow(pb.SubmitWorkflowRequest(
+                    command=pb.SignedEnvelope(envelope=command)), timeout=30)
+                run_ids.append(reply.run.run_id)
+        wait_for(lambda: all(stream(app, r)[-1]["event_type"].endswith("Completed") for r in run_ids), 120)
+    finally:
+        for process, _ in servers:
+            process.terminate()
+            process.wait(timeout=30)
+    workers = Counter()
+    for run_id in run_ids:
+        entries = stream(app, run_id)
+        kinds = [p["event_type"].rsplit(".", 1)[-1] for p in entries]
+        assert kinds == ["Submitted"] + ["StepRecorded"] * 4 + ["Completed"]  # executed exactly once
+        workers[entries[-1]["payload"]["summary"]["worker"]] += 1
+    assert len(workers) >= 2, f"one executor did all the work: {workers}"
+    assert verify(app.source()).ok
