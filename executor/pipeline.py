@@ -10,7 +10,7 @@ a low-priority run is routed to the ideal simulator instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,19 +108,14 @@ def execute(ctx: ExecutionContext, spec: WorkflowSpec, circuit: QuantumCircuit
 
 
 def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
+    if spec.template == "qaoa_maxcut":
+        yield from run_qaoa(spec, ctx)
+        return
     circuit = synthesise(spec.template, spec.qubits)
     yield "circuit_synthesis", {"template": spec.template, "qubits": spec.qubits,
                                 "qasm3_sha256": sha256_text(qasm3.dumps(circuit))}
-    target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
-    t0 = time.perf_counter()
-    transpiled = transpile(circuit, target.simulator(), optimization_level=spec.optimization_level,
-                           seed_transpiler=spec.seed_transpiler)
-    qasm = qasm3.dumps(transpiled)
-    yield "transpilation", {
-        "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,
-        "target": spec.backend, "qasm3_sha256": sha256_text(qasm), "depth": transpiled.depth(),
-        "gate_counts": dict(sorted(transpiled.count_ops().items())),
-        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)}
+    transpiled, qasm, record = _transpiled(spec, ctx, circuit)
+    yield record
     t0 = time.perf_counter()
     try:
         counts, how = execute(ctx, spec, transpiled)
@@ -134,3 +129,71 @@ def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]
     ideal = ideal_distribution(spec)
     tvd = 0.5 * sum(abs(counts.get(k, 0) / spec.shots - ideal.get(k, 0.0)) for k in set(counts) | set(ideal))
     yield "report", {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6)}
+
+
+def _transpiled(spec: WorkflowSpec, ctx: ExecutionContext, circuit: QuantumCircuit
+                ) -> tuple[QuantumCircuit, str, StepRecord]:
+    target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    t0 = time.perf_counter()
+    transpiled = transpile(circuit, target.simulator(), optimization_level=spec.optimization_level,
+                           seed_transpiler=spec.seed_transpiler)
+    qasm = qasm3.dumps(transpiled)
+    return transpiled, qasm, ("transpilation", {
+        "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,
+        "target": spec.backend, "qasm3_sha256": sha256_text(qasm), "depth": transpiled.depth(),
+        "gate_counts": dict(sorted(transpiled.count_ops().items())),
+        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)})
+
+
+def run_qaoa(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
+    """The hybrid loop: COBYLA proposes (gamma, beta); each proposal is a circuit evaluation."""
+    from scipy.optimize import minimize
+
+    from executor.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
+
+    assert spec.optimizer is not None
+    circuit = qaoa_circuit(spec.qubits, spec.graph, spec.layers)
+    yield "circuit_synthesis", {"template": spec.template, "qubits": spec.qubits,
+                                "graph": [list(e) for e in spec.graph], "layers": spec.layers,
+                                "qasm3_sha256": sha256_text(qasm3.dumps(circuit))}
+    transpiled, qasm, record = _transpiled(spec, ctx, circuit)
+    yield record
+    iterations: list[dict[str, Any]] = []
+
+    def evaluate(parameters: Sequence[float]) -> tuple[dict[str, int], dict[str, Any]]:
+        bound = transpiled.assign_parameters(list(parameters))
+        try:
+            return execute(ctx, spec, bound)
+        except StepFailedError as failure:
+            failure.diagnostics.update({"circuit_qasm3": qasm, "settings": spec.to_json(),
+                                        "parameters": list(parameters)})
+            raise
+
+    def objective(parameters: Sequence[float]) -> float:
+        counts, _ = evaluate(parameters)
+        value = expected_cut(counts, spec.graph)
+        iterations.append({"parameters": [round(float(p), 12) for p in parameters],
+                           "expected_cut": round(value, 12)})
+        return -value
+
+    t0 = time.perf_counter()
+    result = minimize(objective, spec.optimizer["initial_parameters"], method="COBYLA",
+                      options={"maxiter": spec.optimizer["maxiter"]})
+    best = [round(float(p), 12) for p in result.x]
+    yield "hybrid_optimisation", {"optimizer": spec.optimizer, "evaluations": len(iterations),
+                                  "iterations": iterations, "best_parameters": best,
+                                  "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
+    t0 = time.perf_counter()
+    counts, how = evaluate(best)
+    yield "execution", {**how, "parameters": best, "shots": spec.shots,
+                        "seed_simulator": spec.seed_simulator, "counts": dict(sorted(counts.items())),
+                        "execute_ms": round(1000 * (time.perf_counter() - t0), 3),
+                        "environment": environment()}
+    optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
+    likeliest = max(counts, key=lambda bits: (counts[bits], bits))
+    value = expected_cut(counts, spec.graph)
+    yield "report", {"classical_baseline": {"method": "brute force", "max_cut": optimum,
+                                            "optimal_assignments": winners},
+                     "expected_cut": round(value, 12), "approximation_ratio": round(value / optimum, 12),
+                     "most_likely": likeliest, "most_likely_cut": cut_value(likeliest, spec.graph),
+                     "sampled_optimum": max(cut_value(b, spec.graph) for b in counts)}

@@ -13,7 +13,8 @@ from typing import Any
 from ledger.canonical import canonical_bytes
 
 SCHEMA_VERSION = 1
-TEMPLATES = {"bell": 2, "ghz": None}  # template -> fixed qubit count (None: from parameters)
+TEMPLATES = {"bell": 2, "ghz": None, "qaoa_maxcut": None}  # template -> fixed qubit count
+MAX_OPTIMIZER_ITERATIONS = 200
 BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
 PRIORITIES = ("low", "normal")
 MAX_SHOTS = 1_000_000
@@ -43,13 +44,21 @@ class WorkflowSpec:
     noise_seed: int | None
     fallback_backend: str | None
     priority: str
+    graph: tuple[tuple[int, int], ...] = ()  # qaoa_maxcut: the MaxCut instance's edges
+    layers: int = 0  # qaoa_maxcut: QAOA depth p
+    optimizer: dict[str, Any] | None = None  # qaoa_maxcut: the classical loop's settings
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version,
-                "circuit": {"template": self.template, "qubits": self.qubits},
+        circuit: dict[str, Any] = {"template": self.template, "qubits": self.qubits}
+        extra: dict[str, Any] = {}
+        if self.template == "qaoa_maxcut":
+            circuit |= {"graph": [list(e) for e in self.graph], "layers": self.layers}
+            extra = {"optimizer": self.optimizer}
+        return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version, **extra,
+                "circuit": circuit,
                 "transpile": {"optimization_level": self.optimization_level,
                               "seed_transpiler": self.seed_transpiler},
                 "execute": {"backend": self.backend, "shots": self.shots,
@@ -99,6 +108,11 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
     priority = _get(definition, "execute.priority", str)
     if priority not in PRIORITIES:
         raise WorkflowError("execute.priority", f"must be one of {list(PRIORITIES)}")
+    graph: tuple[tuple[int, int], ...] = ()
+    layers = 0
+    optimizer = None
+    if template == "qaoa_maxcut":
+        graph, layers, optimizer = _qaoa_settings(definition, qubits)
     spec = WorkflowSpec(
         name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
         template=template, qubits=qubits,
@@ -107,7 +121,32 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
         optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
         backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
+        graph=graph, layers=layers, optimizer=optimizer,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
     return spec
+
+
+def _qaoa_settings(definition: dict[str, Any], qubits: int
+                   ) -> tuple[tuple[tuple[int, int], ...], int, dict[str, Any]]:
+    edges = _get(definition, "circuit.graph", list)
+    graph = []
+    for i, edge in enumerate(edges):
+        if (not isinstance(edge, list) or len(edge) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < qubits for v in edge)
+                or edge[0] == edge[1]):
+            raise WorkflowError(f"circuit.graph[{i}]", f"an edge is two distinct vertices in 0..{qubits - 1}")
+        graph.append((edge[0], edge[1]))
+    if not graph:
+        raise WorkflowError("circuit.graph", "needs at least one edge")
+    layers = _get(definition, "circuit.layers", int, low=1, high=5)
+    method = _get(definition, "optimizer.method", str)
+    if method != "COBYLA":
+        raise WorkflowError("optimizer.method", "only COBYLA (deterministic from its start) is supported")
+    maxiter = _get(definition, "optimizer.maxiter", int, low=1, high=MAX_OPTIMIZER_ITERATIONS)
+    initial = _get(definition, "optimizer.initial_parameters", list)
+    if len(initial) != 2 * layers or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                             for x in initial):
+        raise WorkflowError("optimizer.initial_parameters", f"needs {2 * layers} numbers (gammas, betas)")
+    return tuple(graph), layers, {"method": method, "maxiter": maxiter, "initial_parameters": initial}

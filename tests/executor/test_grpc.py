@@ -165,3 +165,22 @@ def test_plaintext_only_on_loopback(sqlite_store_url: str, qledger_home: Path) -
     app, _ = make_ledger(sqlite_store_url, qledger_home)
     with pytest.raises(PlaintextRefusedError):
         start_server(app, SigningKey.generate("executor-1"), None, listen="0.0.0.0:0")
+
+
+def test_qaoa_maxcut_hybrid_loop_against_brute_force(service: Service) -> None:
+    from executor.demo_workflow import load
+
+    reply = service.submit(load("qaoa_maxcut"))
+    entries = service.watch(reply.run.run_id)
+    records = {p["payload"]["step"]: p["payload"]["record"] for p in
+               (json.loads(dsse.parse(e.envelope).payload) for e in entries[1:-1])}
+    assert list(records) == ["circuit_synthesis", "transpilation", "hybrid_optimisation", "execution",
+                             "report"]
+    loop = records["hybrid_optimisation"]
+    assert loop["evaluations"] == len(loop["iterations"]) > 5
+    report = records["report"]
+    assert report["classical_baseline"]["max_cut"] == 5
+    assert report["most_likely"] in report["classical_baseline"]["optimal_assignments"]
+    assert 0.7 < report["approximation_ratio"] <= 1.0
+    # The first proposal is the workflow's recorded starting point.
+    assert loop["iterations"][0]["parameters"] == [0.8, 0.4]
