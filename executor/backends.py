@@ -16,6 +16,7 @@ from typing import Any
 
 from qiskit import QuantumCircuit
 from qiskit.providers.fake_provider import GenericBackendV2
+from qiskit.transpiler import Target
 from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel
 
@@ -46,6 +47,7 @@ class CircuitRejectedError(BackendError):
 
 class Backend(ABC):
     name: str
+    _target: Target | None = None
 
     @abstractmethod
     def simulator(self) -> AerSimulator:
@@ -54,6 +56,13 @@ class Backend(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """Everything about the backend that affects results (noise model and its seed)."""
+
+    def transpile_target(self) -> Target:
+        # AerSimulator.target builds a new Target on every access, which cost ~100 ms per
+        # transpile; the target never changes for a backend instance, so build it once.
+        if self._target is None:
+            self._target = self.simulator().target
+        return self._target
 
     def run(self, circuit: QuantumCircuit, shots: int, seed_simulator: int) -> dict[str, int]:
         result = self.simulator().run(circuit, shots=shots, seed_simulator=seed_simulator).result()
@@ -114,6 +123,9 @@ class FaultInjectingBackend(Backend):
     def simulator(self) -> AerSimulator:
         return self.inner.simulator()
 
+    def transpile_target(self) -> Target:
+        return self.inner.transpile_target()
+
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "name": self.name, "faults": vars(self.config)}
 
@@ -134,13 +146,28 @@ class BackendCatalog:
 
     def __init__(self, faulty: dict[str, tuple[str, FaultConfig]] | None = None) -> None:
         self.faulty = dict(faulty or {})
-        self._instances: dict[str, FaultInjectingBackend] = {}
-        self._lock = threading.Lock()
+        self._instances: dict[tuple[str, int, int | None], Backend] = {}
+        self._lock = threading.RLock()
 
     def names(self) -> frozenset[str]:
         return frozenset({"aer_ideal", "aer_noisy", *self.faulty})
 
     def get(self, name: str, qubits: int, noise_seed: int | None) -> Backend:
+        """One instance per (name, qubits, noise seed): built once, reused by every run."""
+        if name not in self.names():
+            raise KeyError(name)
+        if name == "aer_ideal":
+            key: tuple[str, int, int | None] = (name, 0, None)
+        elif name in self.faulty:
+            key = (name, 0, None)  # one per name, so its seeded fault sequence is shared
+        else:
+            key = (name, max(qubits, 2), noise_seed)
+        with self._lock:
+            if key not in self._instances:
+                self._instances[key] = self._build(name, qubits, noise_seed)
+            return self._instances[key]
+
+    def _build(self, name: str, qubits: int, noise_seed: int | None) -> Backend:
         if name == "aer_ideal":
             return AerIdealBackend()
         if name == "aer_noisy":
@@ -148,8 +175,4 @@ class BackendCatalog:
                 raise ValueError("aer_noisy needs a noise seed")
             return AerNoisyBackend(qubits, noise_seed)
         inner_name, config = self.faulty[name]
-        with self._lock:  # one instance per name, so its seeded fault sequence is shared
-            if name not in self._instances:
-                inner = self.get(inner_name, qubits, noise_seed)
-                self._instances[name] = FaultInjectingBackend(name, inner, config)
-            return self._instances[name]
+        return FaultInjectingBackend(name, self.get(inner_name, qubits, noise_seed), config)

@@ -135,8 +135,8 @@ def _transpiled(spec: WorkflowSpec, ctx: ExecutionContext, circuit: QuantumCircu
                 ) -> tuple[QuantumCircuit, str, StepRecord]:
     target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
     t0 = time.perf_counter()
-    transpiled = transpile(circuit, target.simulator(), optimization_level=spec.optimization_level,
-                           seed_transpiler=spec.seed_transpiler)
+    transpiled = transpile(circuit, target=target.transpile_target(),
+                           optimization_level=spec.optimization_level, seed_transpiler=spec.seed_transpiler)
     qasm = qasm3.dumps(transpiled)
     return transpiled, qasm, ("transpilation", {
         "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,

@@ -166,6 +166,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                        command_sha256=hashlib.sha256(data).hexdigest(), reason=str(body.get("reason", "")))
             try:
                 self.app.save(run)
+                self.worker.changes.notify()
             except IntegrityError:  # a step was recorded meanwhile: cancel at the new version
                 run = cast(Run, self.app.repository.get(run.id))
                 if run.status not in TERMINAL:
@@ -194,6 +195,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         after = request.after_version
         deadline = time.monotonic() + WATCH_LIMIT_SECONDS
         while context.is_active() and time.monotonic() < deadline:
+            seen = self.worker.changes.seen()
             rows = self.source.stream_entries(run.id, after)
             for row in rows:
                 yield entry_message(row)
@@ -202,7 +204,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 run = cast(Run, self.app.repository.get(run.id))
                 if run.status in TERMINAL and run.version <= after:
                     return
-                time.sleep(WATCH_POLL_SECONDS)
+                # Woken at once by this process's workers; the timeout covers other executors.
+                self.worker.changes.wait(seen, WATCH_POLL_SECONDS)
 
 
 class LedgerService(pb_grpc.LedgerServicer):

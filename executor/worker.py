@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from typing import Any, cast
 from uuid import UUID
@@ -36,6 +37,27 @@ class LeaseLostError(Exception):
     pass
 
 
+class Changes:
+    """Wakes in-process watchers the moment a run's entry is saved (other processes poll)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._count = 0
+
+    def notify(self) -> None:
+        with self._condition:
+            self._count += 1
+            self._condition.notify_all()
+
+    def seen(self) -> int:
+        with self._condition:
+            return self._count
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._count != seen, timeout)
+
+
 class Worker:
     def __init__(self, app: LedgerApp, key: SigningKey, queue: RunQueue, ctx: ExecutionContext, *,
                  threads: int = 2, lease_seconds: float = 30.0, poll_seconds: float = 0.2,
@@ -44,6 +66,7 @@ class Worker:
         self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
         self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
         self.ctx.on_breaker = self.record_breaker
+        self.changes = Changes()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -94,24 +117,37 @@ class Worker:
                        "executor", "environmental", {})
             return
         step = "workflow"
+        renew_after = time.monotonic() + self.lease / 2
         try:
             spec = parse_workflow(run.workflow, self.ctx.catalog.names())
             for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
                 if index < len(run.steps):
                     self._check_replay(run, index, step, record)
                     continue
-                run = self._load(run_id)
-                if run.status == "cancelled":
-                    return
                 run.record_step(principal=self.key.principal, step=step, record=record)
-                self.app.save(run)
-                if not self.queue.renew(run_id, self.name, self.lease):
-                    raise LeaseLostError(str(run_id))
-            run = self._load(run_id)
-            if run.status in TERMINAL:
-                return
+                try:
+                    self.app.save(run)
+                except IntegrityError:
+                    # Someone appended to the run since we loaded it (a cancellation, or an
+                    # executor that took the run over): what is recorded wins.
+                    run = self._load(run_id)
+                    if run.status in TERMINAL:
+                        return
+                    raise LeaseLostError(str(run_id)) from None
+                self.changes.notify()
+                # Renew only when half the lease is gone: each renewal is a commit.
+                if time.monotonic() > renew_after:
+                    if not self.queue.renew(run_id, self.name, self.lease):
+                        raise LeaseLostError(str(run_id))
+                    renew_after = time.monotonic() + self.lease / 2
             run.complete(principal=self.key.principal, summary={"steps": len(run.steps), "worker": self.name})
-            self.app.save(run)
+            try:
+                self.app.save(run)
+            except IntegrityError:
+                if self._load(run_id).status in TERMINAL:
+                    return
+                raise
+            self.changes.notify()
         except (LeaseLostError, IntegrityError):
             raise
         except StepFailedError as failure:
@@ -138,6 +174,7 @@ class Worker:
         run.fail(principal=self.key.principal, error_class=error_class, message=message, step=step,
                  kind=kind, diagnostics=diagnostics)
         self.app.save(run)
+        self.changes.notify()
 
     def record_breaker(self, transition: Transition) -> None:
         for _ in range(3):  # another executor may record a change of the same breaker at once

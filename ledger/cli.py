@@ -263,6 +263,16 @@ def bench_ledger(store: StoreOption = None,
         run_ledger_bench(store, events, [int(s) for s in proof_sizes.split(",") if s])
 
 
+@bench_app.command("executor")
+def bench_executor(store: StoreOption = None,
+                   runs: Annotated[int, typer.Option(min=5)] = 50) -> None:
+    """Raw Aer run() vs the same workflow through the service (p50/p99), and 16-client runs/s."""
+    from executor.bench import run_executor_bench
+
+    with reported_errors():
+        run_executor_bench(store, runs)
+
+
 def run(func: Callable[[], T]) -> T:  # pragma: no cover - entry-point glue
     return func()
 
