@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar, cast
 
 import grpc
+from eventsourcing.persistence import PersistenceError
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -85,3 +89,32 @@ def field_violations(error: grpc.RpcError) -> list[str]:
         if detail.Unpack(bad):
             fields += [v.field for v in bad.field_violations]
     return fields
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_errors_are_unavailable(method: F) -> F:
+    """Wrap an RPC method so a store outage is UNAVAILABLE, not an opaque UNKNOWN.
+
+    Works for unary methods and for server-streaming ones (generators).
+    """
+    def reason(exc: PersistenceError) -> str:
+        return f"ledger store unavailable, try again later: {type(exc).__name__}: {exc}"
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except PersistenceError as exc:
+                abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+        return cast(F, streaming)
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except PersistenceError as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+    return cast(F, unary)

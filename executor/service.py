@@ -16,7 +16,7 @@ from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEv
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import COMMAND_PAYLOAD_TYPE
-from executor.errors import abort, abort_exhausted, status_for
+from executor.errors import abort, abort_exhausted, status_for, store_errors_are_unavailable
 from executor.queue import RunQueue
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
 from executor.worker import Worker
@@ -63,6 +63,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                       version=run.version, workflow_json=canonical_bytes(run.workflow).decode(),
                       rerun_of=run.rerun_of or "")
 
+    @store_errors_are_unavailable
     def SubmitWorkflow(self, request: pb.SubmitWorkflowRequest,
                        context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
         return self._submit(request.command.envelope, context, None)
@@ -129,11 +130,13 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   "idempotency_key")
         return pb.SubmitWorkflowResponse(run=self.run_message(existing), created=False)
 
+    @store_errors_are_unavailable
     def RerunWorkflow(self, request: pb.RerunWorkflowRequest,
                       context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
         original = self._run_or_abort(request.run_id, context)
         return self._submit(request.command.envelope, context, original)
 
+    @store_errors_are_unavailable
     def CancelRun(self, request: pb.CancelRunRequest,
                   context: grpc.ServicerContext) -> pb.Run:
         data = request.command.envelope
@@ -186,9 +189,11 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             abort(context, grpc.StatusCode.NOT_FOUND, f"no run {run_id}", "run_id")
         return run
 
+    @store_errors_are_unavailable
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
         return self.run_message(self._run_or_abort(request.run_id, context))
 
+    @store_errors_are_unavailable
     def WatchRun(self, request: pb.WatchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
         run = self._run_or_abort(request.run_id, context)
@@ -213,6 +218,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         self.app, self.checkpoint_key = app, checkpoint_key
         self.source = cast(StoreSource, app.source())
 
+    @store_errors_are_unavailable
     def GetEntry(self, request: pb.GetEntryRequest,
                  context: grpc.ServicerContext) -> pb.LedgerEntry:
         row = self.source.entry_at(request.position)
@@ -221,6 +227,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                   "position")
         return entry_message(row)
 
+    @store_errors_are_unavailable
     def StreamEntries(self, request: pb.StreamEntriesRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
         if request.from_position < 1 or request.limit < 0:
@@ -232,6 +239,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                 return
             yield entry_message(row)
 
+    @store_errors_are_unavailable
     def GetCheckpoint(self, request: pb.GetCheckpointRequest,
                       context: grpc.ServicerContext) -> pb.Checkpoint:
         note = self.app.latest_checkpoint()
@@ -253,6 +261,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         except QledgerError as exc:
             abort(context, grpc.StatusCode.OUT_OF_RANGE, str(exc), "position")
 
+    @store_errors_are_unavailable
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest,
                           context: grpc.ServicerContext) -> pb.InclusionProof:
         p = self._proof(context, lambda: self.app.inclusion_proof(request.position,
@@ -262,6 +271,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                                  path=[bytes.fromhex(h) for h in p["inclusion_path"]],
                                  root_hash=bytes.fromhex(p["root_hash"]))
 
+    @store_errors_are_unavailable
     def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest,
                             context: grpc.ServicerContext) -> pb.ConsistencyProof:
         p = self._proof(context, lambda: self.app.consistency_proof(request.first, request.second))
