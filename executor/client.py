@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
@@ -17,12 +19,17 @@ from ledger.keys import SigningKey
 
 
 def read_workflow(path: Path) -> dict[str, Any]:
+    """A workflow definition from JSON, or YAML (``.yaml``/``.yml``, safe loader)."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise LogFormatError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        value = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
     except json.JSONDecodeError as exc:
         raise LogFormatError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    except yaml.YAMLError as exc:
+        raise LogFormatError(f"{path} is not YAML: {exc}".splitlines()[0]) from exc
     if not isinstance(value, dict):
         raise LogFormatError(f"{path} must hold a JSON object")
     return value
@@ -48,3 +55,9 @@ def get_run(address: str, run_id: str) -> pb.Run:
     with client_channel(address) as channel:
         run: pb.Run = pb_grpc.ExecutorStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
         return run
+
+
+def list_runs(address: str, limit: int) -> list[pb.Run]:
+    with client_channel(address) as channel:
+        reply = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest(limit=limit), timeout=30)
+        return list(reply.runs)

@@ -106,3 +106,10 @@ class RunQueue:
             cursor.execute(self._sql("SELECT COUNT(*) AS n FROM {q} WHERE NOT done",
                                      "SELECT COUNT(*) AS n FROM {q} WHERE NOT done"))
             return int(cursor.fetchone()["n"])
+
+    def recent(self, limit: int) -> list[UUID]:
+        """The most recently submitted runs, newest first."""
+        with self.datastore.transaction(commit=False) as cursor:
+            cursor.execute(self._sql("SELECT run_id FROM {q} ORDER BY enqueued_at DESC LIMIT %s",
+                                     "SELECT run_id FROM {q} ORDER BY enqueued_at DESC LIMIT ?"), (limit,))
+            return [UUID(str(r["run_id"])) for r in cursor.fetchall()]

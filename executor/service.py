@@ -194,6 +194,13 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         return self.run_message(self._run_or_abort(request.run_id, context))
 
     @store_errors_are_unavailable
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        if not 0 <= request.limit <= 1000:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0..1000", "limit")
+        runs = [self._run(run_id) for run_id in self.queue.recent(request.limit or 50)]
+        return pb.ListRunsResponse(runs=[self.run_message(r) for r in runs if r is not None])
+
+    @store_errors_are_unavailable
     def WatchRun(self, request: pb.WatchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
         run = self._run_or_abort(request.run_id, context)

@@ -240,6 +240,18 @@ def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
         raise typer.Exit(1)
 
 
+@runs_app.command("list")
+def runs_list(server: ServerOption = "127.0.0.1:50051",
+              limit: Annotated[int, typer.Option(min=1, max=1000)] = 50) -> None:
+    """The most recent runs, newest first: id, status, workflow, submitter."""
+    from executor.client import list_runs
+
+    with grpc_errors():
+        runs = list_runs(server, limit)
+    for run in runs:
+        typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by}")
+
+
 @runs_app.command("show")
 def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051") -> None:
     from executor.client import get_run

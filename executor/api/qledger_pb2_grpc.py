@@ -44,6 +44,11 @@ class ExecutorStub:
                 request_serializer=executor_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
                 response_deserializer=executor_dot_api_dot_qledger__pb2.Run.FromString,
                 _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/qledger.v1.Executor/ListRuns',
+                request_serializer=executor_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/qledger.v1.Executor/WatchRun',
                 request_serializer=executor_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
@@ -71,6 +76,12 @@ class ExecutorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +117,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.GetRun,
                     request_deserializer=executor_dot_api_dot_qledger__pb2.GetRunRequest.FromString,
                     response_serializer=executor_dot_api_dot_qledger__pb2.Run.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.ListRunsRequest.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.ListRunsResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
@@ -177,6 +193,33 @@ class Executor:
             '/qledger.v1.Executor/GetRun',
             executor_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
             executor_dot_api_dot_qledger__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Executor/ListRuns',
+            executor_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,

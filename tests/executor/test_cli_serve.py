@@ -49,6 +49,13 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
         run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
         shown = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}")
         assert '"status": "completed"' in shown.stdout
+        # The same workflow in YAML is the same definition: same hash, so it is accepted.
+        done = qledger(qledger_home, "submit", str(WORKFLOWS / "ghz_noisy.yaml"), "--server",
+                       f"127.0.0.1:{port}", "--as", "alice", "--wait", "--idempotency-key", "ghz-1")
+        assert done.returncode == 0 and done.stdout.strip().endswith("completed"), done.stderr
+        listed = qledger(qledger_home, "runs", "list", "--server", f"127.0.0.1:{port}")
+        lines = listed.stdout.strip().splitlines()
+        assert len(lines) == 2 and "ghz-noisy" in lines[0] and lines[1].startswith(run_id)
         missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}")
         assert missing.returncode == 2 and missing.stderr.startswith("qledger: INVALID_ARGUMENT")
     finally:

@@ -1,0 +1,50 @@
+"""Workflow definitions: every result-affecting setting explicit, bad fields named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from executor.client import read_workflow
+from executor.demo_workflow import BELL, GHZ_NOISY, WORKFLOWS, load
+from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
+from ledger.errors import LogFormatError
+
+
+def test_reference_workflows_round_trip() -> None:
+    for definition in (BELL, GHZ_NOISY, load("qaoa_maxcut")):
+        spec = parse_workflow(definition)
+        assert spec.to_json() == definition and spec.sha256() == workflow_sha256(definition)
+
+
+def test_yaml_and_json_are_the_same_definition() -> None:
+    assert read_workflow(WORKFLOWS / "ghz_noisy.yaml") == read_workflow(WORKFLOWS / "ghz_noisy.json")
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda w: w["execute"].pop("seed_simulator"), "execute.seed_simulator"),
+    (lambda w: w["transpile"].update(optimization_level=7), "transpile.optimization_level"),
+    (lambda w: w["execute"].update(shots=True), "execute.shots"),
+    (lambda w: w["execute"].update(backend="ibm_real"), "execute.backend"),
+    (lambda w: w["circuit"].update(qubits=3), "circuit.qubits"),
+    (lambda w: w.update(extra=1), "workflow"),
+    (lambda w: w["execute"].update(priority="urgent"), "execute.priority"),
+    (lambda w: w.update(schema_version=2), "schema_version"),
+])
+def test_bad_definitions_name_the_field(change: object, field: str) -> None:
+    definition = json.loads(json.dumps(BELL))
+    change(definition)  # type: ignore[operator]
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(definition)
+    assert caught.value.field == field
+
+
+def test_unreadable_files_are_reported(tmp_path: Path) -> None:
+    bad = tmp_path / "w.yaml"
+    bad.write_text("a: [unclosed")
+    with pytest.raises(LogFormatError, match="not YAML"):
+        read_workflow(bad)
+    with pytest.raises(LogFormatError, match="cannot read"):
+        read_workflow(tmp_path / "missing.json")
