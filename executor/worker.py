@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
@@ -124,6 +125,9 @@ class Worker:
                 if index < len(run.steps):
                     self._check_replay(run, index, step, record)
                     continue
+                if index == 0:  # the queue time belongs to the run's first recorded step
+                    waited = datetime.now(UTC) - run.created_on
+                    record = {**record, "queue_ms": round(waited.total_seconds() * 1000, 3)}
                 run.record_step(principal=self.key.principal, step=step, record=record)
                 try:
                     self.app.save(run)

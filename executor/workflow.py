@@ -47,6 +47,7 @@ class WorkflowSpec:
     graph: tuple[tuple[int, int], ...] = ()  # qaoa_maxcut: the MaxCut instance's edges
     layers: int = 0  # qaoa_maxcut: QAOA depth p
     optimizer: dict[str, Any] | None = None  # qaoa_maxcut: the classical loop's settings
+    quality: dict[str, Any] | None = None  # {max_tvd, max_shots}: the band and the shot budget
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
@@ -58,6 +59,7 @@ class WorkflowSpec:
             circuit |= {"graph": [list(e) for e in self.graph], "layers": self.layers}
             extra = {"optimizer": self.optimizer}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version, **extra,
+                "quality": self.quality,
                 "circuit": circuit,
                 "transpile": {"optimization_level": self.optimization_level,
                               "seed_transpiler": self.seed_transpiler},
@@ -113,6 +115,18 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
     optimizer = None
     if template == "qaoa_maxcut":
         graph, layers, optimizer = _qaoa_settings(definition, qubits)
+    if "quality" not in definition:
+        raise WorkflowError("quality", "is required (null for none)")
+    quality = definition["quality"]
+    if quality is not None:
+        max_tvd = _get(definition, "quality.max_tvd", float)
+        if not 0 < max_tvd < 1:
+            raise WorkflowError("quality.max_tvd", "must be between 0 and 1")
+        shots = definition.get("execute", {}).get("shots", 0)
+        _get(definition, "quality.max_shots", int, low=shots if isinstance(shots, int) else 1,
+             high=MAX_SHOTS)
+        if set(quality) != {"max_tvd", "max_shots"}:
+            raise WorkflowError("quality", "has exactly max_tvd and max_shots")
     spec = WorkflowSpec(
         name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
         template=template, qubits=qubits,
@@ -121,7 +135,7 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
         optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
         backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
-        graph=graph, layers=layers, optimizer=optimizer,
+        graph=graph, layers=layers, optimizer=optimizer, quality=quality,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")

@@ -150,3 +150,20 @@ def test_backpressure_is_resource_exhausted_with_retry_info(service_factory: Ser
     # Refused before anything was written: the second run does not exist.
     second = str(run_id_for("alice", "second"))
     assert code_of(lambda: service.run(second))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_quality_band_takes_more_shots_then_flags(service: Service) -> None:
+    from executor.demo_workflow import GHZ_NOISY
+
+    strict = {**GHZ_NOISY, "quality": {"max_tvd": 0.01, "max_shots": 4 * GHZ_NOISY["execute"]["shots"]}}
+    run, entries = finished(service, strict)
+    assert run.status == "completed"
+    execution, report = entries[3]["payload"]["record"], entries[4]["payload"]["record"]
+    assert [r["shots"] for r in execution["quality_rounds"]] == [8192, 16384]  # doubled to the budget
+    assert execution["shots"] == 16384 and sum(execution["counts"].values()) == 16384
+    assert report["quality"].startswith("flagged")  # noise keeps GHZ outside a 1% band
+    relaxed = {**BELL, "quality": {"max_tvd": 0.05, "max_shots": 8192}}
+    run, entries = finished(service, relaxed)
+    assert entries[4]["payload"]["record"]["quality"] == "within band"
+    assert entries[3]["payload"]["record"]["quality_rounds"] == []
+    assert entries[1]["payload"]["record"]["queue_ms"] >= 0  # queue time on the first step
