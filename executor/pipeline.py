@@ -20,7 +20,10 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from executor.aer import environment, ideal_distribution, sha256_text, synthesise
 from executor.backends import Backend, BackendCatalog, BackendError, BreakerOpenError
 from executor.breaker import BreakerBoard, Transition
+from executor.dag import order_of
+from executor.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
 from executor.workflow import WorkflowSpec
+from ledger.canonical import canonical_bytes
 
 StepRecord = tuple[str, dict[str, Any]]
 SIMULATOR = "aer_ideal"
@@ -32,6 +35,7 @@ class StepFailedError(Exception):
     def __init__(self, cause: BaseException, kind: str, diagnostics: dict[str, Any]) -> None:
         super().__init__(str(cause))
         self.cause, self.kind, self.diagnostics = cause, kind, diagnostics
+        self.step = ""  # the id of the step that failed, filled in by run_steps
 
 
 @dataclass
@@ -108,41 +112,155 @@ def execute(ctx: ExecutionContext, spec: WorkflowSpec, circuit: QuantumCircuit
 
 
 def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
+    """Run the declared steps in topological order; each yields (step id, record)."""
+    state = _RunState(spec, ctx)
+    for step in order_of(spec.steps):
+        try:
+            record = STAGES[step.kind](state)
+        except StepFailedError as failure:
+            failure.step = step.id
+            raise
+        yield step.id, {"kind": step.kind, **record}
+
+
+class _RunState:
+    """What steps hand to later steps: the circuit, its transpiled form, parameters, counts."""
+
+    def __init__(self, spec: WorkflowSpec, ctx: ExecutionContext) -> None:
+        self.spec, self.ctx = spec, ctx
+        self.circuit: QuantumCircuit | None = None
+        self.transpiled: QuantumCircuit | None = None
+        self.qasm = ""
+        self.parameters: list[float] = []
+        self.counts: dict[str, int] = {}
+        self.derived: dict[str, Any] = {}
+
+    def evaluate(self, circuit: QuantumCircuit, spec: WorkflowSpec | None = None
+                 ) -> tuple[dict[str, int], dict[str, Any]]:
+        try:
+            return execute(self.ctx, spec or self.spec, circuit)
+        except StepFailedError as failure:
+            failure.diagnostics.update({"circuit_qasm3": self.qasm, "settings": self.spec.to_json(),
+                                        "parameters": self.parameters})
+            raise
+
+
+def _data_preparation(st: _RunState) -> dict[str, Any]:
+    datasets = st.spec.datasets or {}
+    return {"datasets": {name: {"sha256": sha256_text(canonical_bytes(content).decode()),
+                                "bytes": len(canonical_bytes(content))}
+                         for name, content in sorted(datasets.items())}}
+
+
+def _circuit_synthesis(st: _RunState) -> dict[str, Any]:
+    spec = st.spec
     if spec.template == "qaoa_maxcut":
-        yield from run_qaoa(spec, ctx)
-        return
-    circuit = synthesise(spec.template, spec.qubits)
-    yield "circuit_synthesis", {"template": spec.template, "qubits": spec.qubits,
-                                "qasm3_sha256": sha256_text(qasm3.dumps(circuit))}
-    transpiled, qasm, record = _transpiled(spec, ctx, circuit)
-    yield record
+        st.circuit = qaoa_circuit(spec.qubits, spec.graph, spec.layers)
+        extra: dict[str, Any] = {"graph_dataset": spec.graph_dataset, "layers": spec.layers}
+    else:
+        st.circuit = synthesise(spec.template, spec.qubits)
+        extra = {}
+    return {"template": spec.template, "qubits": spec.qubits, **extra,
+            "qasm3_sha256": sha256_text(qasm3.dumps(st.circuit))}
+
+
+def _transpilation(st: _RunState) -> dict[str, Any]:
+    assert st.circuit is not None
+    st.transpiled, st.qasm, record = _transpiled(st.spec, st.ctx, st.circuit)
+    return record
+
+
+def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
+    """The hybrid loop: COBYLA proposes (gamma, beta); each proposal is a circuit evaluation."""
+    from scipy.optimize import minimize
+
+    spec, transpiled = st.spec, st.transpiled
+    assert spec.optimizer is not None and transpiled is not None
+    iterations: list[dict[str, Any]] = []
+
+    def objective(parameters: Sequence[float]) -> float:
+        st.parameters = [float(p) for p in parameters]
+        counts, _ = st.evaluate(transpiled.assign_parameters(st.parameters))
+        value = expected_cut(counts, spec.graph)
+        iterations.append({"parameters": [round(p, 12) for p in st.parameters],
+                           "expected_cut": round(value, 12)})
+        return -value
+
     t0 = time.perf_counter()
-    try:
-        counts, how = execute(ctx, spec, transpiled)
-    except StepFailedError as failure:
-        failure.diagnostics.update({"circuit_qasm3": qasm, "settings": spec.to_json()})
-        raise
-    ideal = ideal_distribution(spec)
-    shots, tvd = spec.shots, total_variation(counts, ideal)
+    result = minimize(objective, spec.optimizer["initial_parameters"], method="COBYLA",
+                      options={"maxiter": spec.optimizer["maxiter"]})
+    st.parameters = [round(float(p), 12) for p in result.x]
+    return {"optimizer": spec.optimizer, "evaluations": len(iterations), "iterations": iterations,
+            "best_parameters": st.parameters, "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
+
+
+def _execution(st: _RunState) -> dict[str, Any]:
+    spec, transpiled = st.spec, st.transpiled
+    assert transpiled is not None
+    bound = transpiled.assign_parameters(st.parameters) if st.parameters else transpiled
+    t0 = time.perf_counter()
+    counts, how = st.evaluate(bound)
+    shots = spec.shots
     extra_rounds: list[dict[str, Any]] = []
-    if spec.quality is not None:
-        # Quality failures: outside the band, take more shots (doubling, same seeds plus the
-        # round number, all recorded) up to the budget; still outside, the report flags it.
+    if spec.quality is not None and spec.template != "qaoa_maxcut":
+        # Quality failures: outside the band, take more shots (doubling, the seed advanced by
+        # the round number, all recorded) up to the budget; still outside, the report flags it.
+        ideal = ideal_distribution(spec)
+        tvd = total_variation(counts, ideal)
         while tvd > spec.quality["max_tvd"] and shots * 2 <= spec.quality["max_shots"]:
             shots *= 2
             seeded = replace(spec, shots=shots, seed_simulator=spec.seed_simulator + len(extra_rounds) + 1)
-            counts, how = execute(ctx, seeded, transpiled)
+            counts, how = st.evaluate(bound, seeded)
             tvd = total_variation(counts, ideal)
             extra_rounds.append({"shots": shots, "seed_simulator": seeded.seed_simulator,
                                  "total_variation_distance": round(tvd, 6)})
-    yield "execution", {
-        **how, "shots": shots, "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
-        "counts": dict(sorted(counts.items())),
-        "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
+    st.counts = counts
+    return {**how, "parameters": st.parameters or None, "shots": shots,
+            "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
+            "counts": dict(sorted(counts.items())),
+            "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
+
+
+def _post_processing(st: _RunState) -> dict[str, Any]:
+    shots = sum(st.counts.values())
+    probabilities = {k: round(v / shots, 12) for k, v in sorted(st.counts.items())}
+    if st.spec.template == "qaoa_maxcut":
+        st.derived = {"expected_cut": round(expected_cut(st.counts, st.spec.graph), 12)}
+    else:
+        # <Z...Z>: the parity a GHZ state's correlations show.
+        parity = sum((-1) ** bits.count("1") * p for bits, p in probabilities.items())
+        st.derived = {"parity_expectation": round(parity, 12)}
+    return {"probabilities": probabilities, **st.derived}
+
+
+def _report(st: _RunState) -> dict[str, Any]:
+    spec, counts = st.spec, st.counts
+    if spec.template == "qaoa_maxcut":
+        optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
+        likeliest = max(counts, key=lambda bits: (counts[bits], bits))
+        value = expected_cut(counts, spec.graph)
+        return {"classical_baseline": {"method": "brute force", "max_cut": optimum,
+                                       "optimal_assignments": winners},
+                "expected_cut": round(value, 12), "approximation_ratio": round(value / optimum, 12),
+                "most_likely": likeliest, "most_likely_cut": cut_value(likeliest, spec.graph),
+                "sampled_optimum": max(cut_value(b, spec.graph) for b in counts)}
+    ideal = ideal_distribution(spec)
+    tvd = total_variation(counts, ideal)
     verdict = None if spec.quality is None else (
         "within band" if tvd <= spec.quality["max_tvd"] else "flagged: outside band at shot budget")
-    yield "report", {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6),
-                     "quality": verdict}
+    return {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6),
+            "parity_expectation": st.derived.get("parity_expectation"), "quality": verdict}
+
+
+STAGES: dict[str, Callable[[_RunState], dict[str, Any]]] = {
+    "data_preparation": _data_preparation,
+    "circuit_synthesis": _circuit_synthesis,
+    "transpilation": _transpilation,
+    "hybrid_optimisation": _hybrid_optimisation,
+    "execution": _execution,
+    "post_processing": _post_processing,
+    "report": _report,
+}
 
 
 def total_variation(counts: dict[str, int], ideal: dict[str, float]) -> float:
@@ -151,68 +269,14 @@ def total_variation(counts: dict[str, int], ideal: dict[str, float]) -> float:
 
 
 def _transpiled(spec: WorkflowSpec, ctx: ExecutionContext, circuit: QuantumCircuit
-                ) -> tuple[QuantumCircuit, str, StepRecord]:
+                ) -> tuple[QuantumCircuit, str, dict[str, Any]]:
     target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
     t0 = time.perf_counter()
     transpiled = transpile(circuit, target=target.transpile_target(),
                            optimization_level=spec.optimization_level, seed_transpiler=spec.seed_transpiler)
     qasm = qasm3.dumps(transpiled)
-    return transpiled, qasm, ("transpilation", {
+    return transpiled, qasm, {
         "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,
         "target": spec.backend, "qasm3_sha256": sha256_text(qasm), "depth": transpiled.depth(),
         "gate_counts": dict(sorted(transpiled.count_ops().items())),
-        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)})
-
-
-def run_qaoa(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
-    """The hybrid loop: COBYLA proposes (gamma, beta); each proposal is a circuit evaluation."""
-    from scipy.optimize import minimize
-
-    from executor.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
-
-    assert spec.optimizer is not None
-    circuit = qaoa_circuit(spec.qubits, spec.graph, spec.layers)
-    yield "circuit_synthesis", {"template": spec.template, "qubits": spec.qubits,
-                                "graph": [list(e) for e in spec.graph], "layers": spec.layers,
-                                "qasm3_sha256": sha256_text(qasm3.dumps(circuit))}
-    transpiled, qasm, record = _transpiled(spec, ctx, circuit)
-    yield record
-    iterations: list[dict[str, Any]] = []
-
-    def evaluate(parameters: Sequence[float]) -> tuple[dict[str, int], dict[str, Any]]:
-        bound = transpiled.assign_parameters(list(parameters))
-        try:
-            return execute(ctx, spec, bound)
-        except StepFailedError as failure:
-            failure.diagnostics.update({"circuit_qasm3": qasm, "settings": spec.to_json(),
-                                        "parameters": list(parameters)})
-            raise
-
-    def objective(parameters: Sequence[float]) -> float:
-        counts, _ = evaluate(parameters)
-        value = expected_cut(counts, spec.graph)
-        iterations.append({"parameters": [round(float(p), 12) for p in parameters],
-                           "expected_cut": round(value, 12)})
-        return -value
-
-    t0 = time.perf_counter()
-    result = minimize(objective, spec.optimizer["initial_parameters"], method="COBYLA",
-                      options={"maxiter": spec.optimizer["maxiter"]})
-    best = [round(float(p), 12) for p in result.x]
-    yield "hybrid_optimisation", {"optimizer": spec.optimizer, "evaluations": len(iterations),
-                                  "iterations": iterations, "best_parameters": best,
-                                  "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
-    t0 = time.perf_counter()
-    counts, how = evaluate(best)
-    yield "execution", {**how, "parameters": best, "shots": spec.shots,
-                        "seed_simulator": spec.seed_simulator, "counts": dict(sorted(counts.items())),
-                        "execute_ms": round(1000 * (time.perf_counter() - t0), 3),
-                        "environment": environment()}
-    optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
-    likeliest = max(counts, key=lambda bits: (counts[bits], bits))
-    value = expected_cut(counts, spec.graph)
-    yield "report", {"classical_baseline": {"method": "brute force", "max_cut": optimum,
-                                            "optimal_assignments": winners},
-                     "expected_cut": round(value, 12), "approximation_ratio": round(value / optimum, 12),
-                     "most_likely": likeliest, "most_likely_cut": cut_value(likeliest, spec.graph),
-                     "sampled_optimum": max(cut_value(b, spec.graph) for b in counts)}
+        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)}

@@ -155,8 +155,8 @@ class Worker:
         except (LeaseLostError, IntegrityError):
             raise
         except StepFailedError as failure:
-            self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause), step,
-                       failure.kind, failure.diagnostics)
+            self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause),
+                       failure.step or step, failure.kind, failure.diagnostics)
         except WorkflowError as exc:
             self._fail(self._load(run_id), type(exc).__name__, str(exc), step, "deterministic",
                        {"settings": run.workflow})

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
+from executor.dag import DagError, Step, parse_steps
 from ledger.canonical import canonical_bytes
 
 SCHEMA_VERSION = 1
@@ -45,9 +46,12 @@ class WorkflowSpec:
     fallback_backend: str | None
     priority: str
     graph: tuple[tuple[int, int], ...] = ()  # qaoa_maxcut: the MaxCut instance's edges
+    graph_dataset: str = ""  # qaoa_maxcut: which dataset holds the graph
     layers: int = 0  # qaoa_maxcut: QAOA depth p
     optimizer: dict[str, Any] | None = None  # qaoa_maxcut: the classical loop's settings
     quality: dict[str, Any] | None = None  # {max_tvd, max_shots}: the band and the shot budget
+    steps: tuple[Step, ...] = ()  # the declared DAG
+    datasets: dict[str, Any] | None = None  # named input data, recorded by content hash
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
@@ -56,10 +60,11 @@ class WorkflowSpec:
         circuit: dict[str, Any] = {"template": self.template, "qubits": self.qubits}
         extra: dict[str, Any] = {}
         if self.template == "qaoa_maxcut":
-            circuit |= {"graph": [list(e) for e in self.graph], "layers": self.layers}
+            circuit |= {"graph_dataset": self.graph_dataset, "layers": self.layers}
             extra = {"optimizer": self.optimizer}
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version, **extra,
-                "quality": self.quality,
+                "quality": self.quality, "datasets": self.datasets,
+                "steps": [step.to_json() for step in self.steps],
                 "circuit": circuit,
                 "transpile": {"optimization_level": self.optimization_level,
                               "seed_transpiler": self.seed_transpiler},
@@ -113,8 +118,9 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
     graph: tuple[tuple[int, int], ...] = ()
     layers = 0
     optimizer = None
+    graph_dataset = ""
     if template == "qaoa_maxcut":
-        graph, layers, optimizer = _qaoa_settings(definition, qubits)
+        graph_dataset, graph, layers, optimizer = _qaoa_settings(definition, qubits)
     if "quality" not in definition:
         raise WorkflowError("quality", "is required (null for none)")
     quality = definition["quality"]
@@ -127,6 +133,13 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
              high=MAX_SHOTS)
         if set(quality) != {"max_tvd", "max_shots"}:
             raise WorkflowError("quality", "has exactly max_tvd and max_shots")
+    datasets = definition.get("datasets", "missing")
+    if datasets == "missing" or (datasets is not None and not isinstance(datasets, dict)):
+        raise WorkflowError("datasets", "is required: an object of named inline datasets, or null")
+    try:
+        steps = parse_steps(definition.get("steps"), hybrid=template == "qaoa_maxcut")
+    except DagError as exc:
+        raise WorkflowError(exc.field, exc.description) from exc
     spec = WorkflowSpec(
         name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
         template=template, qubits=qubits,
@@ -135,7 +148,9 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
         optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
         backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
-        graph=graph, layers=layers, optimizer=optimizer, quality=quality,
+        graph=graph, graph_dataset=graph_dataset, layers=layers, optimizer=optimizer, quality=quality,
+        steps=steps,
+        datasets=datasets,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
@@ -143,17 +158,22 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
 
 
 def _qaoa_settings(definition: dict[str, Any], qubits: int
-                   ) -> tuple[tuple[tuple[int, int], ...], int, dict[str, Any]]:
-    edges = _get(definition, "circuit.graph", list)
+                   ) -> tuple[str, tuple[tuple[int, int], ...], int, dict[str, Any]]:
+    name = _get(definition, "circuit.graph_dataset", str)
+    datasets = definition.get("datasets") or {}
+    if name not in datasets:
+        raise WorkflowError("circuit.graph_dataset", f"no dataset {name!r}")
+    edges = _get(datasets, f"{name}.edges", list)
     graph = []
     for i, edge in enumerate(edges):
         if (not isinstance(edge, list) or len(edge) != 2
                 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < qubits for v in edge)
                 or edge[0] == edge[1]):
-            raise WorkflowError(f"circuit.graph[{i}]", f"an edge is two distinct vertices in 0..{qubits - 1}")
+            raise WorkflowError(f"datasets.{name}.edges[{i}]",
+                                f"an edge is two distinct vertices in 0..{qubits - 1}")
         graph.append((edge[0], edge[1]))
     if not graph:
-        raise WorkflowError("circuit.graph", "needs at least one edge")
+        raise WorkflowError(f"datasets.{name}.edges", "needs at least one edge")
     layers = _get(definition, "circuit.layers", int, low=1, high=5)
     method = _get(definition, "optimizer.method", str)
     if method != "COBYLA":
@@ -163,4 +183,5 @@ def _qaoa_settings(definition: dict[str, Any], qubits: int
     if len(initial) != 2 * layers or not all(isinstance(x, int | float) and not isinstance(x, bool)
                                              for x in initial):
         raise WorkflowError("optimizer.initial_parameters", f"needs {2 * layers} numbers (gammas, betas)")
-    return tuple(graph), layers, {"method": method, "maxiter": maxiter, "initial_parameters": initial}
+    return name, tuple(graph), layers, {"method": method, "maxiter": maxiter,
+                                        "initial_parameters": initial}

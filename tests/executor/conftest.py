@@ -78,3 +78,13 @@ def service_factory(store_url: str, qledger_home: Path) -> Iterator[ServiceFacto
 @pytest.fixture
 def service(service_factory: ServiceFactory) -> Service:
     return service_factory()
+
+
+STEPS = ["data_preparation", "circuit_synthesis", "transpilation", "execution", "post_processing", "report"]
+RUN_KINDS = ["Submitted"] + ["StepRecorded"] * len(STEPS) + ["Completed"]
+
+
+def step_records(payloads: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Step id -> record, from a run's entry contents."""
+    return {p["payload"]["step"]: p["payload"]["record"] for p in payloads
+            if p["event_type"].endswith("StepRecorded")}

@@ -21,6 +21,7 @@ from ledger import dsse
 from ledger.app import LedgerApp
 from ledger.keys import KeyStore, SigningKey
 from ledger.verify import verify
+from tests.executor.conftest import RUN_KINDS, STEPS
 from tests.ledger.helpers import make_ledger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,12 +69,13 @@ def test_kill_9_mid_run_then_restart_resumes(store_url: str, qledger_home: Path)
             command = submit_command(alice, app.require_origin(), SLOW, "crash-1")
             run_id = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
                 command=pb.SignedEnvelope(envelope=command)), timeout=30).run.run_id
-        # Synthesis and transpilation are recorded; execution sleeps in the slow backend.
-        wait_for(lambda: len(stream(app, run_id)) >= 3, 60)
+        # Data preparation, synthesis and transpilation are recorded; execution sleeps in the
+        # slow backend.
+        wait_for(lambda: len(stream(app, run_id)) >= 4, 60)
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=30)
-    assert [p["stream_version"] for p in stream(app, run_id)] == [1, 2, 3]
+    assert [p["stream_version"] for p in stream(app, run_id)] == [1, 2, 3, 4]
     second, address = spawn_server(store_url, qledger_home, latency=0.0)
     try:
         wait_for(lambda: stream(app, run_id)[-1]["event_type"].endswith("Completed"), 90)
@@ -82,8 +84,8 @@ def test_kill_9_mid_run_then_restart_resumes(store_url: str, qledger_home: Path)
         second.wait(timeout=30)
     entries = stream(app, run_id)
     steps = [p["payload"]["step"] for p in entries if p["event_type"].endswith("StepRecorded")]
-    assert steps == ["circuit_synthesis", "transpilation", "execution", "report"]  # none lost or twice
-    assert [p["stream_version"] for p in entries] == list(range(1, 7))
+    assert steps == STEPS  # none lost, none twice
+    assert [p["stream_version"] for p in entries] == list(range(1, 9))
     assert verify(app.source()).ok
 
 
@@ -108,7 +110,7 @@ def test_two_executor_processes_share_one_store(pg_store_url: str, qledger_home:
     for run_id in run_ids:
         entries = stream(app, run_id)
         kinds = [p["event_type"].rsplit(".", 1)[-1] for p in entries]
-        assert kinds == ["Submitted"] + ["StepRecorded"] * 4 + ["Completed"]  # executed exactly once
+        assert kinds == RUN_KINDS  # executed exactly once
         workers[entries[-1]["payload"]["summary"]["worker"]] += 1
     assert len(workers) >= 2, f"one executor did all the work: {workers}"
     assert verify(app.source()).ok

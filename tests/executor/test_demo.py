@@ -19,7 +19,7 @@ from ledger.cli import app as cli
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "verify store: OK, 10 entries" in result.output
+    assert "verify store: OK, 12 entries" in result.output
     assert "inclusion of the last entry: proven" in result.output
     assert "verify exported log" in result.output and result.output.count(": OK") == 2
     # The run reloads from the very envelopes that were verified.
@@ -28,7 +28,8 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             if n.topic.endswith("Run.Submitted")]
     run = app.repository.get(runs[0].originator_id)
     assert isinstance(run, Run) and run.status == "completed"
-    assert run.steps == ["circuit_synthesis", "transpilation", "execution", "report"]
+    assert run.steps == ["data_preparation", "circuit_synthesis", "transpilation", "execution",
+                         "post_processing", "report"]
 
 
 def test_same_seeds_give_identical_counts_and_circuit_hashes() -> None:

@@ -22,7 +22,7 @@ from ledger.canonical import canonical_bytes
 from ledger.content import EntryContent
 from ledger.keys import SigningKey
 from ledger.verify import verify
-from tests.executor.conftest import Service
+from tests.executor.conftest import RUN_KINDS, STEPS, Service, step_records
 from tests.ledger.helpers import make_ledger
 
 
@@ -39,13 +39,14 @@ def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> No
     assert reply.created and reply.run.status in ("submitted", "running", "completed")
     entries = service.watch(reply.run.run_id)
     kinds = [e.event_type.rsplit(".", 1)[-1] for e in entries]
-    assert kinds == ["Submitted", "StepRecorded", "StepRecorded", "StepRecorded", "StepRecorded",
-                     "Completed"]
-    assert [e.stream_version for e in entries] == list(range(1, 7))
+    assert kinds == RUN_KINDS
+    assert [e.stream_version for e in entries] == list(range(1, 9))
     assert all(e.leaf_hash == merkle.leaf_hash(e.envelope) for e in entries)
     signers = [EntryContent.from_bytes(dsse.parse(e.envelope).payload).principal for e in entries]
-    assert signers == ["alice"] + ["executor-1"] * 5
-    execution = json.loads(dsse.parse(entries[3].envelope).payload)["payload"]["record"]
+    assert signers == ["alice"] + ["executor-1"] * 7
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in entries])
+    assert list(records) == STEPS
+    execution = records["execution"]
     assert execution["shots"] == workflow["execute"]["shots"]
     assert sum(execution["counts"].values()) == workflow["execute"]["shots"]
     assert execution["environment"]["qiskit_aer"]
@@ -53,9 +54,9 @@ def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> No
         assert execution["backend"]["noise_model"]["seed"] == 42
         assert len(execution["counts"]) > 2  # noise puts shots outside |0000> and |1111>
     run = service.executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))
-    assert run.status == "completed" and len(run.steps) == 4
+    assert run.status == "completed" and list(run.steps) == STEPS
     # Resuming the watch from a version returns only what came after it.
-    assert [e.stream_version for e in service.watch(reply.run.run_id, after=4)] == [5, 6]
+    assert [e.stream_version for e in service.watch(reply.run.run_id, after=5)] == [6, 7, 8]
     assert verify(service.app.source()).ok
 
 
@@ -64,8 +65,7 @@ def test_same_workflow_same_seeds_identical_results(service: Service) -> None:
     for _ in range(2):
         reply = service.submit(BELL)
         entries = service.watch(reply.run.run_id)
-        payloads = [json.loads(dsse.parse(e.envelope).payload)["payload"] for e in entries[1:5]]
-        records.append({p["step"]: p["record"] for p in payloads})
+        records.append(step_records([json.loads(dsse.parse(e.envelope).payload) for e in entries]))
     assert records[0]["execution"]["counts"] == records[1]["execution"]["counts"]
     assert records[0]["transpilation"]["qasm3_sha256"] == records[1]["transpilation"]["qasm3_sha256"]
 
@@ -81,11 +81,11 @@ def test_idempotency(service: Service) -> None:
     replayed = [service.submit_raw(command) for _ in range(2)]
     assert [r.created for r in replayed] == [True, False]
     service.watch(replayed[0].run.run_id)
-    assert service.app.tree_size() == size + 6
+    assert service.app.tree_size() == size + len(RUN_KINDS)
     other = {**BELL, "execute": {**BELL["execute"], "shots": 100}}
     code, fields = code_of(lambda: service.submit(other, key="nightly-42"))
     assert code == grpc.StatusCode.ALREADY_EXISTS and fields == ["idempotency_key"]
-    assert service.app.tree_size() == size + 6
+    assert service.app.tree_size() == size + len(RUN_KINDS)
 
 
 def test_signature_rejection_leaves_ledger_intact(service: Service) -> None:
@@ -172,10 +172,11 @@ def test_qaoa_maxcut_hybrid_loop_against_brute_force(service: Service) -> None:
 
     reply = service.submit(load("qaoa_maxcut"))
     entries = service.watch(reply.run.run_id)
-    records = {p["payload"]["step"]: p["payload"]["record"] for p in
-               (json.loads(dsse.parse(e.envelope).payload) for e in entries[1:-1])}
-    assert list(records) == ["circuit_synthesis", "transpilation", "hybrid_optimisation", "execution",
-                             "report"]
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in entries])
+    assert list(records) == ["data_preparation", "circuit_synthesis", "transpilation",
+                             "hybrid_optimisation", "execution", "post_processing", "report"]
+    graph = records["data_preparation"]["datasets"]["graph"]
+    assert len(graph["sha256"]) == 64  # the input dataset, recorded by content hash
     loop = records["hybrid_optimisation"]
     assert loop["evaluations"] == len(loop["iterations"]) > 5
     report = records["report"]

@@ -19,7 +19,7 @@ from executor.run import BackendBreaker, run_id_for
 from ledger import dsse
 from ledger.keys import KeyStore, SigningKey
 from ledger.verify import verify
-from tests.executor.conftest import Service, ServiceFactory
+from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_grpc import code_of
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
@@ -49,7 +49,7 @@ def test_environmental_failures_are_retried(service_factory: ServiceFactory) -> 
         attempts=8, initial_wait=0.01, max_wait=0.05))
     run, entries = finished(service, workflow("flaky"))
     assert run.status == "completed", run.error
-    execution = entries[3]["payload"]["record"]
+    execution = step_records(entries)["execution"]
     assert execution["backend"]["name"] == "flaky" and not execution["failover"]
     assert execution["attempts"], "seed 3 fails the first call: the retry must be on record"
     assert all(a["error_class"] == "BackendUnavailableError" for a in execution["attempts"])
@@ -59,7 +59,7 @@ def test_failover_to_the_fallback_backend(service_factory: ServiceFactory) -> No
     service = service_factory(catalog(down=FaultConfig(failure_rate=1.0)), retry=FAST_RETRY)
     run, entries = finished(service, workflow("down", fallback="aer_ideal"))
     assert run.status == "completed", run.error
-    execution = entries[3]["payload"]["record"]
+    execution = step_records(entries)["execution"]
     assert execution["failover"] and execution["backend"]["name"] == "aer_ideal"
     assert [a["backend"] for a in execution["attempts"]] == ["down"] * 3
 
@@ -69,7 +69,7 @@ def test_without_fallback_the_run_fails_with_diagnostics(service_factory: Servic
     run, entries = finished(service, workflow("down"))
     assert run.status == "failed" and run.error.startswith("environmental BackendUnavailableError")
     failed = entries[-1]["payload"]
-    assert failed["kind"] == "environmental" and failed["step"] == "transpilation"
+    assert failed["kind"] == "environmental" and failed["step"] == "execution"
     assert "OPENQASM 3" in failed["diagnostics"]["circuit_qasm3"]
     assert failed["diagnostics"]["settings"]["execute"]["backend"] == "down"
     assert len(failed["diagnostics"]["attempts"]) == 3
@@ -94,7 +94,7 @@ def test_breaker_opens_is_recorded_and_reroutes_low_priority(service_factory: Se
     # With the breaker open a low-priority run goes to the simulator; a normal one fails fast.
     run, entries = finished(service, workflow("down", priority="low"))
     assert run.status == "completed", run.error
-    execution = entries[3]["payload"]["record"]
+    execution = step_records(entries)["execution"]
     assert execution["routed"].startswith("breaker for down is open")
     assert execution["backend"]["name"] == "aer_ideal"
     run, entries = finished(service, workflow("down"))
@@ -133,7 +133,7 @@ def test_rerun_reproduces_the_recorded_run(service: Service) -> None:
         run_id=original_id, command=pb.SignedEnvelope(envelope=command)))
     rerun = payloads(service, reply.run.run_id)
     assert service.run(reply.run.run_id).rerun_of == original_id
-    assert rerun[3]["payload"]["record"]["counts"] == original[3]["payload"]["record"]["counts"]
+    assert step_records(rerun)["execution"]["counts"] == step_records(original)["execution"]["counts"]
     changed = {**recorded, "execute": {**recorded["execute"], "shots": 10}}
     bad = submit_command(service.client, service.origin, changed, "rerun-2", rerun_of=original_id)
     request = pb.RerunWorkflowRequest(run_id=original_id, command=pb.SignedEnvelope(envelope=bad))
@@ -158,12 +158,12 @@ def test_quality_band_takes_more_shots_then_flags(service: Service) -> None:
     strict = {**GHZ_NOISY, "quality": {"max_tvd": 0.01, "max_shots": 4 * GHZ_NOISY["execute"]["shots"]}}
     run, entries = finished(service, strict)
     assert run.status == "completed"
-    execution, report = entries[3]["payload"]["record"], entries[4]["payload"]["record"]
+    execution, report = step_records(entries)["execution"], step_records(entries)["report"]
     assert [r["shots"] for r in execution["quality_rounds"]] == [8192, 16384]  # doubled to the budget
     assert execution["shots"] == 16384 and sum(execution["counts"].values()) == 16384
     assert report["quality"].startswith("flagged")  # noise keeps GHZ outside a 1% band
     relaxed = {**BELL, "quality": {"max_tvd": 0.05, "max_shots": 8192}}
     run, entries = finished(service, relaxed)
-    assert entries[4]["payload"]["record"]["quality"] == "within band"
-    assert entries[3]["payload"]["record"]["quality_rounds"] == []
-    assert entries[1]["payload"]["record"]["queue_ms"] >= 0  # queue time on the first step
+    assert step_records(entries)["report"]["quality"] == "within band"
+    assert step_records(entries)["execution"]["quality_rounds"] == []
+    assert step_records(entries)["data_preparation"]["queue_ms"] >= 0  # queue time on the first step
