@@ -30,6 +30,12 @@ from ledger.keys import SigningKey
 
 log = logging.getLogger("qledger.executor")
 
+# Steps after which the recorded events are committed.  The steps between are cheap and
+# deterministic, so they are saved together with the next of these (one commit instead of
+# several); a crash before that commit just redoes them.  Everything before an expensive
+# step (optimiser loop, execution) is durable before it starts.
+DURABLE_AFTER = frozenset({"transpilation", "hybrid_optimisation", "execution"})
+
 # Fields of a step record that must come out the same when a step is replayed on resume.
 REPRODUCIBLE = ("qasm3_sha256", "counts")
 
@@ -129,16 +135,11 @@ class Worker:
                     waited = datetime.now(UTC) - run.created_on
                     record = {**record, "queue_ms": round(waited.total_seconds() * 1000, 3)}
                 run.record_step(principal=self.key.principal, step=step, record=record)
-                try:
-                    self.app.save(run)
-                except IntegrityError:
-                    # Someone appended to the run since we loaded it (a cancellation, or an
-                    # executor that took the run over): what is recorded wins.
-                    run = self._load(run_id)
-                    if run.status in TERMINAL:
-                        return
-                    raise LeaseLostError(str(run_id)) from None
-                self.changes.notify()
+                if record.get("kind") not in DURABLE_AFTER:
+                    continue  # cheap to redo: saved together with the next durable step
+                run = self._save_steps(run, run_id)
+                if run.status in TERMINAL:
+                    return
                 # Renew only when half the lease is gone: each renewal is a commit.
                 if time.monotonic() > renew_after:
                     if not self.queue.renew(run_id, self.name, self.lease):
@@ -163,6 +164,19 @@ class Worker:
         except Exception as exc:  # unexpected: still recorded, with what was being done
             self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
                        {"settings": run.workflow})
+
+    def _save_steps(self, run: Run, run_id: UUID) -> Run:
+        try:
+            self.app.save(run)
+        except IntegrityError:
+            # Someone appended to the run since we loaded it (a cancellation, or an executor
+            # that took the run over): what is recorded wins.
+            run = self._load(run_id)
+            if run.status in TERMINAL:
+                return run
+            raise LeaseLostError(str(run_id)) from None
+        self.changes.notify()
+        return run
 
     def _check_replay(self, run: Run, index: int, step: str, record: dict[str, Any]) -> None:
         recorded = run.records[index]
