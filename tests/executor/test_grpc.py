@@ -33,6 +33,28 @@ def code_of(call: Any) -> tuple[grpc.StatusCode, list[str]]:
     return error.code(), field_violations(error)  # type: ignore[attr-defined]
 
 
+def on_backend(definition: dict[str, Any], backend: str) -> dict[str, Any]:
+    noise_seed = 42 if backend == "aer_noisy" else None
+    return {**definition, "execute": {**definition["execute"], "backend": backend, "noise_seed": noise_seed}}
+
+
+@pytest.mark.parametrize("backend", ["aer_ideal", "aer_noisy"])
+@pytest.mark.parametrize("name", ["bell", "ghz_noisy", "qaoa_maxcut"])
+def test_every_reference_workflow_on_ideal_and_noisy_aer(service: Service, name: str, backend: str) -> None:
+    from executor.demo_workflow import load
+
+    reply = service.submit(on_backend(load(name), backend))
+    entries = service.watch(reply.run.run_id)
+    assert entries[-1].event_type.endswith("Run.Completed")
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in entries])
+    execution = records["execution"]
+    assert execution["backend"]["name"] == backend
+    assert (execution["backend"]["noise_model"] is None) == (backend == "aer_ideal")
+    assert sum(execution["counts"].values()) == execution["shots"]
+    assert records["report"]["classical_baseline"]
+    assert verify(service.app.source()).ok
+
+
 @pytest.mark.parametrize("workflow", [BELL, GHZ_NOISY], ids=["bell-ideal", "ghz-noisy"])
 def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> None:
     reply = service.submit(workflow)
