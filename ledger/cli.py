@@ -232,7 +232,13 @@ def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
         body = read_workflow(workflow)
 
         def show(entry: Any) -> None:
-            typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]}")
+            from ledger import dsse
+            from ledger.content import EntryContent
+
+            content = EntryContent.from_bytes(dsse.parse(entry.envelope).payload)
+            step = content.payload.get("step", "")
+            typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]:<13} {step:<20} "
+                       f"signed by {content.principal}")
 
         run = submit_and_watch(server, signer, body, key, wait, show)
     typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
