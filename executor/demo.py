@@ -2,7 +2,8 @@
 
 An in-process gRPC server on a free loopback port; the client signs a SubmitWorkflow
 command for the Bell reference workflow, watches the run's entries stream in as the
-executor runs it on Qiskit Aer, then the ledger is verified, exported and verified offline.
+executor runs it on Qiskit Aer, then the ledger is verified, exported and verified offline,
+and the run's signed lineage bundle is exported and verified offline.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from uuid import UUID
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
@@ -18,7 +20,9 @@ from executor.commands import submit_command
 from executor.demo_workflow import BELL
 from executor.server import client_channel, start_server
 from ledger import merkle
-from ledger.admin import CHECKPOINTER, add_key, init_store, open_admin_app
+from ledger.admin import CHECKPOINTER, EXPORTER, add_key, export_key, init_store, open_admin_app
+from ledger.bundle import verify_bundle
+from ledger.export_bundle import export_bundle
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
 from ledger.verify import verify
@@ -69,5 +73,12 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     offline = verify(LogFileSource(log))
     say(f"verify exported log {log}: {'OK' if offline.ok else offline.finding}")
     say(f"root hash {offline.root_hash.hex()}")
+    bundle_path = root / f"run-{run.run_id}.bundle.json"
+    bundle_path.write_bytes(export_bundle(app, UUID(run.run_id), export_key(app, keys),
+                                          keys.load(CHECKPOINTER)))
+    pinned = keys.load(EXPORTER).public
+    bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned)
+    say(f"lineage bundle {bundle_path}: VALID offline ({bundle.entries} entries proven against the "
+        f"checkpoint of size {bundle.tree_size}, {len(bundle.subjects)} subjects)")
     return (run.status == "completed" and included and report.ok and offline.ok
             and offline.root_hash == report.root_hash)

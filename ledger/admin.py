@@ -13,6 +13,7 @@ from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
 
 ROOT = "root"
 CHECKPOINTER = "checkpointer"
+EXPORTER = "exporter"
 SERVICE_ROLE = "qledger_service"
 
 
@@ -66,3 +67,11 @@ def key_listing(app: LedgerApp) -> list[dict[str, Any]]:
     return [{"key_id": k.key_id, "principal": k.principal, "purpose": k.purpose,
              "registered_at": k.registered_at, "revoked_at": k.revoked_at}
             for k in app.source().key_rows()]
+
+
+def export_key(app: LedgerApp, keys: KeyStore) -> SigningKey:
+    """The ledger's export key, created and registered (signed by root) on first use."""
+    key = keys.load_or_create(EXPORTER)
+    if key.key_id not in app.keyring().keys:
+        app.register_key(ROOT, EXPORTER, key.public, "export")
+    return key

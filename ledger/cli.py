@@ -111,6 +111,64 @@ def export_log(output: Annotated[Path, typer.Option("-o", "--output", help="JSON
     typer.echo(f"exported {count} entries to {output}")
 
 
+@app.command("export-bundle")
+def export_bundle_command(run: Annotated[str, typer.Argument(help="Run id")],
+                          output: Annotated[Path, typer.Option("-o", "--output")],
+                          store: StoreOption = None) -> None:
+    """Write RUN's signed lineage bundle (in-toto Statement in DSSE) for offline verification."""
+    from uuid import UUID
+
+    from ledger.export_bundle import export_bundle
+
+    with reported_errors():
+        try:
+            stream_id = UUID(run)
+        except ValueError:
+            raise fail(f"{run!r} is not a run id") from None
+        ledger = _open(store)
+        ledger.require_origin()
+        keys = KeyStore.default()
+        data = export_bundle(ledger, stream_id, admin.export_key(ledger, keys), keys.load(admin.CHECKPOINTER))
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}") from None
+    typer.echo(f"bundle for run {run}: {output} ({len(data)} bytes)")
+
+
+@app.command("verify-bundle")
+def verify_bundle_command(
+    bundle: Path,
+    trusted_key: Annotated[Path | None, typer.Option(help="File with the export key's public key (hex)")]
+    = None,
+) -> None:
+    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint."""
+    from ledger.bundle import BundleInvalidError, verify_bundle
+    from ledger.keys import PublicKey
+
+    with reported_errors():
+        try:
+            data = bundle.read_bytes()
+            pinned = PublicKey(bytes.fromhex(trusted_key.read_text().strip())) if trusted_key else None
+        except OSError as exc:
+            raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+        except ValueError:
+            raise fail("--trusted-key must hold a hex Ed25519 public key") from None
+        try:
+            report = verify_bundle(data, pinned)
+        except BundleInvalidError as exc:
+            raise fail(f"INVALID: {exc}", 1) from None
+    typer.echo(f"VALID: run {report.stream_id}, {report.entries} entries proven against the checkpoint "
+               f"of size {report.tree_size}, {len(report.subjects)} subjects")
+
+
+@keys_app.command("public")
+def keys_public(principal: str) -> None:
+    """Print PRINCIPAL's public key (hex), e.g. to pin with verify-bundle --trusted-key."""
+    with reported_errors():
+        typer.echo(KeyStore.default().load(principal).public.raw.hex())
+
+
 @app.command()
 def checkpoint(store: StoreOption = None) -> None:
     """Sign a checkpoint of the tree now and print it."""

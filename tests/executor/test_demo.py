@@ -21,6 +21,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "verify store: OK, 12 entries" in result.output
     assert "inclusion of the last entry: proven" in result.output
+    assert "lineage bundle" in result.output and ": VALID offline (13 entries" in result.output
     assert "verify exported log" in result.output and result.output.count(": OK") == 2
     # The run reloads from the very envelopes that were verified.
     app = LedgerApp(f"sqlite:///{tmp_path / 'demo.db'}")

@@ -1,0 +1,64 @@
+"""Building a run's lineage bundle from a live store (the offline check is ``ledger.bundle``)."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from ledger import dsse
+from ledger.app import LedgerApp
+from ledger.bundle import BundleContents, BundleEntry, artifact_digest, sign_bundle
+from ledger.content import EntryContent
+from ledger.errors import ProofError
+from ledger.keys import SigningKey
+from ledger.store.reader import StoreSource
+
+RESULT_KINDS = ("execution", "post_processing", "report")
+
+
+def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
+                  checkpoint_key: SigningKey) -> bytes:
+    source = cast(StoreSource, app.source())
+    stream = source.stream_entries(stream_id, 0)
+    if not stream:
+        raise ProofError(f"no run or stream {stream_id} in this ledger")
+    note = app.checkpoint(checkpoint_key)  # a checkpoint that covers the run's last entry
+    size = int(note.split("\n")[1])
+    keys = source.key_rows()
+    key_positions = {k.registered_at for k in keys} | {k.revoked_at for k in keys if k.revoked_at}
+    positions = sorted({p for p in key_positions if p <= size} | {r.position for r in stream})
+    entries = []
+    for position in positions:
+        row = source.entry_at(position)
+        assert row is not None and row.state is not None
+        proof = app.inclusion_proof(position, size)
+        entries.append(BundleEntry(position, row.state, [bytes.fromhex(h) for h in proof["inclusion_path"]]))
+    contents = [EntryContent.from_bytes(dsse.parse(r.state or b"").payload) for r in stream]
+    records = {c.payload["step"]: c.payload["record"] for c in contents
+               if "step" in c.payload and "record" in c.payload}
+    subjects = [{"name": f"run:{stream_id}/{step}", "digest": {"sha256": artifact_digest(record)}}
+                for step, record in records.items() if record.get("kind") in RESULT_KINDS]
+    return sign_bundle(BundleContents(
+        origin=app.require_origin(), stream_id=str(stream_id), checkpoint_note=note, entries=entries,
+        keys=[{"key_id": k.key_id, "principal": k.principal, "public_key": k.public_key.hex(),
+               "purpose": k.purpose, "registered_at": k.registered_at, "revoked_at": k.revoked_at}
+              for k in keys if k.registered_at <= size],
+        summary=_summary(contents, records), subjects=subjects), export_key)
+
+
+def _summary(contents: list[EntryContent], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The reproducibility summary: what was asked for, where it ran, and what came out."""
+    submitted = contents[0].payload
+    execution = records.get("execution", {})
+    transpilation = records.get("transpilation", {})
+    return {
+        "workflow_sha256": submitted.get("workflow_sha256"),
+        "submitted_by": contents[0].principal,
+        "seeds": {"seed_transpiler": transpilation.get("seed_transpiler"),
+                  "seed_simulator": execution.get("seed_simulator")},
+        "transpiled_qasm3_sha256": transpilation.get("qasm3_sha256"),
+        "backend": execution.get("backend"),
+        "environment": execution.get("environment"),
+        "report": records.get("report"),
+        "final_event": contents[-1].event_type.rsplit(".", 1)[-1],
+    }
