@@ -156,6 +156,7 @@ def test_cli_export_and_verify_bundle(two_runs: tuple[Service, list[UUID], Signi
     assert result.exit_code == 0, result.output
     pin = tmp_path / "exporter.pub"
     pin.write_text(runner.invoke(cli, ["keys", "public", "exporter"]).output)
+    assert pin.read_text().strip() == exporter.public.raw.hex()
     result = runner.invoke(cli, ["verify-bundle", str(out), "--trusted-key", str(pin)])
     assert result.exit_code == 0 and result.output.startswith("VALID"), result.output
     envelope = json.loads(out.read_bytes())
