@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,8 +33,26 @@ class PlaintextRefusedError(ValueError):
     pass
 
 
+@dataclass(frozen=True)
+class TLSConfig:
+    """Server certificate and key (PEM); with ``client_ca``, clients must present a certificate
+    signed by it (mutual TLS)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> TLSConfig:
+        return cls(cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
+                                           require_client_auth=self.client_ca is not None)
+
+
 def require_loopback(listen: str) -> None:
-    """Plaintext is only for loopback; anything else needs TLS (issue 5)."""
+    """Plaintext is only for loopback; anything else needs TLS."""
     host = listen.rsplit(":", 1)[0].strip("[]")
     if host == "localhost":
         return
@@ -76,8 +95,9 @@ class RunningServer:
 
 def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,
                  listen: str = "127.0.0.1:0", settings: ExecutorSettings | None = None,
-                 catalog: BackendCatalog | None = None) -> RunningServer:
-    require_loopback(listen)
+                 catalog: BackendCatalog | None = None, tls: TLSConfig | None = None) -> RunningServer:
+    if tls is None:
+        require_loopback(listen)
     settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
     queue = RunQueue(app)
@@ -101,14 +121,21 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
+    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     server.start()
     worker.start()
     return RunningServer(server, port, worker)
 
 
-def client_channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(address, options=[
-        ("grpc.max_receive_message_length", MAX_SEND_BYTES),
-        ("grpc.max_send_message_length", MAX_RECEIVE_BYTES),
-    ])
+def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | None = None,
+                   key: bytes | None = None, server_name: str | None = None) -> grpc.Channel:
+    """A channel with explicit message limits; TLS when ``root_ca`` is given (mTLS with cert+key)."""
+    options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", MAX_SEND_BYTES),
+               ("grpc.max_send_message_length", MAX_RECEIVE_BYTES)]
+    if root_ca is None:
+        return grpc.insecure_channel(address, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    credentials = grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key,
+                                               certificate_chain=cert)
+    return grpc.secure_channel(address, credentials, options=options)

@@ -252,21 +252,31 @@ def serve(store: StoreOption = None,
           listen: Annotated[str, typer.Option(help="Loopback host:port to listen on")] = "127.0.0.1:50051",
           workers: Annotated[int, typer.Option(min=1, help="Runs executed at once")] = 2,
           executor: Annotated[str, typer.Option(help="Principal whose key signs execution events")]
-          = "executor-1") -> None:
-    """Serve the Executor and Ledger gRPC services (plaintext, loopback only)."""
+          = "executor-1",
+          tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM)")] = None,
+          tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM)")] = None,
+          client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates (mTLS)")]
+          = None) -> None:
+    """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
+    loopback only."""
     import signal
     import threading
 
-    from executor.server import ExecutorSettings, start_server
+    from executor.server import ExecutorSettings, TLSConfig, start_server
 
     with reported_errors():
         keys = KeyStore.default()
         ledger = _open(store)
         ledger.require_origin()
         checkpointer = keys.load(admin.CHECKPOINTER) if keys.exists(admin.CHECKPOINTER) else None
+        if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
+            raise fail("--tls-cert and --tls-key go together (and --client-ca needs them)")
         try:
+            tls = TLSConfig.from_files(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
-                                   ExecutorSettings(workers=workers))
+                                   ExecutorSettings(workers=workers), tls=tls)
+        except OSError as exc:
+            raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:
             raise fail(str(exc)) from None
     typer.echo(f"serving qledger.v1 on {listen.rsplit(':', 1)[0]}:{running.port} ({ledger.store.url})")

@@ -1,0 +1,73 @@
+"""TLS and mutual TLS on the gRPC server: a client without a valid certificate is refused."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.server import PlaintextRefusedError, TLSConfig, client_channel, start_server
+from ledger.admin import CHECKPOINTER
+from ledger.keys import KeyStore
+from tests.ledger.helpers import make_ledger
+
+PEM = serialization.Encoding.PEM
+
+
+def issue(name: str, issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None, ca: bool = False
+          ) -> tuple[bytes, bytes, x509.Name, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=1))
+               .not_valid_after(now + datetime.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]),
+                                        critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    key_pem = key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return cert.public_bytes(PEM), key_pem, subject, key
+
+
+def test_mutual_tls(sqlite_store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    executor_key = keys.load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    ca_cert, _, ca_name, ca_key = issue("qledger test CA", None, ca=True)
+    server_cert, server_key, _, _ = issue("localhost", (ca_name, ca_key))
+    client_cert, client_key, _, _ = issue("alice", (ca_name, ca_key))
+    rogue_ca_cert, _, rogue_name, rogue_key = issue("rogue CA", None, ca=True)
+    rogue_cert, rogue_key_pem, _, _ = issue("mallory", (rogue_name, rogue_key))
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER), listen="127.0.0.1:0",
+                           tls=TLSConfig(server_cert, server_key, client_ca=ca_cert))
+    address = f"127.0.0.1:{running.port}"
+    request = pb.GetEntryRequest(position=1)
+    try:
+        with client_channel(address, ca_cert, client_cert, client_key, "localhost") as channel:
+            assert pb_grpc.LedgerStub(channel).GetEntry(request, timeout=10).position == 1
+        for cert, key in ((None, None), (rogue_cert, rogue_key_pem)):
+            with client_channel(address, ca_cert, cert, key, "localhost") as channel, \
+                    pytest.raises(grpc.RpcError) as caught:
+                pb_grpc.LedgerStub(channel).GetEntry(request, timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        with client_channel(address) as channel, pytest.raises(grpc.RpcError):
+            pb_grpc.LedgerStub(channel).GetEntry(request, timeout=5)  # plaintext to a TLS port
+    finally:
+        running.stop()
+    assert rogue_ca_cert != ca_cert
+    # Plaintext is refused off loopback; TLS may listen anywhere.
+    with pytest.raises(PlaintextRefusedError):
+        start_server(app, executor_key, None, listen="0.0.0.0:0")
