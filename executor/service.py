@@ -210,8 +210,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             seen = self.worker.changes.seen()
             rows = self.source.stream_entries(run.id, after)
             for row in rows:
-                yield entry_message(row)
                 after = row.originator_version or after
+                if row.position > request.after_position:
+                    yield entry_message(row)
             if not rows:
                 run = cast(Run, self.app.repository.get(run.id))
                 if run.status in TERMINAL and run.version <= after:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xecutor/api/qledger.proto\x12\nqledger.v1\"\"\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\xa5\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rworkflow_json\x18\x08 \x01(\t\x12\x10\n\x08rerun_of\x18\t \x01(\t\"D\n\x15SubmitWorkflowRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"G\n\x16SubmitWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.qledger.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"1\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.qledger.v1.Run\"8\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\"?\n\x10\x43\x61ncelRunRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"S\n\x14RerunWorkflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"\x97\x01\n\x0bLedgerEntry\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x11\n\tstream_id\x18\x06 \x01(\t\x12\x16\n\x0estream_version\x18\x07 \x01(\x03\"#\n\x0fGetEntryRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\"<\n\x14StreamEntriesRequest\x12\x15\n\rfrom_position\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"\x16\n\x14GetCheckpointRequest\"@\n\nCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\"?\n\x18GetInclusionProofRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"k\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"h\n\x10\x43onsistencyProof\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x03(\x0c\x12\x12\n\nfirst_root\x18\x04 \x01(\x0c\x12\x13\n\x0bsecond_root\x18\x05 \x01(\x0c\x32\xb7\x03\n\x08\x45xecutor\x12W\n\x0eSubmitWorkflow\x12!.qledger.v1.SubmitWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse\x12\x34\n\x06GetRun\x12\x19.qledger.v1.GetRunRequest\x1a\x0f.qledger.v1.Run\x12\x45\n\x08ListRuns\x12\x1b.qledger.v1.ListRunsRequest\x1a\x1c.qledger.v1.ListRunsResponse\x12\x42\n\x08WatchRun\x12\x1b.qledger.v1.WatchRunRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12:\n\tCancelRun\x12\x1c.qledger.v1.CancelRunRequest\x1a\x0f.qledger.v1.Run\x12U\n\rRerunWorkflow\x12 .qledger.v1.RerunWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse2\x97\x03\n\x06Ledger\x12@\n\x08GetEntry\x12\x1b.qledger.v1.GetEntryRequest\x1a\x17.qledger.v1.LedgerEntry\x12L\n\rStreamEntries\x12 .qledger.v1.StreamEntriesRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12I\n\rGetCheckpoint\x12 .qledger.v1.GetCheckpointRequest\x1a\x16.qledger.v1.Checkpoint\x12U\n\x11GetInclusionProof\x12$.qledger.v1.GetInclusionProofRequest\x1a\x1a.qledger.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.qledger.v1.GetConsistencyProofRequest\x1a\x1c.qledger.v1.ConsistencyProofb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65xecutor/api/qledger.proto\x12\nqledger.v1\"\"\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\xa5\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rworkflow_json\x18\x08 \x01(\t\x12\x10\n\x08rerun_of\x18\t \x01(\t\"D\n\x15SubmitWorkflowRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"G\n\x16SubmitWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.qledger.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"1\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.qledger.v1.Run\"P\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\"?\n\x10\x43\x61ncelRunRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"S\n\x14RerunWorkflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"\x97\x01\n\x0bLedgerEntry\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x11\n\tstream_id\x18\x06 \x01(\t\x12\x16\n\x0estream_version\x18\x07 \x01(\x03\"#\n\x0fGetEntryRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\"<\n\x14StreamEntriesRequest\x12\x15\n\rfrom_position\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"\x16\n\x14GetCheckpointRequest\"@\n\nCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\"?\n\x18GetInclusionProofRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"k\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"h\n\x10\x43onsistencyProof\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x03(\x0c\x12\x12\n\nfirst_root\x18\x04 \x01(\x0c\x12\x13\n\x0bsecond_root\x18\x05 \x01(\x0c\x32\xb7\x03\n\x08\x45xecutor\x12W\n\x0eSubmitWorkflow\x12!.qledger.v1.SubmitWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse\x12\x34\n\x06GetRun\x12\x19.qledger.v1.GetRunRequest\x1a\x0f.qledger.v1.Run\x12\x45\n\x08ListRuns\x12\x1b.qledger.v1.ListRunsRequest\x1a\x1c.qledger.v1.ListRunsResponse\x12\x42\n\x08WatchRun\x12\x1b.qledger.v1.WatchRunRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12:\n\tCancelRun\x12\x1c.qledger.v1.CancelRunRequest\x1a\x0f.qledger.v1.Run\x12U\n\rRerunWorkflow\x12 .qledger.v1.RerunWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse2\x97\x03\n\x06Ledger\x12@\n\x08GetEntry\x12\x1b.qledger.v1.GetEntryRequest\x1a\x17.qledger.v1.LedgerEntry\x12L\n\rStreamEntries\x12 .qledger.v1.StreamEntriesRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12I\n\rGetCheckpoint\x12 .qledger.v1.GetCheckpointRequest\x1a\x16.qledger.v1.Checkpoint\x12U\n\x11GetInclusionProof\x12$.qledger.v1.GetInclusionProofRequest\x1a\x1a.qledger.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.qledger.v1.GetConsistencyProofRequest\x1a\x1c.qledger.v1.ConsistencyProofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,31 +46,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRUNSRESPONSE']._serialized_start=456
   _globals['_LISTRUNSRESPONSE']._serialized_end=505
   _globals['_WATCHRUNREQUEST']._serialized_start=507
-  _globals['_WATCHRUNREQUEST']._serialized_end=563
-  _globals['_CANCELRUNREQUEST']._serialized_start=565
-  _globals['_CANCELRUNREQUEST']._serialized_end=628
-  _globals['_RERUNWORKFLOWREQUEST']._serialized_start=630
-  _globals['_RERUNWORKFLOWREQUEST']._serialized_end=713
-  _globals['_LEDGERENTRY']._serialized_start=716
-  _globals['_LEDGERENTRY']._serialized_end=867
-  _globals['_GETENTRYREQUEST']._serialized_start=869
-  _globals['_GETENTRYREQUEST']._serialized_end=904
-  _globals['_STREAMENTRIESREQUEST']._serialized_start=906
-  _globals['_STREAMENTRIESREQUEST']._serialized_end=966
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=968
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=990
-  _globals['_CHECKPOINT']._serialized_start=992
-  _globals['_CHECKPOINT']._serialized_end=1056
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1058
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1121
-  _globals['_INCLUSIONPROOF']._serialized_start=1123
-  _globals['_INCLUSIONPROOF']._serialized_end=1230
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1232
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1291
-  _globals['_CONSISTENCYPROOF']._serialized_start=1293
-  _globals['_CONSISTENCYPROOF']._serialized_end=1397
-  _globals['_EXECUTOR']._serialized_start=1400
-  _globals['_EXECUTOR']._serialized_end=1839
-  _globals['_LEDGER']._serialized_start=1842
-  _globals['_LEDGER']._serialized_end=2249
+  _globals['_WATCHRUNREQUEST']._serialized_end=587
+  _globals['_CANCELRUNREQUEST']._serialized_start=589
+  _globals['_CANCELRUNREQUEST']._serialized_end=652
+  _globals['_RERUNWORKFLOWREQUEST']._serialized_start=654
+  _globals['_RERUNWORKFLOWREQUEST']._serialized_end=737
+  _globals['_LEDGERENTRY']._serialized_start=740
+  _globals['_LEDGERENTRY']._serialized_end=891
+  _globals['_GETENTRYREQUEST']._serialized_start=893
+  _globals['_GETENTRYREQUEST']._serialized_end=928
+  _globals['_STREAMENTRIESREQUEST']._serialized_start=930
+  _globals['_STREAMENTRIESREQUEST']._serialized_end=990
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=992
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1014
+  _globals['_CHECKPOINT']._serialized_start=1016
+  _globals['_CHECKPOINT']._serialized_end=1080
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1082
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1145
+  _globals['_INCLUSIONPROOF']._serialized_start=1147
+  _globals['_INCLUSIONPROOF']._serialized_end=1254
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1256
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1315
+  _globals['_CONSISTENCYPROOF']._serialized_start=1317
+  _globals['_CONSISTENCYPROOF']._serialized_end=1421
+  _globals['_EXECUTOR']._serialized_start=1424
+  _globals['_EXECUTOR']._serialized_end=1863
+  _globals['_LEDGER']._serialized_start=1866
+  _globals['_LEDGER']._serialized_end=2273
 # @@protoc_insertion_point(module_scope)

@@ -67,12 +67,14 @@ class ListRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[Run, _Mapping]]] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id", "after_version")
+    __slots__ = ("run_id", "after_version", "after_position")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AFTER_POSITION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     after_version: int
-    def __init__(self, run_id: _Optional[str] = ..., after_version: _Optional[int] = ...) -> None: ...
+    after_position: int
+    def __init__(self, run_id: _Optional[str] = ..., after_version: _Optional[int] = ..., after_position: _Optional[int] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("command",)
