@@ -5,11 +5,12 @@ where bytes are produced from values and checked to be canonical.
 
 Speed: the ``rfc8785`` package is pure Python and was the largest cost of an append.  For
 the JSON our entries hold, the C ``json`` encoder with sorted keys and no spaces produces
-the same bytes as RFC 8785; it differs only on (1) numbers with a fraction or exponent
-(ECMAScript number formatting), (2) integers outside I-JSON's ±(2**53 - 1), which RFC 8785
-refuses, and (3) the order of keys mixing U+E000..U+FFFF with characters beyond the BMP
-(RFC 8785 sorts by UTF-16 code units).  Whenever any of these could occur, ``rfc8785``
-decides.  ``tests/ledger/test_canonical_and_dsse.py`` checks the two paths agree.
+the same bytes as RFC 8785; it differs only on (1) numbers in exponent notation or with an
+integral value (ECMAScript number formatting; see ``_check_float``), (2) integers outside
+I-JSON's ±(2**53 - 1), which RFC 8785 refuses, and (3) the order of keys mixing
+U+E000..U+FFFF with characters beyond the BMP (RFC 8785 sorts by UTF-16 code units).
+Whenever any of these could occur, or the fast path cannot prove a spelling canonical,
+``rfc8785`` decides.  ``tests/ledger/test_canonical_and_dsse.py`` checks the paths agree.
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ class _NeedsRFC8785(Exception):
     pass
 
 
-def _refuse_float(_: str) -> float:
-    raise _NeedsRFC8785
+def _check_float(text: str) -> float:
+    # Python's repr and ECMAScript's Number::toString both print the shortest digits that
+    # round-trip; they differ only in notation: exponents (Python from 1e16 and below 1e-4,
+    # ECMAScript from 1e21 and below 1e-6) and integral values ("3.0" against "3", "-0.0"
+    # against "0").  Plain-notation, non-integral numbers are spelt the same by both.
+    if "e" in text or "E" in text or text.endswith(".0"):
+        raise _NeedsRFC8785
+    return float(text)
 
 
 def _check_int(text: str) -> int:
@@ -46,7 +53,7 @@ def _loads_simple(data: bytes) -> JSONValue:
     """Parse JSON, raising _NeedsRFC8785 if it holds anything the fast path cannot judge."""
     if _BEYOND_BMP.search(data):
         raise _NeedsRFC8785
-    return json.loads(data, parse_float=_refuse_float, parse_int=_check_int)
+    return json.loads(data, parse_float=_check_float, parse_int=_check_int)
 
 
 def _dumps_fast(value: JSONValue) -> bytes:
@@ -99,7 +106,8 @@ def parse_canonical(data: bytes) -> JSONValue:
                 return value
         except (ValueError, UnicodeEncodeError):
             pass
-        raise NonCanonicalEntryError("JSON is not in RFC 8785 canonical form")
+        # Not proven canonical by the fast path (e.g. ECMAScript writes 0.00006 where Python
+        # writes 6e-05): the rfc8785 package decides.
     try:
         value = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -106,3 +106,14 @@ def test_envelope_shape_is_enforced() -> None:
         dsse.parse(canonical_bytes(value))
     with pytest.raises(NonCanonicalEntryError):
         EntryContent.from_bytes(canonical_bytes({"origin": "x"}))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(st.floats(min_value=1e-7, max_value=1e15), st.floats(min_value=-1e15, max_value=-1e-7),
+                 st.integers(-(10**6), 10**6).map(lambda i: i / 1000)))
+def test_plain_notation_floats_take_the_fast_path_correctly(x: float) -> None:
+    # Timings, probabilities and distances are floats in every step record: the fast path
+    # must spell them exactly as RFC 8785 (ECMAScript) does.
+    value = {"ms": x, "nested": [x, -x]}
+    assert canonical_bytes(value) == canonical_bytes_slow(value)
+    assert parse_canonical(canonical_bytes_slow(value)) == value
