@@ -18,6 +18,7 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.demo_workflow import BELL
+from executor.lineage import lineage_json
 from executor.server import client_channel, start_server
 from ledger import merkle
 from ledger.admin import CHECKPOINTER, EXPORTER, add_key, export_key, init_store, open_admin_app
@@ -75,9 +76,9 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     say(f"root hash {offline.root_hash.hex()}")
     bundle_path = root / f"run-{run.run_id}.bundle.json"
     bundle_path.write_bytes(export_bundle(app, UUID(run.run_id), export_key(app, keys),
-                                          keys.load(CHECKPOINTER)))
+                                          keys.load(CHECKPOINTER), lineage_json))
     pinned = keys.load(EXPORTER).public
-    bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned)
+    bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned, lineage_of=lineage_json)
     say(f"lineage bundle {bundle_path}: VALID offline ({bundle.entries} entries proven against the "
         f"checkpoint of size {bundle.tree_size}, {len(bundle.subjects)} subjects)")
     return (run.status == "completed" and included and report.ok and offline.ok

@@ -13,6 +13,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,7 @@ class BundleContents:
     keys: list[dict[str, Any]]
     summary: dict[str, Any]
     subjects: list[dict[str, Any]] = field(default_factory=list)
+    lineage: dict[str, Any] | None = None  # PROV-JSON of the run, derived from its entries
 
 
 def artifact_digest(value: Any) -> str:
@@ -68,6 +70,7 @@ def sign_bundle(contents: BundleContents, key: SigningKey) -> bytes:
                          "inclusion_path": [h.hex() for h in e.inclusion_path]} for e in contents.entries],
             "keys": contents.keys,
             "summary": contents.summary,
+            "lineage": contents.lineage,
         },
     }
     return dsse.sign(canonical_bytes(statement), key, IN_TOTO_PAYLOAD_TYPE).canonical
@@ -97,18 +100,24 @@ def read_bundle(data: bytes) -> tuple[dsse.SignedEnvelope, dict[str, Any]]:
     return envelope, statement
 
 
-def verify_bundle(data: bytes, trusted_export_key: PublicKey | None = None) -> BundleReport:
+LineageOf = Callable[[str, list[tuple[int, bytes]]], dict[str, Any]]
+
+
+def verify_bundle(data: bytes, trusted_export_key: PublicKey | None = None,
+                  lineage_of: LineageOf | None = None) -> BundleReport:
+    """Check a bundle offline.  ``lineage_of`` rebuilds the PROV graph from the run's entries
+    so the bundle's graph can be compared with what the entries say."""
     envelope, statement = read_bundle(data)
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE or statement.get("_type") != STATEMENT_TYPE:
         raise _fail("outer envelope is not an in-toto Statement v1")
     try:
-        return _verify(envelope, statement, trusted_export_key)
+        return _verify(envelope, statement, trusted_export_key, lineage_of)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise _fail(f"malformed bundle field: {exc!r}") from exc
 
 
 def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
-            trusted: PublicKey | None) -> BundleReport:
+            trusted: PublicKey | None, lineage_of: LineageOf | None) -> BundleReport:
     predicate = statement["predicate"]
     origin, stream_id = predicate["origin"], predicate["stream_id"]
     keys = {k["key_id"]: k for k in predicate["keys"]}
@@ -129,6 +138,7 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
         raise _fail("checkpoint is for another origin")
     size, root = note.checkpoint.tree_size, note.checkpoint.root_hash
     entries = []
+    raw_envelopes: dict[int, bytes] = {}
     for raw in predicate["entries"]:
         position = int(raw["position"])
         env_bytes = canonical_bytes(raw["envelope"])
@@ -138,6 +148,7 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
                         f"the checkpoint of size {size}")
         parsed = dsse.parse(env_bytes)
         entries.append((position, parsed, EntryContent.from_bytes(parsed.payload)))
+        raw_envelopes[position] = env_bytes
     positions = [p for p, _, _ in entries]
     if positions != sorted(set(positions)):
         raise _fail("entries are not in strictly increasing position order")
@@ -181,7 +192,13 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
     if versions != list(range(1, len(versions) + 1)):
         raise _fail(f"run {stream_id}: stream versions {versions} are not 1..n (an entry is missing)")
 
-    # 5. Subjects: each digest is recomputed from the entries.
+    # 5. The PROV graph says what the run's entries say.
+    if lineage_of is not None and predicate.get("lineage") is not None:
+        expected = lineage_of(origin, [(p, raw_envelopes[p]) for p, _ in stream])
+        if canonical_bytes(expected) != canonical_bytes(predicate["lineage"]):
+            raise _fail("the PROV lineage graph does not match the run's entries")
+
+    # 6. Subjects: each digest is recomputed from the entries.
     artifacts = {f"run:{stream_id}/{c.payload['step']}": artifact_digest(c.payload["record"])
                  for _, c in stream if "step" in c.payload and "record" in c.payload}
     for subject in statement["subject"]:

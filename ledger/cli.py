@@ -128,7 +128,10 @@ def export_bundle_command(run: Annotated[str, typer.Argument(help="Run id")],
         ledger = _open(store)
         ledger.require_origin()
         keys = KeyStore.default()
-        data = export_bundle(ledger, stream_id, admin.export_key(ledger, keys), keys.load(admin.CHECKPOINTER))
+        from executor.lineage import lineage_json
+
+        data = export_bundle(ledger, stream_id, admin.export_key(ledger, keys), keys.load(admin.CHECKPOINTER),
+                             lineage_json)
         try:
             output.write_bytes(data)
         except OSError as exc:
@@ -154,12 +157,38 @@ def verify_bundle_command(
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except ValueError:
             raise fail("--trusted-key must hold a hex Ed25519 public key") from None
+        from executor.lineage import lineage_json
+
         try:
-            report = verify_bundle(data, pinned)
+            report = verify_bundle(data, pinned, lineage_json)
         except BundleInvalidError as exc:
             raise fail(f"INVALID: {exc}", 1) from None
     typer.echo(f"VALID: run {report.stream_id}, {report.entries} entries proven against the checkpoint "
                f"of size {report.tree_size}, {len(report.subjects)} subjects")
+
+
+@app.command()
+def lineage(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOption = None,
+            format_: Annotated[str, typer.Option("--format", help="prov-json or dot")] = "prov-json") -> None:
+    """The run's W3C PROV lineage, derived from its ledger entries (PROV-JSON, or Graphviz DOT)."""
+    from uuid import UUID
+
+    from executor.lineage import lineage_document, lineage_dot
+
+    if format_ not in ("prov-json", "dot"):
+        raise fail("--format must be prov-json or dot")
+    with reported_errors():
+        try:
+            stream_id = UUID(run)
+        except ValueError:
+            raise fail(f"{run!r} is not a run id") from None
+        ledger = _open(store)
+        rows = ledger.source().stream_entries(stream_id, 0)  # type: ignore[attr-defined]
+        if not rows:
+            raise fail(f"no run {run} in this ledger")
+        document = lineage_document(ledger.require_origin(), [(r.position, r.state) for r in rows])
+    typer.echo(document.serialize(format="json", indent=2) if format_ == "prov-json"
+               else lineage_dot(document), nl=False)
 
 
 @keys_app.command("public")

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from ledger import dsse
 from ledger.app import LedgerApp
-from ledger.bundle import BundleContents, BundleEntry, artifact_digest, sign_bundle
+from ledger.bundle import BundleContents, BundleEntry, LineageOf, artifact_digest, sign_bundle
 from ledger.content import EntryContent
 from ledger.errors import ProofError
 from ledger.keys import SigningKey
@@ -17,7 +17,7 @@ RESULT_KINDS = ("execution", "post_processing", "report")
 
 
 def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
-                  checkpoint_key: SigningKey) -> bytes:
+                  checkpoint_key: SigningKey, lineage_of: LineageOf | None = None) -> bytes:
     source = cast(StoreSource, app.source())
     stream = source.stream_entries(stream_id, 0)
     if not stream:
@@ -43,7 +43,9 @@ def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
         keys=[{"key_id": k.key_id, "principal": k.principal, "public_key": k.public_key.hex(),
                "purpose": k.purpose, "registered_at": k.registered_at, "revoked_at": k.revoked_at}
               for k in keys if k.registered_at <= size],
-        summary=_summary(contents, records), subjects=subjects), export_key)
+        summary=_summary(contents, records), subjects=subjects,
+        lineage=lineage_of(app.require_origin(), [(r.position, r.state or b"") for r in stream])
+        if lineage_of else None), export_key)
 
 
 def _summary(contents: list[EntryContent], records: dict[str, dict[str, Any]]) -> dict[str, Any]:

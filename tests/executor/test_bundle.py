@@ -14,6 +14,7 @@ from securesystemslib.signer import SSlibKey
 from typer.testing import CliRunner
 
 from executor.demo_workflow import BELL
+from executor.lineage import lineage_json
 from ledger import dsse, merkle
 from ledger.admin import CHECKPOINTER, export_key
 from ledger.bundle import IN_TOTO_PAYLOAD_TYPE, BundleInvalidError, verify_bundle
@@ -40,7 +41,8 @@ def two_runs(service_factory: ServiceFactory) -> tuple[Service, list[UUID], Sign
 
 
 def bundle_of(service: Service, run: UUID, exporter: SigningKey) -> bytes:
-    return export_bundle(service.app, run, exporter, KeyStore(service.home).load(CHECKPOINTER))
+    return export_bundle(service.app, run, exporter, KeyStore(service.home).load(CHECKPOINTER),
+                         lineage_json)
 
 
 def resigned(data: bytes, key: SigningKey, change: Callable[[dict[str, Any]], None]) -> bytes:
@@ -169,3 +171,39 @@ def test_cli_export_and_verify_bundle(two_runs: tuple[Service, list[UUID], Signi
     out.write_text("{")
     assert runner.invoke(cli, ["verify-bundle", str(out)]).exit_code == 2
     assert runner.invoke(cli, ["export-bundle", "nope", "-o", str(out), "--store", store]).exit_code == 2
+
+
+def test_prov_lineage_reads_back_and_is_checked(two_runs: tuple[Service, list[UUID], SigningKey]) -> None:
+    from prov.model import ProvDocument
+
+    service, runs, exporter = two_runs
+    data = bundle_of(service, runs[0], exporter)
+    lineage = json.loads(dsse.parse(data).payload)["predicate"]["lineage"]
+    document = ProvDocument.deserialize(content=json.dumps(lineage), format="json")
+    assert json.loads(str(document.serialize(format="json"))) == lineage  # the prov package reads it back
+    activities = lineage["activity"]
+    assert {a.rsplit("/", 1)[1] for a in activities} == {
+        "data_preparation", "circuit_synthesis", "transpilation", "execution", "post_processing", "report"}
+    assert "qledger:backend/aer_ideal" in lineage["agent"] and "qledger:principal/alice" in lineage["agent"]
+    assert all("qledger:ledger_position" in attrs for attrs in activities.values())
+    assert len(lineage["wasGeneratedBy"]) == 6 and len(lineage["used"]) >= 6
+    verify_bundle(data, exporter.public, lineage_json)
+
+    def alter(statement: dict[str, Any]) -> None:
+        node = next(iter(statement["predicate"]["lineage"]["activity"].values()))
+        node["qledger:ledger_position"] = 999
+
+    with pytest.raises(BundleInvalidError, match="PROV lineage graph does not match"):
+        verify_bundle(resigned(data, exporter, alter), exporter.public, lineage_json)
+
+
+def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey], monkeypatch: pytest.MonkeyPatch) -> None:
+    service, runs, _ = two_runs
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    runner = CliRunner()
+    store = service.app.store.url
+    prov_json = runner.invoke(cli, ["lineage", str(runs[0]), "--store", store])
+    assert prov_json.exit_code == 0 and "wasGeneratedBy" in json.loads(prov_json.output)
+    dot = runner.invoke(cli, ["lineage", str(runs[0]), "--store", store, "--format", "dot"])
+    assert dot.exit_code == 0 and dot.output.startswith("digraph lineage {") and "[label=\"used\"]" in dot.output
+    assert runner.invoke(cli, ["lineage", str(UUID(int=0)), "--store", store]).exit_code == 2
