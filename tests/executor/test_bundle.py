@@ -197,7 +197,8 @@ def test_prov_lineage_reads_back_and_is_checked(two_runs: tuple[Service, list[UU
         verify_bundle(resigned(data, exporter, alter), exporter.public, lineage_json)
 
 
-def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey],
+                     monkeypatch: pytest.MonkeyPatch) -> None:
     service, runs, _ = two_runs
     monkeypatch.setenv("QLEDGER_HOME", str(service.home))
     runner = CliRunner()
@@ -205,5 +206,6 @@ def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey], monkeypat
     prov_json = runner.invoke(cli, ["lineage", str(runs[0]), "--store", store])
     assert prov_json.exit_code == 0 and "wasGeneratedBy" in json.loads(prov_json.output)
     dot = runner.invoke(cli, ["lineage", str(runs[0]), "--store", store, "--format", "dot"])
-    assert dot.exit_code == 0 and dot.output.startswith("digraph lineage {") and "[label=\"used\"]" in dot.output
+    assert dot.exit_code == 0 and dot.output.startswith("digraph lineage {")
+    assert '[label="used"]' in dot.output
     assert runner.invoke(cli, ["lineage", str(UUID(int=0)), "--store", store]).exit_code == 2
