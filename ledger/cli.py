@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -52,6 +53,13 @@ def reported_errors() -> Iterator[None]:
 
 def _print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _run_id(text: str) -> UUID:
+    try:
+        return UUID(text)
+    except ValueError:
+        raise fail(f"{text!r} is not a run id") from None
 
 
 def _open(store: str | None) -> LedgerApp:
@@ -116,15 +124,10 @@ def export_bundle_command(run: Annotated[str, typer.Argument(help="Run id")],
                           output: Annotated[Path, typer.Option("-o", "--output")],
                           store: StoreOption = None) -> None:
     """Write RUN's signed lineage bundle (in-toto Statement in DSSE) for offline verification."""
-    from uuid import UUID
-
     from ledger.export_bundle import export_bundle
 
     with reported_errors():
-        try:
-            stream_id = UUID(run)
-        except ValueError:
-            raise fail(f"{run!r} is not a run id") from None
+        stream_id = _run_id(run)
         ledger = _open(store)
         ledger.require_origin()
         keys = KeyStore.default()
@@ -171,17 +174,12 @@ def verify_bundle_command(
 def lineage(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOption = None,
             format_: Annotated[str, typer.Option("--format", help="prov-json or dot")] = "prov-json") -> None:
     """The run's W3C PROV lineage, derived from its ledger entries (PROV-JSON, or Graphviz DOT)."""
-    from uuid import UUID
-
     from executor.lineage import lineage_document, lineage_dot
 
     if format_ not in ("prov-json", "dot"):
         raise fail("--format must be prov-json or dot")
     with reported_errors():
-        try:
-            stream_id = UUID(run)
-        except ValueError:
-            raise fail(f"{run!r} is not a run id") from None
+        stream_id = _run_id(run)
         ledger = _open(store)
         rows = ledger.source().stream_entries(stream_id, 0)  # type: ignore[attr-defined]
         if not rows:
