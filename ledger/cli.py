@@ -189,6 +189,30 @@ def lineage(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOpti
                else lineage_dot(document), nl=False)
 
 
+@app.command("report")
+def report_command(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOption = None,
+                   against: Annotated[str | None, typer.Option(help="Compare with this run")] = None,
+                   format_: Annotated[str, typer.Option("--format", help="md or json")] = "md") -> None:
+    """Reproducibility report: RUN's recorded environment, and a comparison --against RUN2."""
+    from executor.report import report, run_facts, to_markdown
+
+    if format_ not in ("md", "json"):
+        raise fail("--format must be md or json")
+    with reported_errors():
+        ledger = _open(store)
+        facts = []
+        for text in (run, against):
+            if text is None:
+                continue
+            rows = ledger.source().stream_entries(_run_id(text), 0)  # type: ignore[attr-defined]
+            if not rows:
+                raise fail(f"no run {text} in this ledger")
+            facts.append(run_facts([r.state for r in rows]))
+        data = report(facts[0], facts[1] if len(facts) > 1 else None)
+    typer.echo(json.dumps(data, indent=2, sort_keys=True) if format_ == "json" else to_markdown(data),
+               nl=format_ == "json")
+
+
 @keys_app.command("public")
 def keys_public(principal: str) -> None:
     """Print PRINCIPAL's public key (hex), e.g. to pin with verify-bundle --trusted-key."""
