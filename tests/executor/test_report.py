@@ -68,4 +68,5 @@ def test_cli_report(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     assert md.exit_code == 0 and "**Verdict: reproduced exactly**" in md.output
     data = json.loads(runner.invoke(cli, ["report", runs[0], "--format", "json", "--store", store]).output)
     assert data["run_id"] == runs[0] and data["result"]["classical_baseline"] == {"00": 0.5, "11": 0.5}
-    assert runner.invoke(cli, ["report", runs[0], "--against", str(UUID(int=1)), "--store", store]).exit_code == 2
+    missing = runner.invoke(cli, ["report", runs[0], "--against", str(UUID(int=1)), "--store", store])
+    assert missing.exit_code == 2
