@@ -6,6 +6,7 @@ import ipaddress
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -76,6 +77,7 @@ class ExecutorSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_threshold: int = 3
     breaker_cooldown: float = 10.0
+    metrics_port: int | None = None  # Prometheus endpoint on loopback (0: any free port)
 
 
 @dataclass
@@ -83,6 +85,11 @@ class RunningServer:
     server: grpc.Server
     port: int
     worker: Worker
+    metrics_server: Any = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else int(self.metrics_server.server_port)
 
     @property
     def address(self) -> str:
@@ -91,6 +98,8 @@ class RunningServer:
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
         self.worker.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
 
 
 def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,
@@ -124,7 +133,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
     server.start()
     worker.start()
-    return RunningServer(server, port, worker)
+    metrics = worker.metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
+    return RunningServer(server, port, worker, metrics)
 
 
 def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | None = None,

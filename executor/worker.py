@@ -21,6 +21,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from executor.breaker import Transition
+from executor.metrics import ExecutorMetrics
 from executor.pipeline import ExecutionContext, StepFailedError, run_steps
 from executor.queue import RunQueue
 from executor.run import TERMINAL, BackendBreaker, Run
@@ -68,8 +69,9 @@ class Changes:
 class Worker:
     def __init__(self, app: LedgerApp, key: SigningKey, queue: RunQueue, ctx: ExecutionContext, *,
                  threads: int = 2, lease_seconds: float = 30.0, poll_seconds: float = 0.2,
-                 max_attempts: int = 3) -> None:
+                 max_attempts: int = 3, metrics: ExecutorMetrics | None = None) -> None:
         self.app, self.key, self.queue, self.ctx = app, key, queue, ctx
+        self.metrics = metrics or ExecutorMetrics()
         self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
         self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
         self.ctx.on_breaker = self.record_breaker
@@ -147,7 +149,7 @@ class Worker:
                     renew_after = time.monotonic() + self.lease / 2
             run.complete(principal=self.key.principal, summary={"steps": len(run.steps), "worker": self.name})
             try:
-                self.app.save(run)
+                self._save(run)
             except IntegrityError:
                 if self._load(run_id).status in TERMINAL:
                     return
@@ -165,9 +167,17 @@ class Worker:
             self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
                        {"settings": run.workflow})
 
+    def _save(self, run: Run) -> None:
+        pending = len(run.pending_events)
+        self.app.save(run)
+        self.metrics.entries.inc(pending)
+        if run.status in TERMINAL:
+            self.metrics.run_finished(str(run.workflow.get("name", "")), run.status, run.records,
+                                      run.created_on)
+
     def _save_steps(self, run: Run, run_id: UUID) -> Run:
         try:
-            self.app.save(run)
+            self._save(run)
         except IntegrityError:
             # Someone appended to the run since we loaded it (a cancellation, or an executor
             # that took the run over): what is recorded wins.
@@ -191,10 +201,11 @@ class Worker:
             return
         run.fail(principal=self.key.principal, error_class=error_class, message=message, step=step,
                  kind=kind, diagnostics=diagnostics)
-        self.app.save(run)
+        self._save(run)
         self.changes.notify()
 
     def record_breaker(self, transition: Transition) -> None:
+        self.metrics.breaker(transition)
         for _ in range(3):  # another executor may record a change of the same breaker at once
             try:
                 try:

@@ -307,6 +307,8 @@ def serve(store: StoreOption = None,
           tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM)")] = None,
           tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM)")] = None,
           client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates (mTLS)")]
+          = None,
+          metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")]
           = None) -> None:
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
@@ -325,7 +327,7 @@ def serve(store: StoreOption = None,
         try:
             tls = TLSConfig.from_files(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
-                                   ExecutorSettings(workers=workers), tls=tls)
+                                   ExecutorSettings(workers=workers, metrics_port=metrics_port), tls=tls)
         except OSError as exc:
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:
