@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 from uuid import UUID
 
 import typer
@@ -33,9 +33,6 @@ app.add_typer(bench_app, name="bench")
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="sqlite:///PATH or postgresql://USER@HOST/DB; default $QLEDGER_STORE, "
     "then sqlite:///./qledger.db")]
-
-T = TypeVar("T")
-
 
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"qledger: {message}", err=True)
@@ -410,10 +407,6 @@ def bench_executor(store: StoreOption = None,
 
     with reported_errors():
         run_executor_bench(store, runs)
-
-
-def run(func: Callable[[], T]) -> T:  # pragma: no cover - entry-point glue
-    return func()
 
 
 def main() -> None:
