@@ -104,7 +104,8 @@ class RunningServer:
 
 def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,
                  listen: str = "127.0.0.1:0", settings: ExecutorSettings | None = None,
-                 catalog: BackendCatalog | None = None, tls: TLSConfig | None = None) -> RunningServer:
+                 catalog: BackendCatalog | None = None, tls: TLSConfig | None = None,
+                 export_key: SigningKey | None = None) -> RunningServer:
     if tls is None:
         require_loopback(listen)
     settings = settings or ExecutorSettings()
@@ -123,7 +124,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     ])
     pb_grpc.add_ExecutorServicer_to_server(ExecutorService(app, worker, queue, settings.max_pending),
                                            server)
-    pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key), server)
+    pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key, export_key), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,9 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import COMMAND_PAYLOAD_TYPE
 from executor.errors import abort, abort_exhausted, status_for, store_errors_are_unavailable
+from executor.lineage import lineage_json
 from executor.queue import RunQueue
+from executor.report import report, run_facts
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
 from executor.worker import Worker
 from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
@@ -26,6 +29,7 @@ from ledger.app import LedgerApp
 from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.content import EntryContent
 from ledger.errors import QledgerError
+from ledger.export_bundle import export_bundle
 from ledger.keys import SigningKey
 from ledger.source import EntryRow
 from ledger.store.reader import StoreSource
@@ -222,9 +226,45 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 
 
 class LedgerService(pb_grpc.LedgerServicer):
-    def __init__(self, app: LedgerApp, checkpoint_key: SigningKey | None) -> None:
-        self.app, self.checkpoint_key = app, checkpoint_key
+    def __init__(self, app: LedgerApp, checkpoint_key: SigningKey | None,
+                 export_key: SigningKey | None = None) -> None:
+        self.app, self.checkpoint_key, self.export_key = app, checkpoint_key, export_key
         self.source = cast(StoreSource, app.source())
+
+    def _stream(self, run_id: str, context: grpc.ServicerContext, field: str = "run_id") -> list[EntryRow]:
+        try:
+            stream_id = UUID(run_id)
+        except ValueError:
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{run_id!r} is not a run id", field)
+        rows = self.source.stream_entries(stream_id, 0)
+        if not rows:
+            abort(context, grpc.StatusCode.NOT_FOUND, f"no run {run_id}", field)
+        return rows
+
+    @store_errors_are_unavailable
+    def ExportBundle(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Bundle:
+        rows = self._stream(request.run_id, context)
+        if self.export_key is None or self.checkpoint_key is None:
+            abort(context, grpc.StatusCode.FAILED_PRECONDITION,
+                  "this server holds no export or checkpoint key; use `qledger export-bundle`")
+        data = export_bundle(self.app, UUID(rows[0].originator_id or request.run_id), self.export_key,
+                             self.checkpoint_key, lineage_json)
+        return pb.Bundle(envelope=data)
+
+    @store_errors_are_unavailable
+    def GetLineage(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Lineage:
+        rows = self._stream(request.run_id, context)
+        prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
+        return pb.Lineage(prov_json=json.dumps(prov, sort_keys=True))
+
+    @store_errors_are_unavailable
+    def GetReport(self, request: pb.GetReportRequest, context: grpc.ServicerContext) -> pb.Report:
+        first = run_facts([r.state or b"" for r in self._stream(request.run_id, context)])
+        second = None
+        if request.against_run_id:
+            second = run_facts([r.state or b"" for r in self._stream(request.against_run_id, context,
+                                                                     "against_run_id")])
+        return pb.Report(json=json.dumps(report(first, second), sort_keys=True))
 
     @store_errors_are_unavailable
     def GetEntry(self, request: pb.GetEntryRequest,

@@ -323,8 +323,10 @@ def serve(store: StoreOption = None,
             raise fail("--tls-cert and --tls-key go together (and --client-ca needs them)")
         try:
             tls = TLSConfig.from_files(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
+            exporter = keys.load(admin.EXPORTER) if keys.exists(admin.EXPORTER) else None
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
-                                   ExecutorSettings(workers=workers, metrics_port=metrics_port), tls=tls)
+                                   ExecutorSettings(workers=workers, metrics_port=metrics_port), tls=tls,
+                                   export_key=exporter)
         except OSError as exc:
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:

@@ -179,3 +179,35 @@ class ConsistencyProof(_message.Message):
     first_root: bytes
     second_root: bytes
     def __init__(self, first: _Optional[int] = ..., second: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., first_root: _Optional[bytes] = ..., second_root: _Optional[bytes] = ...) -> None: ...
+
+class RunRef(_message.Message):
+    __slots__ = ("run_id",)
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+
+class Bundle(_message.Message):
+    __slots__ = ("envelope",)
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
+
+class Lineage(_message.Message):
+    __slots__ = ("prov_json",)
+    PROV_JSON_FIELD_NUMBER: _ClassVar[int]
+    prov_json: str
+    def __init__(self, prov_json: _Optional[str] = ...) -> None: ...
+
+class GetReportRequest(_message.Message):
+    __slots__ = ("run_id", "against_run_id")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    AGAINST_RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    against_run_id: str
+    def __init__(self, run_id: _Optional[str] = ..., against_run_id: _Optional[str] = ...) -> None: ...
+
+class Report(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

@@ -346,6 +346,21 @@ class LedgerStub:
                 request_serializer=executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=executor_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
+        self.ExportBundle = channel.unary_unary(
+                '/qledger.v1.Ledger/ExportBundle',
+                request_serializer=executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.Bundle.FromString,
+                _registered_method=True)
+        self.GetLineage = channel.unary_unary(
+                '/qledger.v1.Ledger/GetLineage',
+                request_serializer=executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.Lineage.FromString,
+                _registered_method=True)
+        self.GetReport = channel.unary_unary(
+                '/qledger.v1.Ledger/GetReport',
+                request_serializer=executor_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=executor_dot_api_dot_qledger__pb2.Report.FromString,
+                _registered_method=True)
 
 
 class LedgerServicer:
@@ -381,6 +396,24 @@ class LedgerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportBundle(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLineage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -408,6 +441,21 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=executor_dot_api_dot_qledger__pb2.ConsistencyProof.SerializeToString,
+            ),
+            'ExportBundle': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportBundle,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.RunRef.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.Bundle.SerializeToString,
+            ),
+            'GetLineage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLineage,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.RunRef.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.Lineage.SerializeToString,
+            ),
+            'GetReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReport,
+                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetReportRequest.FromString,
+                    response_serializer=executor_dot_api_dot_qledger__pb2.Report.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -545,6 +593,87 @@ class Ledger:
             '/qledger.v1.Ledger/GetConsistencyProof',
             executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
             executor_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Ledger/ExportBundle',
+            executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.Bundle.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLineage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Ledger/GetLineage',
+            executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.Lineage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Ledger/GetReport',
+            executor_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
+            executor_dot_api_dot_qledger__pb2.Report.FromString,
             options,
             channel_credentials,
             insecure,

@@ -16,7 +16,7 @@ from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.backends import BackendCatalog
 from executor.commands import submit_command
 from executor.server import ExecutorSettings, RunningServer, client_channel, start_server
-from ledger.admin import CHECKPOINTER
+from ledger.admin import CHECKPOINTER, export_key
 from ledger.app import LedgerApp
 from ledger.keys import KeyStore, SigningKey
 from tests.ledger.helpers import make_ledger
@@ -61,9 +61,10 @@ def service_factory(store_url: str, qledger_home: Path) -> Iterator[ServiceFacto
     app.register_key("root", "executor-1", executor_key.public, "executor")
     started: list[tuple[grpc.Channel, RunningServer]] = []
 
-    def make(catalog: BackendCatalog | None = None, **settings: Any) -> Service:
+    def make(catalog: BackendCatalog | None = None, export: bool = False, **settings: Any) -> Service:
+        exporter = export_key(app, keys) if export else None
         running = start_server(app, executor_key, keys.load(CHECKPOINTER),
-                               settings=ExecutorSettings(**settings), catalog=catalog)
+                               settings=ExecutorSettings(**settings), catalog=catalog, export_key=exporter)
         channel = client_channel(running.address)
         started.append((channel, running))
         return Service(app, alice, pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel), channel,

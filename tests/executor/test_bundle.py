@@ -209,3 +209,29 @@ def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey],
     assert dot.exit_code == 0 and dot.output.startswith("digraph lineage {")
     assert '[label="used"]' in dot.output
     assert runner.invoke(cli, ["lineage", str(UUID(int=0)), "--store", store]).exit_code == 2
+
+
+def test_ledger_rpcs_export_bundle_lineage_and_report(service_factory: ServiceFactory) -> None:
+    import grpc
+
+    from executor.api import qledger_pb2 as pb
+    from tests.executor.test_grpc import code_of
+
+    service = service_factory(export=True)
+    runs = []
+    for _ in range(2):
+        run_id = service.submit(BELL).run.run_id
+        service.watch(run_id)
+        runs.append(run_id)
+    bundle = service.ledger.ExportBundle(pb.RunRef(run_id=runs[0]), timeout=30)
+    exporter = KeyStore(service.home).load("exporter")
+    assert verify_bundle(bundle.envelope, exporter.public, lineage_json).stream_id == runs[0]
+    lineage = json.loads(service.ledger.GetLineage(pb.RunRef(run_id=runs[0])).prov_json)
+    assert lineage == json.loads(dsse.parse(bundle.envelope).payload)["predicate"]["lineage"]
+    report = json.loads(service.ledger.GetReport(pb.GetReportRequest(run_id=runs[0], against_run_id=runs[1]))
+                        .json)
+    assert report["comparison"]["verdict"] == "reproduced exactly"
+    assert code_of(lambda: service.ledger.GetLineage(pb.RunRef(run_id="x")))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(lambda: service.ledger.GetReport(pb.GetReportRequest(
+        run_id=runs[0], against_run_id=str(UUID(int=5))))) == (grpc.StatusCode.NOT_FOUND, ["against_run_id"])
