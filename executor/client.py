@@ -14,6 +14,7 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.server import client_channel
+from ledger.checkpoint import parse_note
 from ledger.errors import LogFormatError
 from ledger.keys import SigningKey
 
@@ -40,7 +41,8 @@ def submit_and_watch(address: str, key: SigningKey, workflow: dict[str, Any], id
     with client_channel(address) as channel:
         executor = pb_grpc.ExecutorStub(channel)
         ledger = pb_grpc.LedgerStub(channel)
-        origin = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note.split("\n")[0]
+        note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        origin = parse_note(note).checkpoint.origin
         command = submit_command(key, origin, workflow, idempotency_key or str(uuid.uuid4()))
         reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
             command=pb.SignedEnvelope(envelope=command)), timeout=30)

@@ -23,6 +23,7 @@ from executor.server import client_channel, start_server
 from ledger import merkle
 from ledger.admin import CHECKPOINTER, EXPORTER, add_key, export_key, init_store, open_admin_app
 from ledger.bundle import verify_bundle
+from ledger.checkpoint import parse_note
 from ledger.export_bundle import export_bundle
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
@@ -46,7 +47,7 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
             executor = pb_grpc.ExecutorStub(channel)
             ledger = pb_grpc.LedgerStub(channel)
             say(f"executor serving on {running.address}")
-            origin = ledger.GetCheckpoint(pb.GetCheckpointRequest()).note.split("\n")[0]
+            origin = parse_note(ledger.GetCheckpoint(pb.GetCheckpointRequest()).note).checkpoint.origin
             command = submit_command(client, origin, BELL, idempotency_key=str(uuid.uuid4()))
             reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
                 command=pb.SignedEnvelope(envelope=command)), timeout=30)

@@ -1,9 +1,10 @@
 """The work queue: which submitted runs still need an executor, claimed under a lease.
 
 Not a ledger table (claims change), so it is ordinary mutable state beside the ledger.
-On PostgreSQL several executor processes claim with ``FOR UPDATE SKIP LOCKED``; on SQLite
-the database's single writer makes the same statement atomic.  A claim is a lease: an
-executor that dies stops renewing it, and another executor takes the run over.
+On PostgreSQL several executor processes claim with ``FOR UPDATE SKIP LOCKED`` and leases
+are timed by the database's clock; on SQLite the database's single writer makes the same
+statement atomic.  A claim is a lease: an executor that dies stops renewing it, and
+another executor takes the run over.
 """
 
 from __future__ import annotations
@@ -17,99 +18,94 @@ from psycopg.sql import SQL, Identifier
 from ledger.app import LedgerApp
 
 TABLE = "run_queue"
+PG_NOW = "extract(epoch from clock_timestamp())"
 
 
 class RunQueue:
     def __init__(self, app: LedgerApp) -> None:
-        self.app = app
         self.is_pg = app.store.is_postgres
-        recorder = cast(Any, app.recorder)
-        self.datastore = recorder.datastore
+        self.datastore = cast(Any, app.recorder).datastore
         if self.is_pg:
             self.table = SQL("{}.{}").format(Identifier(self.datastore.schema), Identifier(TABLE)).as_string()
         else:
             self.table = TABLE
 
-    def _sql(self, pg: str, sqlite: str) -> str:
-        return (pg if self.is_pg else sqlite).format(q=self.table)
+    def _run(self, statement: str, params: tuple[Any, ...] = (), *, commit: bool = True,
+             fetch: str = "") -> Any:
+        """Execute ``statement`` ({q} is the table, {now} PostgreSQL's clock); ``fetch`` is
+        "one", "all" or "" for statements that return nothing."""
+        sql = statement.format(q=self.table, now=PG_NOW)
+        if not self.is_pg:
+            sql = sql.replace("%s", "?")
+        with self.datastore.transaction(commit=commit) as cursor:
+            cursor.execute(sql, params)
+            if fetch == "one":
+                return cursor.fetchone()
+            return cursor.fetchall() if fetch == "all" else None
+
+    def _key(self, run_id: UUID) -> Any:
+        return run_id if self.is_pg else str(run_id)
+
+    def _now(self) -> tuple[()] | tuple[float]:
+        """SQLite takes the time as a parameter; PostgreSQL reads its own clock ({now})."""
+        return () if self.is_pg else (time.time(),)
 
     def create(self, service_role: str | None = None) -> None:
-        with self.datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._sql(
-                "CREATE TABLE IF NOT EXISTS {q} (run_id uuid PRIMARY KEY, enqueued_at double precision "
-                "NOT NULL, claimed_by text, lease_until double precision, attempts integer NOT NULL "
-                "DEFAULT 0, done boolean NOT NULL DEFAULT false)",
-                "CREATE TABLE IF NOT EXISTS {q} (run_id TEXT PRIMARY KEY, enqueued_at REAL NOT NULL, "
-                "claimed_by TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0, "
-                "done INTEGER NOT NULL DEFAULT 0)"))
-            if self.is_pg and service_role:
-                cursor.execute(SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
-                    SQL(self.table), Identifier(service_role)))
+        if self.is_pg:
+            self._run("CREATE TABLE IF NOT EXISTS {q} (run_id uuid PRIMARY KEY, enqueued_at double precision "
+                      "NOT NULL, claimed_by text, lease_until double precision, attempts integer NOT NULL "
+                      "DEFAULT 0, done boolean NOT NULL DEFAULT false)")
+            if service_role:
+                with self.datastore.transaction(commit=True) as cursor:
+                    cursor.execute(SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+                        SQL(self.table), Identifier(service_role)))
+        else:
+            self._run("CREATE TABLE IF NOT EXISTS {q} (run_id TEXT PRIMARY KEY, enqueued_at REAL NOT NULL, "
+                      "claimed_by TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0, "
+                      "done INTEGER NOT NULL DEFAULT 0)")
+
+    def _clock(self) -> str:
+        return "{now}" if self.is_pg else "%s"
 
     def enqueue(self, run_id: UUID) -> None:
-        key = run_id if self.is_pg else str(run_id)
-        with self.datastore.transaction(commit=True) as cursor:
-            if self.is_pg:
-                cursor.execute(self._sql("INSERT INTO {q} (run_id, enqueued_at) VALUES "
-                                         "(%s, extract(epoch from clock_timestamp())) "
-                                         "ON CONFLICT DO NOTHING", ""), (key,))
-            else:
-                cursor.execute(self._sql("", "INSERT INTO {q} (run_id, enqueued_at) VALUES (?, ?) "
-                                             "ON CONFLICT DO NOTHING"), (key, time.time()))
+        self._run(f"INSERT INTO {{q}} (run_id, enqueued_at) VALUES (%s, {self._clock()}) "
+                  "ON CONFLICT DO NOTHING", (self._key(run_id), *self._now()))
 
     def claim(self, worker: str, lease_seconds: float) -> tuple[UUID, int] | None:
         """Take the oldest unclaimed (or lease-expired) run; return it and its attempt count."""
-        with self.datastore.transaction(commit=True) as cursor:
-            if self.is_pg:
-                cursor.execute(self._sql(
-                    "UPDATE {q} SET claimed_by = %s, attempts = attempts + 1, "
-                    "lease_until = extract(epoch from clock_timestamp()) + %s "
-                    "WHERE run_id = (SELECT run_id FROM {q} WHERE NOT done AND (lease_until IS NULL "
-                    "OR lease_until < extract(epoch from clock_timestamp())) ORDER BY enqueued_at "
-                    "FOR UPDATE SKIP LOCKED LIMIT 1) RETURNING run_id, attempts", ""),
-                    (worker, lease_seconds))
-            else:
-                now = time.time()
-                cursor.execute(self._sql("", (
-                    "UPDATE {q} SET claimed_by = ?, attempts = attempts + 1, lease_until = ? "
-                    "WHERE run_id = (SELECT run_id FROM {q} WHERE NOT done AND (lease_until IS NULL "
-                    "OR lease_until < ?) ORDER BY enqueued_at LIMIT 1) RETURNING run_id, attempts")),
-                    (worker, now + lease_seconds, now))
-            row = cursor.fetchone()
+        now = self._now()
+        lock = " FOR UPDATE SKIP LOCKED" if self.is_pg else ""
+        clock = self._clock()
+        row = self._run(
+            f"UPDATE {{q}} SET claimed_by = %s, attempts = attempts + 1, lease_until = {clock} + %s "
+            f"WHERE run_id = (SELECT run_id FROM {{q}} WHERE NOT done AND (lease_until IS NULL "
+            f"OR lease_until < {clock}) ORDER BY enqueued_at{lock} LIMIT 1) "
+            "RETURNING run_id, attempts",
+            (worker, *now, lease_seconds, *now), fetch="one")
         if row is None:
             return None
         return UUID(str(row["run_id"])), int(row["attempts"])
 
     def renew(self, run_id: UUID, worker: str, lease_seconds: float) -> bool:
         """Extend our lease; False if another executor has taken the run over."""
-        key = run_id if self.is_pg else str(run_id)
-        with self.datastore.transaction(commit=True) as cursor:
-            if self.is_pg:
-                cursor.execute(self._sql("UPDATE {q} SET lease_until = extract(epoch from "
-                                         "clock_timestamp()) + %s WHERE run_id = %s AND claimed_by = %s "
-                                         "RETURNING run_id", ""), (lease_seconds, key, worker))
-            else:
-                cursor.execute(self._sql("", "UPDATE {q} SET lease_until = ? WHERE run_id = ? AND "
-                                             "claimed_by = ? RETURNING run_id"),
-                               (time.time() + lease_seconds, key, worker))
-            return cursor.fetchone() is not None
+        row = self._run(f"UPDATE {{q}} SET lease_until = {self._clock()} + %s WHERE run_id = %s "
+                        "AND claimed_by = %s RETURNING run_id",
+                        (*self._now(), lease_seconds, self._key(run_id), worker), fetch="one")
+        return row is not None
 
     def finish(self, run_id: UUID, worker: str) -> None:
-        key = run_id if self.is_pg else str(run_id)
-        with self.datastore.transaction(commit=True) as cursor:
-            cursor.execute(self._sql("UPDATE {q} SET done = true WHERE run_id = %s AND claimed_by = %s",
-                                     "UPDATE {q} SET done = 1 WHERE run_id = ? AND claimed_by = ?"),
-                           (key, worker))
+        done = "true" if self.is_pg else "1"
+        self._run(f"UPDATE {{q}} SET done = {done} WHERE run_id = %s AND claimed_by = %s",
+                  (self._key(run_id), worker))
 
     def pending(self) -> int:
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(self._sql("SELECT COUNT(*) AS n FROM {q} WHERE NOT done",
-                                     "SELECT COUNT(*) AS n FROM {q} WHERE NOT done"))
-            return int(cursor.fetchone()["n"])
+        return int(self._run("SELECT COUNT(*) AS n FROM {q} WHERE NOT done", commit=False, fetch="one")["n"])
 
     def recent(self, limit: int) -> list[UUID]:
         """The most recently submitted runs, newest first."""
+        sql = f"SELECT run_id FROM {self.table} ORDER BY enqueued_at DESC LIMIT %s"
+        if not self.is_pg:
+            sql = sql.replace("%s", "?")
         with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(self._sql("SELECT run_id FROM {q} ORDER BY enqueued_at DESC LIMIT %s",
-                                     "SELECT run_id FROM {q} ORDER BY enqueued_at DESC LIMIT ?"), (limit,))
+            cursor.execute(sql, (limit,))
             return [UUID(str(r["run_id"])) for r in cursor.fetchall()]

@@ -27,6 +27,7 @@ from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
 from ledger import dsse
 from ledger.app import LedgerApp
 from ledger.canonical import canonical_bytes, parse_canonical
+from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
 from ledger.errors import QledgerError
 from ledger.export_bundle import export_bundle
@@ -291,17 +292,15 @@ class LedgerService(pb_grpc.LedgerServicer):
     def GetCheckpoint(self, request: pb.GetCheckpointRequest,
                       context: grpc.ServicerContext) -> pb.Checkpoint:
         note = self.app.latest_checkpoint()
-        if note is None or int(note.split("\n")[1]) < self.app.tree_size():
+        if note is None or parse_note(note).checkpoint.tree_size < self.app.tree_size():
             if self.checkpoint_key is None:
                 if note is None:
                     abort(context, grpc.StatusCode.FAILED_PRECONDITION, "no checkpoint yet")
             else:
                 note = self.app.checkpoint(self.checkpoint_key)
         assert note is not None
-        import base64
-
-        lines = note.split("\n")
-        return pb.Checkpoint(tree_size=int(lines[1]), root_hash=base64.b64decode(lines[2]), note=note)
+        checkpoint = parse_note(note).checkpoint
+        return pb.Checkpoint(tree_size=checkpoint.tree_size, root_hash=checkpoint.root_hash, note=note)
 
     def _proof(self, context: grpc.ServicerContext, make: Any) -> dict[str, Any]:
         try:

@@ -140,8 +140,7 @@ class LedgerApp(Application[UUID]):
 
     def tree_size(self) -> int:
         with self.ledger.read_transaction() as cursor:
-            cursor.execute(self.ledger.sql("SELECT MAX(position) AS size FROM {entries}"))
-            return int(cursor.fetchone()["size"] or 0)
+            return self.ledger.latest_position(cursor)
 
     def _fetch(self, cursor: Any) -> merkle.NodeFetcher:
         return lambda addresses: self.ledger.fetch_nodes(cursor, addresses)
@@ -150,8 +149,7 @@ class LedgerApp(Application[UUID]):
         """Sign and store a checkpoint of the tree as it is now; return the note."""
         origin = self.require_origin()
         with self.ledger.write_transaction() as cursor:
-            cursor.execute(self.ledger.sql("SELECT MAX(position) AS size FROM {entries}"))
-            size = int(cursor.fetchone()["size"] or 0)
+            size = self.ledger.latest_position(cursor)
             cursor.execute(self.ledger.sql("SELECT note FROM {checkpoints} WHERE tree_size = {p}"),
                            (size,))
             existing = cursor.fetchone()
@@ -174,8 +172,7 @@ class LedgerApp(Application[UUID]):
         return None if row is None else cast(str, row["note"])
 
     def _size_or_current(self, cursor: Any, size: int | None) -> int:
-        cursor.execute(self.ledger.sql("SELECT MAX(position) AS size FROM {entries}"))
-        current = int(cursor.fetchone()["size"] or 0)
+        current = self.ledger.latest_position(cursor)
         if size is None:
             return current
         if not 0 < size <= current:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ledger import admin
 from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.checkpoint import parse_note
 from ledger.errors import QledgerError
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
@@ -225,8 +227,9 @@ def checkpoint(store: StoreOption = None) -> None:
         ledger.require_origin()
         key = KeyStore.default().load(admin.CHECKPOINTER)
         note = ledger.checkpoint(key)
-        size, root = note.split("\n")[1:3]
-        _print_json({"tree_size": int(size), "root_hash": root, "note": note})
+        checkpoint = parse_note(note).checkpoint
+        _print_json({"tree_size": checkpoint.tree_size,
+                     "root_hash": base64.b64encode(checkpoint.root_hash).decode(), "note": note})
 
 
 @proof_app.command("inclusion")

@@ -8,6 +8,7 @@ from uuid import UUID
 from ledger import dsse
 from ledger.app import LedgerApp
 from ledger.bundle import BundleContents, BundleEntry, LineageOf, artifact_digest, sign_bundle
+from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
 from ledger.errors import ProofError
 from ledger.keys import SigningKey
@@ -23,7 +24,7 @@ def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
     if not stream:
         raise ProofError(f"no run or stream {stream_id} in this ledger")
     note = app.checkpoint(checkpoint_key)  # a checkpoint that covers the run's last entry
-    size = int(note.split("\n")[1])
+    size = parse_note(note).checkpoint.tree_size
     keys = source.key_rows()
     key_positions = {k.registered_at for k in keys} | {k.revoked_at for k in keys if k.revoked_at}
     positions = sorted({p for p in key_positions if p <= size} | {r.position for r in stream})

@@ -25,6 +25,7 @@ from eventsourcing.persistence import StoredEvent
 from ledger import dsse, merkle
 from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
 from ledger.content import MAX_ENTRY_BYTES, EntryContent
+from ledger.domain import GENESIS_TYPE
 from ledger.errors import (
     BadSignatureError,
     NonCanonicalEntryError,
@@ -106,6 +107,11 @@ class ChainWriter(ABC):
 
     # -- queries shared by writer and readers ----------------------------------------
 
+    def latest_position(self, cursor: Any) -> int:
+        """The ledger's tree size: its last position, 0 when empty."""
+        cursor.execute(self.sql(LATEST_POSITION))
+        return int(cursor.fetchone()["p"] or 0)
+
     def load_head(self, cursor: Any) -> ChainHead:
         cursor.execute(self.sql("SELECT position, chain_hash FROM {entries} "
                                 "ORDER BY position DESC LIMIT 1"))
@@ -171,8 +177,6 @@ class ChainWriter(ABC):
         return None
 
     def _public_key_for(self, entry: PreparedEntry) -> PublicKey:
-        from ledger.domain import GENESIS_TYPE
-
         if entry.content.event_type == GENESIS_TYPE:
             return PublicKey(bytes.fromhex(str(entry.content.payload.get("public_key", ""))))
         record = self.key_record(entry.envelope.key_id)
@@ -188,8 +192,7 @@ class ChainWriter(ABC):
         if self._head is not None:
             # Another process may have appended since we last looked; trust only the table.
             if latest is None:
-                cursor.execute(self.sql(LATEST_POSITION))
-                latest = int(cursor.fetchone()["p"] or 0)
+                latest = self.latest_position(cursor)
             if latest != head.position:
                 head = self.load_head(cursor)
         entry_rows = []

@@ -44,8 +44,8 @@ class StoreSource(LedgerSource):
         return self.recorder.ledger_origin
 
     def tree_size(self) -> int:
-        rows = self._query("SELECT MAX(position) AS size FROM {entries}")
-        return int(rows[0]["size"] or 0)
+        with self.recorder.read_transaction() as cursor:
+            return self.recorder.latest_position(cursor)
 
     def entries(self, start: int, stop: int | None) -> Iterator[EntryRow]:
         # Keyset pagination: each page is a short transaction, memory stays at one page.
