@@ -14,7 +14,9 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.server import client_channel
+from ledger import dsse
 from ledger.checkpoint import parse_note
+from ledger.content import EntryContent
 from ledger.errors import LogFormatError
 from ledger.keys import SigningKey
 
@@ -63,3 +65,32 @@ def list_runs(address: str, limit: int) -> list[pb.Run]:
     with client_channel(address) as channel:
         reply = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest(limit=limit), timeout=30)
         return list(reply.runs)
+
+
+def rerun_and_wait(address: str, key: SigningKey, run_id: str) -> str:
+    """Replay RUN_ID's recorded workflow through RerunWorkflow, wait for it to end, return its id."""
+    with client_channel(address) as channel:
+        executor = pb_grpc.ExecutorStub(channel)
+        ledger = pb_grpc.LedgerStub(channel)
+        note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        origin = parse_note(note).checkpoint.origin
+        stream = executor.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60)
+        submitted = next(iter(stream))  # a run's first entry is its signed submission
+        stream.cancel()
+        workflow = EntryContent.from_bytes(dsse.parse(submitted.envelope).payload).payload["workflow"]
+        command = submit_command(key, origin, workflow, str(uuid.uuid4()), rerun_of=run_id)
+        reply = executor.RerunWorkflow(pb.RerunWorkflowRequest(
+            run_id=run_id, command=pb.SignedEnvelope(envelope=command)), timeout=30)
+        for _ in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id)):
+            pass
+        return str(reply.run.run_id)
+
+
+def remote_report(address: str, run_id: str, against: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server's report JSON for RUN_ID (against another run) and the run's PROV-JSON."""
+    with client_channel(address) as channel:
+        ledger = pb_grpc.LedgerStub(channel)
+        report = ledger.GetReport(pb.GetReportRequest(run_id=run_id, against_run_id=against or ""),
+                                  timeout=60)
+        lineage = ledger.GetLineage(pb.RunRef(run_id=run_id), timeout=60)
+        return json.loads(report.json), json.loads(lineage.prov_json)

@@ -107,9 +107,11 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
 
 def report(x: dict[str, Any], y: dict[str, Any] | None) -> dict[str, Any]:
     out: dict[str, Any] = {"run_id": x["run_id"], "status": x["status"], "environment": _environment(x),
-                           "result": x["records"].get("report")}
+                           "result": x["records"].get("report"),
+                           "counts": {x["run_id"]: x["records"].get("execution", {}).get("counts", {})}}
     if y is not None:
         out["comparison"] = compare(x, y)
+        out["counts"][y["run_id"]] = y["records"].get("execution", {}).get("counts", {})
     return out
 
 

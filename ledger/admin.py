@@ -9,6 +9,7 @@ from psycopg.sql import SQL, Identifier
 
 from ledger.app import DEFAULT_ORIGIN, LedgerApp
 from ledger.keys import KeyStore, SigningKey
+from ledger.projection import ProjectionRunner
 from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
 
 ROOT = "root"
@@ -25,8 +26,12 @@ class InitResult:
 
 
 def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
-               service_role: str = SERVICE_ROLE) -> InitResult:
-    """Tables, triggers, grants, genesis, root and checkpoint keys.  Safe to run twice."""
+               service_role: str = SERVICE_ROLE, projections: ProjectionRunner | None = None) -> InitResult:
+    """Tables, triggers, grants, genesis, root and checkpoint keys.  Safe to run twice.
+
+    Projection tables are read models, not ledger tables: the service role may change them
+    (following the log and rebuilding), so they get ordinary DML grants.
+    """
     if app.store.is_postgres:
         recorder = cast(LedgerPostgresRecorder, app.recorder)
         schema = recorder.datastore.schema
@@ -36,8 +41,16 @@ def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
         with recorder.datastore.transaction(commit=True) as cursor:
             for statement in grant_statements(schema, service_role, recorder.ledger_table_names()):
                 cursor.execute(statement)
+        if projections is not None:
+            projections.create_tables()
+            with recorder.datastore.transaction(commit=True) as cursor:
+                for statement in grant_statements(schema, service_role, projections.table_names(),
+                                                  "SELECT, INSERT, UPDATE, DELETE"):
+                    cursor.execute(statement)
     else:
         app.recorder.create_table()  # type: ignore[attr-defined]
+        if projections is not None:
+            projections.create_tables()
     app.reload_origin()
     root = keys.load_or_create(ROOT)
     created = app.genesis(root, origin)

@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import base64
-import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
-from uuid import UUID
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from executor.cli_views import register as register_views
 from ledger import admin
-from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.app import DEFAULT_ORIGIN
 from ledger.checkpoint import parse_note
-from ledger.errors import QledgerError
+from ledger.cli_common import StoreOption, fail, open_app, print_json, reported_errors
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
 from ledger.source import LedgerSource
@@ -32,48 +31,18 @@ app.add_typer(proof_app, name="proof")
 app.add_typer(keys_app, name="keys")
 app.add_typer(bench_app, name="bench")
 
-StoreOption = Annotated[str | None, typer.Option(
-    "--store", help="sqlite:///PATH or postgresql://USER@HOST/DB; default $QLEDGER_STORE, "
-    "then sqlite:///./qledger.db")]
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"qledger: {message}", err=True)
-    return typer.Exit(code)
-
-
-@contextmanager
-def reported_errors() -> Iterator[None]:
-    """Turn an expected error into a one-line reason and exit 2; tracebacks are for bugs."""
-    try:
-        yield
-    except QledgerError as exc:
-        raise fail(exc.one_line()) from None
-
-
-def _print_json(value: Any) -> None:
-    typer.echo(json.dumps(value, indent=2, sort_keys=True))
-
-
-def _run_id(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise fail(f"{text!r} is not a run id") from None
-
-
-def _open(store: str | None) -> LedgerApp:
-    return admin.open_admin_app(store, KeyStore.default())
-
-
 @app.command()
 def init(store: StoreOption = None,
          origin: Annotated[str, typer.Option(help="The ledger's origin line")] = DEFAULT_ORIGIN,
          service_role: Annotated[str, typer.Option(help="PostgreSQL role to grant INSERT, SELECT")]
          = admin.SERVICE_ROLE) -> None:
     """Create tables, triggers, grants, the genesis entry and the root and checkpoint keys."""
+    from executor.projections import projection_runner
+
     with reported_errors():
-        ledger = _open(store)
-        result = admin.init_store(ledger, KeyStore.default(), origin, service_role)
+        ledger = open_app(store)
+        result = admin.init_store(ledger, KeyStore.default(), origin, service_role,
+                                  projection_runner(ledger))
         typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
 
@@ -96,7 +65,7 @@ def verify_command(
 ) -> None:
     """Recompute every hash, signature and checkpoint; exit 1 at the first break."""
     with reported_errors():
-        source: LedgerSource = LogFileSource(log) if log else _open(store).source()
+        source: LedgerSource = LogFileSource(log) if log else open_app(store).source()
         report = _progress_verify(source, from_, to, jobs)
     if report.finding is not None:
         raise fail(f"TAMPERED: {report.finding}", 1)
@@ -109,7 +78,7 @@ def export_log(output: Annotated[Path, typer.Option("-o", "--output", help="JSON
                store: StoreOption = None) -> None:
     """Write the whole ledger as JSON Lines that `qledger verify --log` checks offline."""
     with reported_errors():
-        source = _open(store).source()
+        source = open_app(store).source()
         try:
             with output.open("w", encoding="utf-8") as fh:
                 count = write_log(source, fh)
@@ -119,15 +88,18 @@ def export_log(output: Annotated[Path, typer.Option("-o", "--output", help="JSON
 
 
 @app.command("export-bundle")
-def export_bundle_command(run: Annotated[str, typer.Argument(help="Run id")],
+def export_bundle_command(run: Annotated[str, typer.Argument(
+                              help="Run id, or an artifact (node id or sha256) of the run")],
                           output: Annotated[Path, typer.Option("-o", "--output")],
                           store: StoreOption = None) -> None:
-    """Write RUN's signed lineage bundle (in-toto Statement in DSSE) for offline verification."""
+    """Write the signed lineage bundle (in-toto Statement in DSSE) of the run, or of the run that
+    generated the artifact, for offline verification."""
+    from executor.projections import projection_runner, resolve_run
     from ledger.export_bundle import export_bundle
 
     with reported_errors():
-        stream_id = _run_id(run)
-        ledger = _open(store)
+        ledger = open_app(store)
+        stream_id = resolve_run(ledger, projection_runner(ledger), run)
         ledger.require_origin()
         keys = KeyStore.default()
         from executor.lineage import lineage_json
@@ -169,49 +141,6 @@ def verify_bundle_command(
                f"of size {report.tree_size}, {len(report.subjects)} subjects")
 
 
-@app.command()
-def lineage(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOption = None,
-            format_: Annotated[str, typer.Option("--format", help="prov-json or dot")] = "prov-json") -> None:
-    """The run's W3C PROV lineage, derived from its ledger entries (PROV-JSON, or Graphviz DOT)."""
-    from executor.lineage import lineage_document, lineage_dot
-
-    if format_ not in ("prov-json", "dot"):
-        raise fail("--format must be prov-json or dot")
-    with reported_errors():
-        stream_id = _run_id(run)
-        ledger = _open(store)
-        rows = ledger.source().stream_entries(stream_id, 0)  # type: ignore[attr-defined]
-        if not rows:
-            raise fail(f"no run {run} in this ledger")
-        document = lineage_document(ledger.require_origin(), [(r.position, r.state) for r in rows])
-    typer.echo(document.serialize(format="json", indent=2) if format_ == "prov-json"
-               else lineage_dot(document), nl=False)
-
-
-@app.command("report")
-def report_command(run: Annotated[str, typer.Argument(help="Run id")], store: StoreOption = None,
-                   against: Annotated[str | None, typer.Option(help="Compare with this run")] = None,
-                   format_: Annotated[str, typer.Option("--format", help="md or json")] = "md") -> None:
-    """Reproducibility report: RUN's recorded environment, and a comparison --against RUN2."""
-    from executor.report import report, run_facts, to_markdown
-
-    if format_ not in ("md", "json"):
-        raise fail("--format must be md or json")
-    with reported_errors():
-        ledger = _open(store)
-        facts = []
-        for text in (run, against):
-            if text is None:
-                continue
-            rows = ledger.source().stream_entries(_run_id(text), 0)  # type: ignore[attr-defined]
-            if not rows:
-                raise fail(f"no run {text} in this ledger")
-            facts.append(run_facts([r.state for r in rows]))
-        data = report(facts[0], facts[1] if len(facts) > 1 else None)
-    typer.echo(json.dumps(data, indent=2, sort_keys=True) if format_ == "json" else to_markdown(data),
-               nl=format_ == "json")
-
-
 @keys_app.command("public")
 def keys_public(principal: str) -> None:
     """Print PRINCIPAL's public key (hex), e.g. to pin with verify-bundle --trusted-key."""
@@ -223,12 +152,12 @@ def keys_public(principal: str) -> None:
 def checkpoint(store: StoreOption = None) -> None:
     """Sign a checkpoint of the tree now and print it."""
     with reported_errors():
-        ledger = _open(store)
+        ledger = open_app(store)
         ledger.require_origin()
         key = KeyStore.default().load(admin.CHECKPOINTER)
         note = ledger.checkpoint(key)
         checkpoint = parse_note(note).checkpoint
-        _print_json({"tree_size": checkpoint.tree_size,
+        print_json({"tree_size": checkpoint.tree_size,
                      "root_hash": base64.b64encode(checkpoint.root_hash).decode(), "note": note})
 
 
@@ -237,14 +166,14 @@ def proof_inclusion(position: int, size: Annotated[int | None, typer.Option()] =
                     store: StoreOption = None) -> None:
     """Inclusion proof of the entry at POSITION in the tree of --size entries (default: all)."""
     with reported_errors():
-        _print_json(_open(store).inclusion_proof(position, size))
+        print_json(open_app(store).inclusion_proof(position, size))
 
 
 @proof_app.command("consistency")
 def proof_consistency(first: int, second: int, store: StoreOption = None) -> None:
     """Consistency proof that the tree of FIRST entries is a prefix of the tree of SECOND."""
     with reported_errors():
-        _print_json(_open(store).consistency_proof(first, second))
+        print_json(open_app(store).consistency_proof(first, second))
 
 
 @keys_app.command("add")
@@ -254,7 +183,7 @@ def keys_add(principal: str,
              store: StoreOption = None) -> None:
     """Create (or reuse) PRINCIPAL's key under $QLEDGER_HOME and register it, signed by root."""
     with reported_errors():
-        key = admin.add_key(_open(store), KeyStore.default(), principal, purpose)
+        key = admin.add_key(open_app(store), KeyStore.default(), principal, purpose)
         typer.echo(key.key_id)
 
 
@@ -263,14 +192,14 @@ def keys_revoke(key_id: str, reason: Annotated[str, typer.Option()] = "revoked b
                 store: StoreOption = None) -> None:
     """Revoke KEY_ID from the next position on; history signed before stays valid."""
     with reported_errors():
-        _open(store).revoke_key(admin.ROOT, key_id, reason)
+        open_app(store).revoke_key(admin.ROOT, key_id, reason)
         typer.echo(f"revoked {key_id}")
 
 
 @keys_app.command("list")
 def keys_list(store: StoreOption = None) -> None:
     with reported_errors():
-        _print_json(admin.key_listing(_open(store)))
+        print_json(admin.key_listing(open_app(store)))
 
 
 @app.command()
@@ -319,7 +248,7 @@ def serve(store: StoreOption = None,
 
     with reported_errors():
         keys = KeyStore.default()
-        ledger = _open(store)
+        ledger = open_app(store)
         ledger.require_origin()
         checkpointer = keys.load(admin.CHECKPOINTER) if keys.exists(admin.CHECKPOINTER) else None
         if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
@@ -387,7 +316,7 @@ def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051") -> None:
 
     with grpc_errors():
         run = get_run(server, run_id)
-    _print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
+    print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
                  "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
                  "version": run.version})
 
@@ -412,6 +341,9 @@ def bench_executor(store: StoreOption = None,
 
     with reported_errors():
         run_executor_bench(store, runs)
+
+
+register_views(app)
 
 
 def main() -> None:

@@ -76,3 +76,15 @@ class ProofError(QledgerError):
 
 class LogFormatError(QledgerError):
     """An exported log or bundle cannot be read."""
+
+
+class UnknownProjectionError(QledgerError):
+    """No projection has that name."""
+
+    hint = "`qledger projections status` lists them"
+
+
+class NotFoundError(QledgerError):
+    """The run or artifact asked for is not in the ledger (or not in its projections yet)."""
+
+    hint = "check the id; `qledger query runs` lists runs"

@@ -96,6 +96,12 @@ class ChainWriter(ABC):
     def sql(self, template: str) -> str:
         """Fill table names and the parameter placeholder into ``template``."""
 
+    @abstractmethod
+    def table(self, name: str) -> str:
+        """``name`` as SQL, qualified by the store's schema where it has one."""
+
+    placeholder: str  # the driver's parameter marker
+
     datastore: Any  # the library's SQLiteDatastore or PostgresDatastore
 
     def read_transaction(self) -> Any:

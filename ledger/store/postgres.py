@@ -49,6 +49,11 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
     def ledger_table_names(self) -> list[str]:
         return [self.events_table_name, ENTRIES, KEYS, CHECKPOINTS]
 
+    placeholder = "%s"
+
+    def table(self, name: str) -> str:
+        return f"{Identifier(self.datastore.schema).as_string()}.{Identifier(name).as_string()}"
+
     def sql(self, template: str) -> str:
         cached = self._sql_cache.get(template)
         if cached is None:
@@ -112,7 +117,8 @@ def append_only_statements(schema: str, tables: Sequence[str]) -> list[Any]:
     return statements
 
 
-def grant_statements(schema: str, role: str, tables: Sequence[str]) -> list[Any]:
+def grant_statements(schema: str, role: str, tables: Sequence[str],
+                     privileges: str = "SELECT, INSERT") -> list[Any]:
     """The service role may INSERT and SELECT, nothing else, on ledger tables."""
     role_id = Identifier(role)
     statements: list[Any] = [
@@ -126,7 +132,7 @@ def grant_statements(schema: str, role: str, tables: Sequence[str]) -> list[Any]
         target = SQL("{}.{}").format(Identifier(schema), Identifier(table))
         statements += [
             SQL("REVOKE ALL ON {} FROM {}").format(target, role_id),
-            SQL("GRANT SELECT, INSERT ON {} TO {}").format(target, role_id),
+            SQL("GRANT " + privileges + " ON {} TO {}").format(target, role_id),
         ]
     statements.append(
         SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(Identifier(schema), role_id)

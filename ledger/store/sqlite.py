@@ -19,6 +19,11 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
         super().__init__(datastore, events_table_name)
         self.init_chain_writer()
 
+    placeholder = "?"
+
+    def table(self, name: str) -> str:
+        return name
+
     def sql(self, template: str) -> str:
         cached = self._sql_cache.get(template)
         if cached is None:

@@ -1,0 +1,211 @@
+"""The lineage projection: every run's PROV nodes and relations, and an index of runs.
+
+It folds ``executor.lineage.entry_lineage`` over the whole log, so the graph it holds is the
+union of the graphs that the runs' own bundles carry.  Datasets and workflow definitions are
+named by content hash, which is what joins runs together: the descendants of a dataset are
+every result computed from it, in any run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from executor.lineage import Node, Relation, entry_lineage
+from executor.run import RUN_TOPIC
+from ledger.errors import NotFoundError
+from ledger.projection import ProjectedEntry, Projection, ProjectionDB
+
+RUN_EVENT = RUN_TOPIC + "."
+TERMINAL_EVENTS = {"Completed": "completed", "Failed": "failed", "Cancelled": "cancelled"}
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def utc_text(timestamp: str | datetime) -> str:
+    """One sortable spelling of a time, whatever offset or precision it came with."""
+    moment = datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def run_event(entry: ProjectedEntry) -> str | None:
+    """The Run event's name (Submitted, StepRecorded, ...), or None for other entries."""
+    kind = entry.content.event_type
+    return kind[len(RUN_EVENT):] if kind.startswith(RUN_EVENT) else None
+
+
+class LineageProjection(Projection):
+    name = "lineage"
+    tables = ("lineage_nodes", "lineage_relations", "lineage_runs", "lineage_run_data")
+    ddl = (
+        "CREATE TABLE IF NOT EXISTS {lineage_nodes} (id TEXT PRIMARY KEY, kind TEXT NOT NULL, "
+        "position {int} NOT NULL, sha256 TEXT, attributes TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS lineage_nodes_by_sha256 ON {lineage_nodes} (sha256)",
+        "CREATE TABLE IF NOT EXISTS {lineage_relations} (id TEXT PRIMARY KEY, relation TEXT NOT NULL, "
+        "source TEXT NOT NULL, target TEXT NOT NULL, run_id TEXT NOT NULL, position {int} NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS lineage_relations_by_source ON {lineage_relations} (source)",
+        "CREATE INDEX IF NOT EXISTS lineage_relations_by_target ON {lineage_relations} (target)",
+        "CREATE TABLE IF NOT EXISTS {lineage_runs} (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
+        "workflow_sha256 TEXT NOT NULL, owner TEXT NOT NULL, submitted_at TEXT NOT NULL, "
+        "position {int} NOT NULL, backend TEXT, status TEXT NOT NULL, last_output TEXT)",
+        "CREATE TABLE IF NOT EXISTS {lineage_run_data} (run_id TEXT NOT NULL, name TEXT NOT NULL, "
+        "sha256 TEXT NOT NULL, PRIMARY KEY (run_id, name))",
+        "CREATE INDEX IF NOT EXISTS lineage_run_data_by_sha256 ON {lineage_run_data} (sha256)",
+    )
+    _RUN_COLUMNS = ("run_id", "workflow", "workflow_sha256", "owner", "submitted_at", "position",
+                    "backend", "status", "last_output")
+
+    def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
+        runs = self._known_runs(db, entries)
+        nodes: dict[str, Node] = {}
+        relations: list[tuple[Relation, str, int]] = []
+        data: list[tuple[str, str, str]] = []
+        for entry in entries:
+            event = run_event(entry)
+            if event is None:
+                continue
+            content, run_id = entry.content, entry.content.stream_id
+            if event == "Submitted":
+                runs[run_id] = {
+                    "run_id": run_id, "workflow": str(content.payload["workflow"].get("name", "")),
+                    "workflow_sha256": content.payload["workflow_sha256"], "owner": content.principal,
+                    "submitted_at": utc_text(content.timestamp), "position": entry.position,
+                    "backend": None, "status": "submitted", "last_output": None}
+            run = runs.get(run_id)
+            if run is None:
+                continue  # a run whose submission precedes this projection's log: not ours to guess
+            step = entry_lineage(content.origin, entry.position, entry.leaf_hash, content,
+                                 run["last_output"])
+            run["last_output"] = step.output
+            for n in step.nodes:
+                nodes.setdefault(n.id, n)
+            relations += [(r, run_id, entry.position) for r in step.relations]
+            if event == "StepRecorded":
+                record = content.payload["record"]
+                run["status"] = "running"
+                if isinstance(record.get("backend"), dict):
+                    run["backend"] = str(record["backend"]["name"])
+                data += [(run_id, name, d["sha256"]) for name, d in record.get("datasets", {}).items()]
+            elif event in TERMINAL_EVENTS:
+                run["status"] = TERMINAL_EVENTS[event]
+        db.executemany(
+            "INSERT INTO {lineage_nodes} (id, kind, position, sha256, attributes) "
+            "VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (id) DO NOTHING",
+            [(n.id, n.kind, n.position, n.sha256, json.dumps(n.attributes, sort_keys=True))
+             for n in nodes.values()])
+        db.executemany(
+            "INSERT INTO {lineage_relations} (id, relation, source, target, run_id, position) "
+            "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (id) DO NOTHING",
+            [(r.id, r.relation, r.source, r.target, run_id, position) for r, run_id, position in relations])
+        db.executemany(
+            "INSERT INTO {lineage_run_data} (run_id, name, sha256) VALUES ({p}, {p}, {p}) "
+            "ON CONFLICT (run_id, name) DO NOTHING", data)
+        db.executemany(
+            f"INSERT INTO {{lineage_runs}} ({', '.join(self._RUN_COLUMNS)}) VALUES "
+            f"({', '.join(['{p}'] * len(self._RUN_COLUMNS))}) ON CONFLICT (run_id) DO UPDATE SET "
+            "backend = excluded.backend, status = excluded.status, last_output = excluded.last_output",
+            [tuple(run[c] for c in self._RUN_COLUMNS) for run in runs.values()])
+
+    def _known_runs(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> dict[str, dict[str, Any]]:
+        """The runs this page continues, as the table has them."""
+        wanted = sorted({e.content.stream_id for e in entries if run_event(e) not in (None, "Submitted")})
+        if not wanted:
+            return {}
+        rows = db.rows(f"SELECT * FROM {{lineage_runs}} WHERE run_id IN ({db.in_list(wanted)})", wanted)
+        return {r["run_id"]: {c: r[c] for c in self._RUN_COLUMNS} for r in rows}
+
+
+# -- queries ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Subgraph:
+    nodes: list[Node]
+    relations: list[Relation]
+
+
+def _node(row: Any) -> Node:
+    return Node(row["id"], row["kind"], json.loads(row["attributes"]))
+
+
+def find_nodes(db: ProjectionDB, reference: str) -> list[str]:
+    """Node ids an auditor's reference names: a node id, or an artifact's sha256 digest."""
+    if SHA256_HEX.match(reference):
+        rows = db.rows("SELECT id FROM {lineage_nodes} WHERE sha256 = {p} ORDER BY position, id",
+                       (reference,))
+    else:
+        rows = db.rows("SELECT id FROM {lineage_nodes} WHERE id = {p}", (reference,))
+    if not rows:
+        raise NotFoundError(f"no lineage node {reference!r} (a node id such as qledger:dataset/<sha256>, "
+                            "or an artifact's sha256)")
+    return [str(r["id"]) for r in rows]
+
+
+def walk(db: ProjectionDB, start: Sequence[str], direction: str) -> Subgraph:
+    """``start`` and its ancestors (what it came from) or descendants (what came from it)."""
+    if direction not in ("ancestors", "descendants"):
+        raise ValueError(f"direction must be ancestors or descendants, not {direction!r}")
+    # Relations point from the later thing to the earlier: ancestors follow them forward.
+    near, far = ("source", "target") if direction == "ancestors" else ("target", "source")
+    rows = db.rows(
+        "WITH RECURSIVE walk(id) AS ("
+        f" SELECT id FROM {{lineage_nodes}} WHERE id IN ({db.in_list(start)})"
+        f" UNION SELECT r.{far} FROM {{lineage_relations}} r JOIN walk w ON r.{near} = w.id)"
+        " SELECT n.id, n.kind, n.attributes FROM {lineage_nodes} n JOIN walk w ON n.id = w.id "
+        "ORDER BY n.position, n.id", list(start))
+    nodes = [_node(r) for r in rows]
+    ids = [n.id for n in nodes]
+    relations = [Relation(r["id"], r["relation"], r["source"], r["target"]) for r in db.rows(
+        f"SELECT id, relation, source, target FROM {{lineage_relations}} WHERE {near} IN "
+        f"({db.in_list(ids)}) AND {far} IN ({db.in_list(ids)}) ORDER BY position, id", ids + ids)]
+    return Subgraph(nodes, relations)
+
+
+def artifact_lineage(db: ProjectionDB, reference: str) -> Subgraph:
+    """Everything an artifact came from and everything that came from it."""
+    start = find_nodes(db, reference)
+    up, down = walk(db, start, "ancestors"), walk(db, start, "descendants")
+    nodes = {n.id: n for n in up.nodes + down.nodes}
+    relations = {r.id: r for r in up.relations + down.relations}
+    return Subgraph(sorted(nodes.values(), key=lambda n: (n.position, n.id)),
+                    sorted(relations.values(), key=lambda r: r.id))
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    workflow: str | None = None
+    backend: str | None = None
+    dataset: str | None = None  # a data version: the dataset's sha256
+    owner: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+
+
+def find_runs(db: ProjectionDB, wanted: RunFilter) -> list[dict[str, Any]]:
+    """Runs matching every given criterion, newest first."""
+    clauses, params = [], []
+    for column, value in (("r.workflow", wanted.workflow), ("r.backend", wanted.backend),
+                          ("r.owner", wanted.owner)):
+        if value is not None:
+            clauses.append(f"{column} = {{p}}")
+            params.append(value)
+    if wanted.dataset is not None:
+        clauses.append("EXISTS (SELECT 1 FROM {lineage_run_data} d WHERE d.run_id = r.run_id "
+                       "AND d.sha256 = {p})")
+        params.append(wanted.dataset)
+    if wanted.since is not None:
+        clauses.append("r.submitted_at >= {p}")
+        params.append(utc_text(wanted.since))
+    if wanted.until is not None:
+        clauses.append("r.submitted_at < {p}")
+        params.append(utc_text(wanted.until))
+    where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+    rows = db.rows("SELECT run_id, workflow, workflow_sha256, owner, submitted_at, position, backend, "
+                   f"status FROM {{lineage_runs}} r{where} ORDER BY r.position DESC "
+                   f"LIMIT {int(wanted.limit)}", params)
+    return [dict(r) for r in rows]

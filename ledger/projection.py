@@ -1,0 +1,228 @@
+"""Read models that follow the ledger, and the engine that feeds them.
+
+A projection is a set of tables derived only from ledger entries.  The engine hands it the
+entries after the last position it processed, a page at a time, and moves the projection's
+tracking row forward *in the same transaction* as the page's writes: after a crash the
+projection restarts exactly where its state ends, so no entry is skipped or counted twice.
+Two followers of one projection (two executor replicas) cannot both apply a page: the
+tracking update only succeeds from the position the page started at.
+
+``rebuild`` empties a projection's tables and replays the log from position 1, paging, so
+its memory does not grow with the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from eventsourcing.persistence import PersistenceError
+from psycopg import DatabaseError
+
+from ledger import dsse
+from ledger.content import EntryContent
+from ledger.errors import QledgerError, UnknownProjectionError
+from ledger.source import EntryRow, LedgerSource
+from ledger.store.chain_writer import ChainWriter
+
+TRACKING_TABLE = "qledger_projection_tracking"
+TRACKING_DDL = ("CREATE TABLE IF NOT EXISTS {tracking} (name TEXT PRIMARY KEY, "
+                "position {int} NOT NULL)")
+DIALECT_TYPES = {"?": {"int": "INTEGER", "real": "REAL"},
+                 "%s": {"int": "bigint", "real": "double precision"}}
+
+
+class TrackingMovedError(Exception):
+    """Another follower applied this page first; the caller re-reads and goes on."""
+
+
+@dataclass(frozen=True)
+class ProjectedEntry:
+    position: int
+    leaf_hash: str
+    content: EntryContent
+
+
+class ProjectionDB:
+    """A cursor in a projection's transaction, with its table names and the store's dialect."""
+
+    def __init__(self, cursor: Any, writer: ChainWriter, tables: Iterable[str]) -> None:
+        self.cursor, self.writer = cursor, writer
+        self.names = {name: writer.table(name) for name in tables}
+        self.names["tracking"] = writer.table(TRACKING_TABLE)
+        self._cache: dict[str, str] = {}
+
+    def sql(self, template: str) -> str:
+        text = self._cache.get(template)
+        if text is None:
+            text = self._cache[template] = template.format(
+                p=self.writer.placeholder, **self.names, **DIALECT_TYPES[self.writer.placeholder])
+        return text
+
+    def execute(self, template: str, params: Sequence[Any] = ()) -> Any:
+        self.cursor.execute(self.sql(template), tuple(params))
+        return self.cursor
+
+    def executemany(self, template: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self.cursor.executemany(self.sql(template), [tuple(r) for r in rows])
+
+    def rows(self, template: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self.execute(template, params).fetchall())
+
+    def in_list(self, values: Sequence[Any]) -> str:
+        """Placeholders for an IN (...) list of ``values``."""
+        return ",".join([self.writer.placeholder] * len(values))
+
+
+class Projection(ABC):
+    """One read model: its tables (DDL templates) and how a page of entries changes them.
+
+    DDL and queries are templates: ``{name}`` is a table of this projection, ``{p}`` the
+    parameter marker, ``{int}`` and ``{real}`` the dialect's column types.
+    """
+
+    name: ClassVar[str]
+    tables: ClassVar[tuple[str, ...]]
+    ddl: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
+        """Fold ``entries`` (consecutive, in position order) into the tables."""
+
+    def dump(self, db: ProjectionDB) -> dict[str, list[tuple[Any, ...]]]:
+        """Every row of every table, sorted: what a rebuild must reproduce exactly."""
+        return {table: sorted(tuple(r.values()) if isinstance(r, dict) else tuple(r)
+                              for r in db.rows(f"SELECT * FROM {{{table}}}"))
+                for table in self.tables}
+
+
+ProgressCallback = Callable[[int, int], None]  # (entries done in this call, of how many)
+
+
+class ProjectionRunner:
+    """Feeds projections from a ledger source and keeps their tracking rows."""
+
+    def __init__(self, writer: ChainWriter, source: LedgerSource, projections: Sequence[Projection],
+                 page_size: int = 1000) -> None:
+        self.writer, self.source, self.page_size = writer, source, page_size
+        self.projections = {p.name: p for p in projections}
+
+    def select(self, names: Iterable[str] | None) -> list[Projection]:
+        wanted = list(self.projections) if names is None else list(names)
+        unknown = [n for n in wanted if n not in self.projections]
+        if unknown:
+            raise UnknownProjectionError(f"no projection named {', '.join(unknown)}; "
+                                         f"there are {', '.join(sorted(self.projections))}")
+        return [self.projections[n] for n in wanted]
+
+    def _db(self, cursor: Any, projection: Projection | None = None) -> ProjectionDB:
+        return ProjectionDB(cursor, self.writer, projection.tables if projection else ())
+
+    def create_tables(self) -> None:
+        """Tables and tracking rows, if missing.  On PostgreSQL, ``qledger init`` runs this."""
+        with self.writer.write_transaction() as cursor:
+            self._db(cursor).execute(TRACKING_DDL)
+            for projection in self.projections.values():
+                db = self._db(cursor, projection)
+                for statement in projection.ddl:
+                    db.execute(statement)
+                db.execute("INSERT INTO {tracking} (name, position) VALUES ({p}, 0) "
+                           "ON CONFLICT (name) DO NOTHING", (projection.name,))
+
+    def ensure_tables(self) -> None:
+        """``create_tables`` unless they are all there: the service role may not CREATE."""
+        try:
+            if set(self.positions()) == set(self.projections):
+                return
+        except (PersistenceError, DatabaseError, sqlite3.Error):
+            pass  # no tracking table yet
+        self.create_tables()
+
+    def table_names(self) -> list[str]:
+        return [TRACKING_TABLE] + [t for p in self.projections.values() for t in p.tables]
+
+    def positions(self) -> dict[str, int]:
+        with self.writer.read_transaction() as cursor:
+            rows = self._db(cursor).rows("SELECT name, position FROM {tracking}")
+        return {r["name"]: int(r["position"]) for r in rows if r["name"] in self.projections}
+
+    def read(self, projection: str, query: Callable[[ProjectionDB], Any]) -> Any:
+        """Run ``query`` against one projection's tables in a read-only transaction."""
+        chosen = self.select([projection])[0]
+        with self.writer.read_transaction() as cursor:
+            return query(self._db(cursor, chosen))
+
+    def catch_up(self, names: Iterable[str] | None = None, *, stop: int | None = None,
+                 progress: ProgressCallback | None = None) -> int:
+        """Apply every entry after each projection's tracking position; entries applied."""
+        applied = 0
+        for projection in self.select(names):
+            applied += self._follow(projection, stop, progress)
+        return applied
+
+    def rebuild(self, names: Iterable[str] | None = None, *,
+                progress: ProgressCallback | None = None) -> int:
+        """Empty the projections' tables and replay the whole log into them."""
+        chosen = self.select(names)
+        with self.writer.write_transaction() as cursor:
+            for projection in chosen:
+                db = self._db(cursor, projection)
+                for table in projection.tables:
+                    db.execute(f"DELETE FROM {{{table}}}")
+                db.execute("UPDATE {tracking} SET position = 0 WHERE name = {p}", (projection.name,))
+        return self.catch_up([p.name for p in chosen], progress=progress)
+
+    def _follow(self, projection: Projection, stop: int | None, progress: ProgressCallback | None
+                ) -> int:
+        applied = 0
+        while True:
+            start = self.positions().get(projection.name, 0)
+            last = self.source.tree_size() if stop is None else stop
+            if start >= last:
+                return applied
+            total, done = last - start, 0
+            try:
+                for page in _pages(self.source.entries(start + 1, last), self.page_size):
+                    self._apply_page(projection, page, start)
+                    start = page[-1].position
+                    done += len(page)
+                    applied += len(page)
+                    if progress is not None:
+                        progress(done, total)
+            except TrackingMovedError:
+                continue  # another follower got there first: carry on from where it is
+
+    def _apply_page(self, projection: Projection, page: list[ProjectedEntry], expected: int) -> None:
+        with self.writer.write_transaction() as cursor:
+            db = self._db(cursor, projection)
+            # The tracking row first: its row lock makes a concurrent follower wait here, and
+            # the position check makes it give up once this transaction commits.
+            moved = db.rows("UPDATE {tracking} SET position = {p} WHERE name = {p} AND position = {p} "
+                            "RETURNING name", (page[-1].position, projection.name, expected))
+            if len(moved) != 1:
+                raise TrackingMovedError(f"{projection.name} is no longer at position {expected}")
+            projection.apply(db, page)
+
+
+def projected(row: EntryRow) -> ProjectedEntry:
+    if row.state is None:
+        raise QledgerError(f"entry {row.position} has no stored event; run `qledger verify`")
+    payload = dsse.parse(row.state).payload
+    value = json.loads(payload)
+    return ProjectedEntry(row.position, row.leaf_hash.hex(), EntryContent(**value))
+
+
+def _pages(rows: Iterator[EntryRow], size: int) -> Iterator[list[ProjectedEntry]]:
+    page: list[ProjectedEntry] = []
+    for row in rows:
+        page.append(projected(row))
+        if len(page) >= size:
+            yield page
+            page = []
+    if page:
+        yield page
