@@ -6,12 +6,14 @@ process, as in the tests, do not mix their figures.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from executor.breaker import OPEN, Transition
+from ledger.follow import ProjectionFollower
 
 
 class ExecutorMetrics:
@@ -34,12 +36,23 @@ class ExecutorMetrics:
                                buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 5000), registry=r)
         self.breaker_open = Gauge("qledger_circuit_breaker_open", "1 while a backend's breaker is open",
                                   ["backend"], registry=r)
+        self.projection_lag = Gauge("qledger_projection_lag_entries",
+                                    "Ledger entries a projection has not processed yet", ["projection"],
+                                    registry=r)
         self.entries = Counter("qledger_ledger_entries_appended", "Ledger entries written by this executor",
                                registry=r)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         server, _thread = start_http_server(port, address, registry=self.registry)
         return server
+
+    def watch_projections(self, follower: ProjectionFollower) -> None:
+        """Lag is read at scrape time, so it is never staler than the scrape."""
+        def lag_of(name: str) -> Callable[[], float]:
+            return lambda: float(follower.lag().get(name, 0))
+
+        for name in follower.runner.projections:
+            self.projection_lag.labels(name).set_function(lag_of(name))
 
     def breaker(self, transition: Transition) -> None:
         self.breaker_open.labels(transition.backend).set(1 if transition.state == OPEN else 0)

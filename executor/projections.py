@@ -22,7 +22,8 @@ def projection_runner(app: LedgerApp, page_size: int = 1000) -> ProjectionRunner
                             page_size)
 
 
-def follower(app: LedgerApp, runner: ProjectionRunner, poll_seconds: float = 2.0) -> ProjectionFollower:
+def projection_follower(app: LedgerApp, runner: ProjectionRunner,
+                        poll_seconds: float = 2.0) -> ProjectionFollower:
     """LISTEN on PostgreSQL (the channel the library NOTIFYs on every insert), polling on SQLite."""
     if not app.store.is_postgres:
         return ProjectionFollower(runner, poll_seconds=poll_seconds)

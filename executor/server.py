@@ -17,11 +17,13 @@ from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.backends import BackendCatalog
 from executor.breaker import BreakerBoard
 from executor.pipeline import ExecutionContext, RetryPolicy
+from executor.projections import projection_follower, projection_runner
 from executor.queue import RunQueue
 from executor.service import ExecutorService, LedgerService
 from executor.worker import Worker
 from ledger.app import LedgerApp
 from ledger.content import MAX_ENTRY_BYTES
+from ledger.follow import ProjectionFollower
 from ledger.keys import SigningKey
 
 # A command is one signed entry; allow it with headroom, and refuse anything larger early.
@@ -78,6 +80,7 @@ class ExecutorSettings:
     breaker_threshold: int = 3
     breaker_cooldown: float = 10.0
     metrics_port: int | None = None  # Prometheus endpoint on loopback (0: any free port)
+    projection_poll_seconds: float = 2.0  # PostgreSQL also wakes them by NOTIFY
 
 
 @dataclass
@@ -86,6 +89,7 @@ class RunningServer:
     port: int
     worker: Worker
     metrics_server: Any = None
+    follower: ProjectionFollower | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -98,6 +102,8 @@ class RunningServer:
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
         self.worker.stop()
+        if self.follower is not None:
+            self.follower.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
@@ -132,10 +138,15 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    runner = projection_runner(app)
+    runner.ensure_tables()
+    follower = projection_follower(app, runner, settings.projection_poll_seconds)
+    worker.metrics.watch_projections(follower)
     server.start()
     worker.start()
+    follower.start()
     metrics = worker.metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
-    return RunningServer(server, port, worker, metrics)
+    return RunningServer(server, port, worker, metrics, follower)
 
 
 def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | None = None,

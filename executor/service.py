@@ -18,7 +18,9 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import COMMAND_PAYLOAD_TYPE
 from executor.errors import abort, abort_exhausted, status_for, store_errors_are_unavailable
-from executor.lineage import lineage_json
+from executor.lineage import document_json, lineage_json, prov_document
+from executor.lineage_index import artifact_lineage
+from executor.projections import projection_runner, resolve_run
 from executor.queue import RunQueue
 from executor.report import report, run_facts
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
@@ -29,7 +31,7 @@ from ledger.app import LedgerApp
 from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
-from ledger.errors import QledgerError
+from ledger.errors import NotFoundError, QledgerError
 from ledger.export_bundle import export_bundle
 from ledger.keys import SigningKey
 from ledger.source import EntryRow
@@ -54,6 +56,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.app, self.worker, self.queue, self.max_pending = app, worker, queue, max_pending
         self.executor_principal = worker.key.principal
         self.source = cast(StoreSource, app.source())
+        self.projections = projection_runner(app)
 
     def _run(self, run_id: UUID) -> Run | None:
         try:
@@ -231,6 +234,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                  export_key: SigningKey | None = None) -> None:
         self.app, self.checkpoint_key, self.export_key = app, checkpoint_key, export_key
         self.source = cast(StoreSource, app.source())
+        self.projections = projection_runner(app)
 
     def _stream(self, run_id: str, context: grpc.ServicerContext, field: str = "run_id") -> list[EntryRow]:
         try:
@@ -242,9 +246,21 @@ class LedgerService(pb_grpc.LedgerServicer):
             abort(context, grpc.StatusCode.NOT_FOUND, f"no run {run_id}", field)
         return rows
 
+    def _run_ref(self, request: pb.RunRef, context: grpc.ServicerContext) -> str:
+        """The run a RunRef names: its run_id, or the run that generated its artifact."""
+        if bool(request.run_id) == bool(request.artifact):
+            abort(context, grpc.StatusCode.INVALID_ARGUMENT, "give exactly one of run_id and artifact",
+                  "run_id")
+        if request.run_id:
+            return str(request.run_id)
+        try:
+            return str(resolve_run(self.app, self.projections, request.artifact))
+        except NotFoundError as exc:
+            abort(context, grpc.StatusCode.NOT_FOUND, str(exc), "artifact")
+
     @store_errors_are_unavailable
     def ExportBundle(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Bundle:
-        rows = self._stream(request.run_id, context)
+        rows = self._stream(self._run_ref(request, context), context)
         if self.export_key is None or self.checkpoint_key is None:
             abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                   "this server holds no export or checkpoint key; use `qledger export-bundle`")
@@ -254,8 +270,18 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     @store_errors_are_unavailable
     def GetLineage(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Lineage:
-        rows = self._stream(request.run_id, context)
-        prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
+        """A run's lineage from its entries; an artifact's (ancestors and descendants, across
+        runs) from the lineage projection, brought up to date first."""
+        if request.artifact and not request.run_id:
+            self.projections.catch_up(["lineage"])
+            try:
+                graph = self.projections.read("lineage", lambda db: artifact_lineage(db, request.artifact))
+            except NotFoundError as exc:
+                abort(context, grpc.StatusCode.NOT_FOUND, str(exc), "artifact")
+            prov = document_json(prov_document(graph.nodes, graph.relations))
+        else:
+            rows = self._stream(self._run_ref(request, context), context)
+            prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
         return pb.Lineage(prov_json=json.dumps(prov, sort_keys=True))
 
     @store_errors_are_unavailable

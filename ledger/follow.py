@@ -39,6 +39,7 @@ class ProjectionFollower:
         self._thread = threading.Thread(target=self._loop, name="projection-follower", daemon=True)
 
     def start(self) -> ProjectionFollower:
+        self.runner.ensure_tables()
         self._thread.start()
         return self
 

@@ -181,10 +181,12 @@ class ConsistencyProof(_message.Message):
     def __init__(self, first: _Optional[int] = ..., second: _Optional[int] = ..., path: _Optional[_Iterable[bytes]] = ..., first_root: _Optional[bytes] = ..., second_root: _Optional[bytes] = ...) -> None: ...
 
 class RunRef(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "artifact")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
-    def __init__(self, run_id: _Optional[str] = ...) -> None: ...
+    artifact: str
+    def __init__(self, run_id: _Optional[str] = ..., artifact: _Optional[str] = ...) -> None: ...
 
 class Bundle(_message.Message):
     __slots__ = ("envelope",)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,7 +28,14 @@ def test_metrics_endpoint_after_runs(service_factory: ServiceFactory) -> None:
         service.watch(service.submit(workflow).run.run_id)
     port = service.running.metrics_port
     assert port
+    follower = service.running.follower
+    assert follower is not None
+    deadline = time.monotonic() + 20
+    while set(follower.lag().values()) != {0} and time.monotonic() < deadline:
+        time.sleep(0.05)
     samples = scrape(port)
+    for projection in ("lineage", "operations"):
+        assert samples[("qledger_projection_lag_entries", (("projection", projection),))] == 0
     ok = ("qledger_runs_total", (("backend", "aer_ideal"), ("status", "completed"),
                                  ("workflow", "bell-sampling")))
     failed = ("qledger_runs_total", (("backend", "none"), ("status", "failed"),

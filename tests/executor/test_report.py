@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -11,6 +13,7 @@ from typer.testing import CliRunner
 
 from executor.demo_workflow import BELL
 from executor.report import report, run_facts, shot_noise_band
+from ledger import dsse
 from ledger.cli import app as cli
 from tests.executor.conftest import Service
 
@@ -70,3 +73,52 @@ def test_cli_report(service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
     assert data["run_id"] == runs[0] and data["result"]["classical_baseline"] == {"00": 0.5, "11": 0.5}
     missing = runner.invoke(cli, ["report", runs[0], "--against", str(UUID(int=1)), "--store", store])
     assert missing.exit_code == 2
+
+
+def test_html_report_after_rerun_over_the_server(service: Service, monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    """`report --rerun` replays the run on the server, then writes one self-contained HTML file."""
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    run_id = service.submit(BELL).run.run_id
+    service.watch(run_id)
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(cli, ["report", run_id, "--rerun", "--server", service.running.address,
+                                      "--as", "alice", "--format", "html", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    parser = _Elements()
+    parser.feed(page)
+    # Self-contained: nothing is fetched; two pictures: the distributions and the lineage.
+    assert not any(attr in ("src", "href") for _, attrs in parser.elements for attr, _ in attrs)
+    assert [tag for tag, _ in parser.elements].count("svg") == 2
+    data = json.loads(parser.report_data)
+    rerun = data["comparison"]["runs"][1]
+    assert data["run_id"] == run_id and rerun != run_id
+    assert data["comparison"]["verdict"] == "reproduced exactly"
+    assert set(data["counts"]) == {run_id, rerun} and data["counts"][run_id] == data["counts"][rerun]
+    # The rerun is a run of its own in the ledger, naming the run it replays.
+    submitted = service.watch(rerun)[0]
+    assert json.loads(dsse.parse(submitted.envelope).payload)["payload"]["rerun_of"] == run_id
+    for bars in (f"run {run_id[:8]} 00:", f"run {rerun[:8]} 11:"):
+        assert bars in page
+    refused = CliRunner().invoke(cli, ["report", run_id, "--rerun", "--store", service.app.store.url])
+    assert refused.exit_code == 2 and "--rerun needs --server" in refused.output
+
+
+class _Elements(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, list[tuple[str, str | None]]]] = []
+        self.report_data = ""
+        self._in_data = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.elements.append((tag, attrs))
+        self._in_data = tag == "script" and ("id", "report-data") in attrs
+
+    def handle_data(self, data: str) -> None:
+        if self._in_data:
+            self.report_data += data
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_data = False
