@@ -96,8 +96,8 @@ def entry_lineage(origin: str, position: int, leaf_hash: str, content: EntryCont
         relate("wasAttributedTo", workflow, client)
         out.output = workflow
         return out
-    if "step" not in payload or previous is None:
-        return out
+    if "record" not in payload or previous is None:
+        return out  # Completed, Failed, Cancelled: no artifact of their own
     step, record = str(payload["step"]), payload["record"]
     kind = str(record.get("kind", step))
     activity = node("activity", f"{NS}:step/{run}/{step}", {

@@ -34,6 +34,7 @@ class ProjectionFollower:
         self.conninfo, self.channel = conninfo, channel
         self.listen_failures = 0
         self.catch_ups = 0
+        self.errors = 0
         self._listener: psycopg.Connection[Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="projection-follower", daemon=True)
@@ -61,6 +62,11 @@ class ProjectionFollower:
                 self.catch_ups += 1
             except (PersistenceError, psycopg.Error, QledgerError) as exc:
                 log.warning("projection catch-up failed, retrying in %.1fs: %s", self.poll, exc)
+            except Exception:
+                # A projection that cannot fold an entry must be loud, and must not end the
+                # thread: its lag metric keeps rising and every retry logs the traceback.
+                self.errors += 1
+                log.exception("projection catch-up raised; retrying in %.1fs", self.poll)
             self._wait(listening)
 
     def _ensure_listener(self) -> bool:

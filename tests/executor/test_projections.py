@@ -63,13 +63,16 @@ def dataset_sha(service: Service, run_id: str) -> str:
 
 @pytest.fixture
 def ran(service_factory: ServiceFactory) -> tuple[Service, dict[str, str]]:
-    """Five runs: bell twice, noisy GHZ, QAOA (with its graph dataset), and bell on a flaky
-    backend that needed retries.  The server's follower keeps the projections."""
-    catalog = BackendCatalog({"flaky": ("aer_ideal", FaultConfig(failure_rate=0.5, seed=3))})
+    """Six runs: bell twice, noisy GHZ, QAOA (with its graph dataset), bell on a backend that is
+    down (fails), and bell on a flaky backend that needed retries.  The server's follower keeps
+    the projections."""
+    catalog = BackendCatalog({"flaky": ("aer_ideal", FaultConfig(failure_rate=0.5, seed=3)),
+                              "down": ("aer_ideal", FaultConfig(failure_rate=1.0))})
     service = service_factory(catalog, export=True, projection_poll_seconds=0.1,
                               retry=RetryPolicy(attempts=8, initial_wait=0.01, max_wait=0.05))
     runs = {}
     for name, body in (("bell", BELL), ("bell_again", BELL), ("ghz", GHZ_NOISY), ("qaoa", QAOA),
+                       ("down", {**BELL, "execute": {**BELL["execute"], "backend": "down"}}),
                        ("flaky", {**BELL, "execute": {**BELL["execute"], "backend": "flaky"}})):
         runs[name] = service.submit(body).run.run_id
         service.watch(runs[name])
@@ -83,8 +86,8 @@ def test_rebuilt_equals_incrementally_followed(ran: tuple[Service, dict[str, str
     service, _ = ran
     runner = projection_runner(service.app)
     followed = dumps(runner)
-    assert len(followed["operations"]["ops_runs"]) == 5
-    assert len(followed["lineage"]["lineage_runs"]) == 5
+    assert len(followed["operations"]["ops_runs"]) == 6
+    assert len(followed["lineage"]["lineage_runs"]) == 6
     assert runner.rebuild() == 2 * service.app.tree_size()
     assert dumps(runner) == followed
     # Pages of 3 entries, stopping at arbitrary positions, come to the same state.
@@ -154,17 +157,19 @@ def test_lineage_queries(ran: tuple[Service, dict[str, str]]) -> None:
     service, runs = ran
     runner = projection_runner(service.app)
     found = runner.read("lineage", lambda db: find_runs(db, RunFilter(workflow="bell-sampling")))
-    assert {r["run_id"] for r in found} == {runs["bell"], runs["bell_again"], runs["flaky"]}
+    assert {r["run_id"] for r in found} == {runs["bell"], runs["bell_again"], runs["down"], runs["flaky"]}
+    failed = runner.read("lineage", lambda db: find_runs(db, RunFilter(workflow="bell-sampling")))
+    assert {r["run_id"]: r["status"] for r in failed}[runs["down"]] == "failed"
     assert [r["run_id"] for r in runner.read("lineage", lambda db: find_runs(db, RunFilter(
         backend="aer_noisy")))] == [runs["ghz"]]
     graph_sha = dataset_sha(service, runs["qaoa"])
     assert [r["run_id"] for r in runner.read("lineage", lambda db: find_runs(db, RunFilter(
         dataset=graph_sha)))] == [runs["qaoa"]]
-    assert len(runner.read("lineage", lambda db: find_runs(db, RunFilter(owner="alice")))) == 5
+    assert len(runner.read("lineage", lambda db: find_runs(db, RunFilter(owner="alice")))) == 6
     assert runner.read("lineage", lambda db: find_runs(db, RunFilter(owner="mallory"))) == []
     future = datetime.now(UTC) + timedelta(hours=1)
     assert runner.read("lineage", lambda db: find_runs(db, RunFilter(since=future))) == []
-    assert len(runner.read("lineage", lambda db: find_runs(db, RunFilter(until=future)))) == 5
+    assert len(runner.read("lineage", lambda db: find_runs(db, RunFilter(until=future)))) == 6
     newest = runner.read("lineage", lambda db: find_runs(db, RunFilter(limit=1)))
     assert [r["run_id"] for r in newest] == [runs["flaky"]]
 
@@ -198,7 +203,8 @@ def test_operations_view(ran: tuple[Service, dict[str, str]]) -> None:
     runner = projection_runner(service.app)
     rows = runner.read("operations", lambda db: operation_rows(db))
     by_backend = {g["backend"]: g for g in operations_view(rows, "backend")}
-    assert set(by_backend) == {"aer_ideal", "aer_noisy", "flaky"}
+    assert set(by_backend) == {"aer_ideal", "aer_noisy", "flaky", "(none)"}  # (none): failed before executing
+    assert by_backend["(none)"]["failed"] == 1 and by_backend["(none)"]["success_rate"] == 0.0
     flaky = step_records(entries_of(service, runs["flaky"]))["execution"]
     assert by_backend["flaky"]["retries"] == len(flaky["attempts"]) > 0
     assert by_backend["aer_ideal"]["runs"] == 3 and by_backend["aer_ideal"]["success_rate"] == 1.0
@@ -211,7 +217,8 @@ def test_operations_view(ran: tuple[Service, dict[str, str]]) -> None:
         assert group["queue_ms_p50"] is not None and group["queue_ms_p50"] >= 0
         assert group["execution_ms_p50"] <= group["execution_ms_p95"] <= group["execution_ms_p99"]
     by_workflow = {g["workflow"]: g for g in operations_view(rows, "workflow")}
-    assert by_workflow["bell-sampling"]["runs"] == 3 and by_workflow["qaoa-maxcut-ring5"]["runs"] == 1
+    assert by_workflow["bell-sampling"]["success_rate"] == 0.75
+    assert by_workflow["bell-sampling"]["runs"] == 4 and by_workflow["qaoa-maxcut-ring5"]["runs"] == 1
 
 
 def test_cli_views(ran: tuple[Service, dict[str, str]]) -> None:
