@@ -23,10 +23,13 @@ from executor.breaker import BreakerBoard, Transition
 from executor.dag import order_of
 from executor.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
 from executor.workflow import WorkflowSpec
+from ledger.artifacts import ArtifactStore
 from ledger.canonical import canonical_bytes
+from ledger.content import artifact_ref
 
 StepRecord = tuple[str, dict[str, Any]]
 SIMULATOR = "aer_ideal"
+QASM3 = "text/x-openqasm3"
 
 
 class StepFailedError(Exception):
@@ -51,6 +54,13 @@ class ExecutionContext:
     breakers: BreakerBoard
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     on_breaker: Callable[[Transition], None] = lambda transition: None
+    # Where circuits and full counts go, by digest; None keeps only their digests.
+    artifacts: ArtifactStore | None = None
+
+    def keep(self, data: bytes, media_type: str) -> dict[str, Any]:
+        if self.artifacts is None:
+            return artifact_ref(data, media_type)
+        return self.artifacts.put(data, media_type)
 
 
 def _retryable(error: BaseException) -> bool:
@@ -160,14 +170,15 @@ def _circuit_synthesis(st: _RunState) -> dict[str, Any]:
     else:
         st.circuit = synthesise(spec.template, spec.qubits)
         extra = {}
-    return {"template": spec.template, "qubits": spec.qubits, **extra,
-            "qasm3_sha256": sha256_text(qasm3.dumps(st.circuit))}
+    qasm = qasm3.dumps(st.circuit)
+    return {"template": spec.template, "qubits": spec.qubits, **extra, "qasm3_sha256": sha256_text(qasm),
+            "artifacts": {"circuit_qasm3": st.ctx.keep(qasm.encode(), QASM3)}}
 
 
 def _transpilation(st: _RunState) -> dict[str, Any]:
     assert st.circuit is not None
     st.transpiled, st.qasm, record = _transpiled(st.spec, st.ctx, st.circuit)
-    return record
+    return {**record, "artifacts": {"transpiled_qasm3": st.ctx.keep(st.qasm.encode(), QASM3)}}
 
 
 def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
@@ -218,6 +229,7 @@ def _execution(st: _RunState) -> dict[str, Any]:
     return {**how, "parameters": st.parameters or None, "shots": shots,
             "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
             "counts": dict(sorted(counts.items())),
+            "artifacts": {"counts": st.ctx.keep(canonical_bytes(counts), "application/json")},
             "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
 
 

@@ -8,6 +8,7 @@ from typing import Any, cast
 from psycopg.sql import SQL, Identifier
 
 from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.artifacts import ARTIFACTS_TABLE, HotArtifacts
 from ledger.keys import KeyStore, SigningKey
 from ledger.projection import ProjectionRunner
 from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
@@ -41,6 +42,10 @@ def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
         with recorder.datastore.transaction(commit=True) as cursor:
             for statement in grant_statements(schema, service_role, recorder.ledger_table_names()):
                 cursor.execute(statement)
+        HotArtifacts(app.ledger).create_table()
+        with recorder.datastore.transaction(commit=True) as cursor:
+            for statement in grant_statements(schema, service_role, [ARTIFACTS_TABLE]):
+                cursor.execute(statement)
         if projections is not None:
             projections.create_tables()
             with recorder.datastore.transaction(commit=True) as cursor:
@@ -49,6 +54,7 @@ def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
                     cursor.execute(statement)
     else:
         app.recorder.create_table()  # type: ignore[attr-defined]
+        HotArtifacts(app.ledger).create_table()
         if projections is not None:
             projections.create_tables()
     app.reload_origin()

@@ -15,12 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from executor.cli_views import register as register_views
 from ledger import admin
 from ledger.app import DEFAULT_ORIGIN
+from ledger.artifacts import ArchiveDirectory, ArtifactChecker, HotArtifacts, archive
 from ledger.checkpoint import parse_note
 from ledger.cli_common import StoreOption, fail, open_app, print_json, reported_errors
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
 from ledger.source import LedgerSource
-from ledger.verify import VerifyReport, verify
+from ledger.verify import BatchCheck, VerifyReport, verify
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="qledger: a signed, hash-chained provenance ledger.")
@@ -47,12 +48,17 @@ def init(store: StoreOption = None,
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
 
 
-def _progress_verify(source: LedgerSource, start: int, stop: int | None, jobs: int) -> VerifyReport:
+ArchiveOption = Annotated[Path | None, typer.Option(
+    "--archive", envvar="QLEDGER_ARCHIVE", help="Archive directory holding moved artifacts")]
+
+
+def _progress_verify(source: LedgerSource, start: int, stop: int | None, jobs: int,
+                     artifacts: BatchCheck | None = None) -> VerifyReport:
     total = (stop or source.tree_size()) - start + 1
     columns = (TextColumn("verifying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, transient=True, console=None, disable=not sys.stderr.isatty()) as bar:
         task = bar.add_task("verify", total=max(total, 0))
-        return verify(source, start, stop, jobs, lambda n: bar.advance(task, n))
+        return verify(source, start, stop, jobs, lambda n: bar.advance(task, n), artifacts)
 
 
 @app.command("verify")
@@ -62,15 +68,49 @@ def verify_command(
     to: Annotated[int | None, typer.Option(min=1, help="Last position to check")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes for signatures")] = 1,
     log: Annotated[Path | None, typer.Option(help="Verify an exported log file instead")] = None,
+    archive: ArchiveOption = None,
 ) -> None:
-    """Recompute every hash, signature and checkpoint; exit 1 at the first break."""
+    """Recompute every hash, signature and checkpoint, and check every referenced artifact;
+    exit 1 at the first break, 3 if intact but archived artifacts are missing."""
     with reported_errors():
-        source: LedgerSource = LogFileSource(log) if log else open_app(store).source()
-        report = _progress_verify(source, from_, to, jobs)
+        source: LedgerSource
+        hot: HotArtifacts | None = None
+        if log is not None:
+            source = LogFileSource(log)
+        else:
+            app = open_app(store)
+            source, hot = app.source(), HotArtifacts(app.ledger)
+        checker = ArtifactChecker(hot if hot is not None and hot.exists() else None,
+                                  ArchiveDirectory(archive) if archive else None)
+        report = _progress_verify(source, from_, to, jobs, checker.check)
     if report.finding is not None:
         raise fail(f"TAMPERED: {report.finding}", 1)
+    found = checker.result
     typer.echo(f"OK: {report.entries_checked} entries, {report.checkpoints_checked} checkpoints, "
-               f"root {report.root_hash.hex()} at size {report.tree_size}")
+               f"root {report.root_hash.hex()} at size {report.tree_size}; artifacts: {found.referenced} "
+               f"referenced, {found.hot} hot, {found.archived} archived, {len(found.missing)} missing")
+    if found.missing:
+        for position, sha in found.missing[:20]:
+            typer.echo(f"MISSING: position {position}: artifact {sha}", err=True)
+        raise fail(f"{len(found.missing)} referenced artifact(s) are in neither the store nor the archive "
+                   "(not tampering: the entries and their digests verify)", 3)
+
+
+@app.command("archive")
+def archive_command(
+    to: Annotated[Path, typer.Option("--to", help="Archive directory (content-addressed)")],
+    store: StoreOption = None,
+    min_bytes: Annotated[int, typer.Option(min=0, help="Only artifacts at least this large")] = 0,
+) -> None:
+    """Move large artifacts from the store to an archive directory, each checked against its
+    digest before its hot copy is removed.  Entries, and so verification, are unchanged."""
+    with reported_errors():
+        app = open_app(store)  # owns the connection pool: keep it alive while hot is used
+        hot = HotArtifacts(app.ledger)
+        if not hot.exists():
+            raise fail("this store has no artifact table; run `qledger init`")
+        result = archive(hot, ArchiveDirectory(to), min_bytes)
+    typer.echo(f"archived {result.moved} artifacts ({result.bytes} bytes) to {to}")
 
 
 @app.command("export-log")

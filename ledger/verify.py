@@ -45,6 +45,7 @@ class Tamper(StrEnum):
     TRUNCATED_TAIL = "truncated tail"
     UNCHAINED_EVENT = "unchained event"
     KEY_TABLE_ALTERED = "key table altered"
+    ARTIFACT_ALTERED = "artifact altered"
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,15 @@ def _batches(rows: Iterator[EntryRow], size: int) -> Iterator[list[EntryRow]]:
         yield batch
 
 
+# Given each verified batch as (position, content): the first (position, reason) of a problem.
+BatchCheck = Callable[[list[tuple[int, EntryContent]]], tuple[int, str] | None]
+
+
 class Verifier:
     def __init__(self, source: LedgerSource, jobs: int = 1,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None,
+                 artifacts: BatchCheck | None = None) -> None:
+        self.artifacts = artifacts
         self.source = source
         self.jobs = max(1, jobs)
         self.progress = progress or (lambda n: None)
@@ -152,6 +159,12 @@ class Verifier:
             for batch in _batches(self.source.entries(start, stop), BATCH):
                 checks = self._check_envelopes(batch, key_material, pool)
                 finding = self._ordered(p, batch, checks)
+                if finding is None and self.artifacts is not None:
+                    altered = self.artifacts([(row.position, check.content) for row, check
+                                              in zip(batch, checks, strict=True)
+                                              if check is not None and check.content is not None])
+                    if altered is not None:
+                        finding = Finding(altered[0], Tamper.ARTIFACT_ALTERED, altered[1])
                 report.entries_checked += len(batch) if finding is None else (
                     finding.position - batch[0].position)
                 self.progress(len(batch))
@@ -301,6 +314,7 @@ class Verifier:
 
 
 def verify(source: LedgerSource, start: int = 1, stop: int | None = None, jobs: int = 1,
-           progress: Callable[[int], None] | None = None) -> VerifyReport:
-    return Verifier(source, jobs, progress).run(start, stop)
+           progress: Callable[[int], None] | None = None, artifacts: BatchCheck | None = None
+           ) -> VerifyReport:
+    return Verifier(source, jobs, progress, artifacts).run(start, stop)
 
