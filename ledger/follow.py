@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from ledger.projection import ProjectionRunner
 log = logging.getLogger("qledger.projections")
 
 LISTEN_APPLICATION_NAME = "qledger-projection-listen"
+STOP_SLICE = 0.2  # seconds
 
 
 class ProjectionFollower:
@@ -87,10 +89,13 @@ class ProjectionFollower:
         if not listening or self._listener is None:
             self._stop.wait(self.poll)
             return
+        deadline = time.monotonic() + self.poll
         try:
-            # Any notification means new entries; several are drained by one catch-up.
-            for _ in self._listener.notifies(timeout=self.poll, stop_after=1):
-                pass
+            # In short slices, so that stop() is prompt.  Any notification means new entries;
+            # several are drained by one catch-up.
+            while not self._stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if any(True for _ in self._listener.notifies(timeout=min(left, STOP_SLICE), stop_after=1)):
+                    return
         except psycopg.Error as exc:
             self._lost(exc)
 
