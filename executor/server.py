@@ -22,7 +22,7 @@ from executor.queue import RunQueue
 from executor.service import ExecutorService, LedgerService
 from executor.worker import Worker
 from ledger.app import LedgerApp
-from ledger.artifacts import HotArtifacts
+from ledger.artifacts import HotArtifacts, StagedArtifacts
 from ledger.content import MAX_ENTRY_BYTES
 from ledger.follow import ProjectionFollower
 from ledger.keys import SigningKey
@@ -119,11 +119,10 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     app.add_signer(executor_key)
     queue = RunQueue(app)
     queue.create()
-    artifacts = HotArtifacts(app.ledger)
-    artifacts.ensure_table()
+    HotArtifacts(app.ledger).ensure_table()
     ctx = ExecutionContext(catalog or BackendCatalog(),
                            BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),
-                           settings.retry, artifacts=artifacts)
+                           settings.retry, artifacts=StagedArtifacts(app.ledger))
     worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts)

@@ -8,9 +8,10 @@ from typing import Any, cast
 from psycopg.sql import SQL, Identifier
 
 from ledger.app import DEFAULT_ORIGIN, LedgerApp
-from ledger.artifacts import ARTIFACTS_TABLE, HotArtifacts
+from ledger.artifacts import HotArtifacts
 from ledger.keys import KeyStore, SigningKey
 from ledger.projection import ProjectionRunner
+from ledger.store.ledger_tables import ARTIFACTS
 from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
 
 ROOT = "root"
@@ -44,7 +45,7 @@ def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
                 cursor.execute(statement)
         HotArtifacts(app.ledger).create_table()
         with recorder.datastore.transaction(commit=True) as cursor:
-            for statement in grant_statements(schema, service_role, [ARTIFACTS_TABLE]):
+            for statement in grant_statements(schema, service_role, [ARTIFACTS]):
                 cursor.execute(statement)
         if projections is not None:
             projections.create_tables()

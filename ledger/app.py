@@ -129,6 +129,14 @@ class LedgerApp(Application[UUID]):
         ring.revoke_key(principal=admin, key_id=key_id, reason=reason)
         self.save(ring)
 
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[UUID]]:
+        try:
+            return super().save(*objs, **kwargs)
+        except BaseException:
+            # Artifacts staged for these entries must not ride along with a later save.
+            self.ledger.discard_staged()
+            raise
+
     # -- tree, checkpoints, proofs -------------------------------------------------------
 
     def _record(self, processing_event: Any) -> list[Recording[UUID]]:

@@ -27,8 +27,8 @@ from psycopg import DatabaseError
 from ledger.content import EntryContent, artifact_ref
 from ledger.errors import QledgerError
 from ledger.store.chain_writer import ChainWriter
+from ledger.store.ledger_tables import ARTIFACTS
 
-ARTIFACTS_TABLE = "ledger_artifacts"
 REF_KEYS = frozenset({"sha256", "size", "media_type"})
 
 
@@ -66,7 +66,7 @@ class HotArtifacts(ArtifactStore):
 
     def __init__(self, writer: ChainWriter) -> None:
         self.writer = writer
-        self.table = writer.table(ARTIFACTS_TABLE)
+        self.table = writer.table(ARTIFACTS)
         self.blob = "BLOB" if writer.placeholder == "?" else "bytea"
         self.integer = "INTEGER" if writer.placeholder == "?" else "bigint"
 
@@ -125,6 +125,22 @@ class HotArtifacts(ArtifactStore):
         marks = ",".join([self.writer.placeholder] * len(digests))
         with self.writer.write_transaction() as cursor:
             cursor.execute(self._sql(f"DELETE FROM {{t}} WHERE sha256 IN ({marks})"), tuple(digests))
+
+
+class StagedArtifacts(ArtifactStore):
+    """Writes each artifact in the same transaction as the next entries this thread saves,
+    so an entry and the artifacts it references commit together or not at all."""
+
+    def __init__(self, writer: ChainWriter) -> None:
+        self.writer, self.hot = writer, HotArtifacts(writer)
+
+    def put(self, data: bytes, media_type: str) -> dict[str, Any]:
+        ref = artifact_ref(data, media_type)
+        self.writer.stage_artifact(ref["sha256"], media_type, data)
+        return ref
+
+    def get(self, sha256: str) -> bytes | None:
+        return self.hot.get(sha256)
 
 
 class ArchiveDirectory(ArtifactStore):

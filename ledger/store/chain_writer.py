@@ -86,6 +86,8 @@ class ChainWriter(ABC):
         self._head: ChainHead | None = None
         self._pending_head: ChainHead | None = None
         self._prepared: list[PreparedEntry] = []
+        self._staged = threading.local()
+        self._artifacts: list[tuple[str, str, int, bytes]] = []
         self._write_lock = threading.Lock()
         # Same text each time, so the driver's own caches (psycopg's prepared statements) hit.
         self._sql_cache: dict[str, str] = {}
@@ -155,6 +157,17 @@ class ChainWriter(ABC):
         cursor.execute(self.sql("SELECT position, key_id, action, principal, public_key, purpose "
                                 "FROM {keys} ORDER BY position, action"))
         return registry_from_key_rows(cursor.fetchall())
+
+    def stage_artifact(self, sha256: str, media_type: str, data: bytes) -> None:
+        """Insert this artifact with the next entries the calling thread appends."""
+        staged = getattr(self._staged, "rows", None)
+        if staged is None:
+            staged = self._staged.rows = []
+        staged.append((sha256, media_type, len(data), data))
+
+    def discard_staged(self) -> None:
+        """Drop what this thread staged: the save it was meant for failed."""
+        self._staged.rows = []
 
     # -- phase 1: outside the transaction ---------------------------------------------
 
@@ -227,14 +240,23 @@ class ChainWriter(ABC):
                          "purpose) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"),
                 key_rows,
             )
+        if self._artifacts:
+            cursor.executemany(
+                self.sql("INSERT INTO {artifacts} (sha256, media_type, size, data) "
+                         "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (sha256) DO NOTHING"),
+                self._artifacts,
+            )
         self._pending_head = head
 
     # -- around the library's insert ----------------------------------------------------
 
     def run_insert(self, stored_events: Sequence[StoredEvent], insert: Any) -> Any:
         prepared = self.prepare(stored_events)
+        # Taken now: if this insert fails they go with it, and a retried step stages them again.
+        artifacts, self._staged.rows = getattr(self._staged, "rows", None) or [], []
         with self._write_lock:
             self._prepared = prepared
+            self._artifacts = artifacts
             self._pending_head = None
             try:
                 result = insert()
@@ -244,6 +266,7 @@ class ChainWriter(ABC):
                 raise
             finally:
                 self._prepared = []
+                self._artifacts = []
             self._head = self._pending_head
             return result
 

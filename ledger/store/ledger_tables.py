@@ -6,6 +6,8 @@ ENTRIES = "ledger_entries"
 KEYS = "ledger_keys"
 CHECKPOINTS = "ledger_checkpoints"
 LEDGER_TABLES = (ENTRIES, KEYS, CHECKPOINTS)
+# Not a ledger table: artifacts are checked by digest, and archiving deletes their hot copies.
+ARTIFACTS = "ledger_artifacts"
 
 # Column types use {blob} and {int} so one text serves both dialects.
 TABLE_DDL = (

@@ -12,7 +12,7 @@ from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.store.chain_writer import LATEST_POSITION, ChainWriter
-from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
 
@@ -27,7 +27,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         self._names = {
             name: f"{Identifier(schema).as_string()}.{Identifier(table).as_string()}"
             for name, table in (("entries", ENTRIES), ("keys", KEYS),
-                                ("checkpoints", CHECKPOINTS), ("events", events_table_name))
+                                ("checkpoints", CHECKPOINTS), ("events", events_table_name),
+                                ("artifacts", ARTIFACTS))
         }
         for ddl in TABLE_DDL:
             self.sql_create_statements.append(

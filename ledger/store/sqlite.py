@@ -9,7 +9,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
 from ledger.store.chain_writer import ChainWriter
-from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
@@ -29,7 +29,7 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
         if cached is None:
             cached = self._sql_cache[template] = template.format(
                 entries=ENTRIES, keys=KEYS, checkpoints=CHECKPOINTS, events=self.events_table_name,
-                p="?")
+                artifacts=ARTIFACTS, p="?")
         return cached
 
     def construct_create_table_statements(self) -> list[str]:

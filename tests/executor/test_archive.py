@@ -14,12 +14,13 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from executor.demo_workflow import BELL, GHZ_NOISY
-from ledger.artifacts import ArchiveDirectory, ArchiveError, HotArtifacts, artifact_refs
+from ledger.artifacts import ArchiveDirectory, ArchiveError, HotArtifacts, StagedArtifacts, artifact_refs
 from ledger.cli import app as cli
 from ledger.content import artifact_ref
+from ledger.errors import QledgerError
 from tests.executor.conftest import Service, step_records
 from tests.executor.test_reliability import payloads
-from tests.ledger.helpers import RawStore
+from tests.ledger.helpers import Note, RawStore, make_ledger
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),
                     lambda children: st.lists(children, max_size=3)
@@ -97,3 +98,18 @@ def test_a_hot_copy_altered_in_the_database_is_tampering(service: Service) -> No
     code, out = verify(service.app.store.url)
     assert code == 1 and "artifact altered" in out and "hot copy" in out
     assert hashlib.sha256(b'{"00":1}').hexdigest() != victim
+
+
+def test_artifacts_commit_with_the_entries_that_reference_them(store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(store_url, qledger_home)
+    staged, hot = StagedArtifacts(app.ledger), HotArtifacts(app.ledger)
+    ref = staged.put(b"kept with its entry", "text/plain")
+    assert hot.get(ref["sha256"]) is None, "nothing is written before the entry is saved"
+    app.save(Note(principal="alice", title="cites " + ref["sha256"]))
+    assert hot.get(ref["sha256"]) == b"kept with its entry"
+
+    lost = staged.put(b"its entry was refused", "text/plain")
+    with pytest.raises(QledgerError):
+        app.save(Note(principal="nobody-registered", title="refused"))
+    app.save(Note(principal="alice", title="a later, unrelated entry"))
+    assert hot.get(lost["sha256"]) is None, "a refused entry's artifacts are not written, then or later"
