@@ -386,6 +386,16 @@ def bench_executor(store: StoreOption = None,
 register_views(app)
 
 
+@bench_app.command("projections")
+def bench_projections(store: StoreOption = None,
+                      entries: Annotated[int, typer.Option(min=1000)] = 100_000) -> None:
+    """Rebuild entries/s per projection, lineage queries, one run's bundle export and verify."""
+    from executor.bench_projections import run_projections_bench
+
+    with reported_errors():
+        run_projections_bench(store, entries)
+
+
 def main() -> None:
     app()
 
