@@ -13,6 +13,7 @@ entries, and the lineage projection folds it over the whole log.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -79,10 +80,12 @@ def entry_lineage(origin: str, position: int, leaf_hash: str, content: EntryCont
     where = {f"{NS}:ledger_position": position, f"{NS}:leaf_hash": leaf_hash, f"{NS}:origin": origin}
     counter = iter(range(1, 1000))
 
-    def relate(relation: str, source: str, target: str) -> None:
-        # Explicit relation ids: blank nodes would be renumbered by every reader.
-        out.relations.append(Relation(f"{NS}:{relation}/{run}/{position}.{next(counter)}",
-                                      relation, source, target))
+    def relate(relation: str, source: str, target: str, shared: bool = False) -> None:
+        # Explicit relation ids: blank nodes would be renumbered by every reader.  A relation
+        # between shared nodes is named by its ends, so every run states the same one once.
+        name = (hashlib.sha256(f"{source}\n{target}".encode()).hexdigest()[:32] if shared
+                else f"{run}/{position}.{next(counter)}")
+        out.relations.append(Relation(f"{NS}:{relation}/{name}", relation, source, target))
 
     def node(kind: str, name: str, attributes: dict[str, Any]) -> str:
         out.nodes.append(Node(name, kind, {**attributes, **where}))
@@ -93,7 +96,7 @@ def entry_lineage(origin: str, position: int, leaf_hash: str, content: EntryCont
         workflow = node("entity", f"{NS}:workflow/{sha}", {
             f"{NS}:sha256": sha, f"{NS}:name": str(payload.get("workflow", {}).get("name", ""))})
         client = node("agent", f"{NS}:principal/{content.principal}", {"prov:type": "prov:Person"})
-        relate("wasAttributedTo", workflow, client)
+        relate("wasAttributedTo", workflow, client, shared=True)
         out.output = workflow
         return out
     if "record" not in payload or previous is None:

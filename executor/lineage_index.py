@@ -53,6 +53,8 @@ class LineageProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {lineage_runs} (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
         "workflow_sha256 TEXT NOT NULL, owner TEXT NOT NULL, submitted_at TEXT NOT NULL, "
         "position {int} NOT NULL, backend TEXT, status TEXT NOT NULL, last_output TEXT)",
+        *(f"CREATE INDEX IF NOT EXISTS lineage_runs_by_{column} ON {{lineage_runs}} ({column}, position)"
+          for column in ("workflow", "backend", "owner", "submitted_at")),
         "CREATE TABLE IF NOT EXISTS {lineage_run_data} (run_id TEXT NOT NULL, name TEXT NOT NULL, "
         "sha256 TEXT NOT NULL, PRIMARY KEY (run_id, name))",
         "CREATE INDEX IF NOT EXISTS lineage_run_data_by_sha256 ON {lineage_run_data} (sha256)",
@@ -151,17 +153,17 @@ def walk(db: ProjectionDB, start: Sequence[str], direction: str) -> Subgraph:
         raise ValueError(f"direction must be ancestors or descendants, not {direction!r}")
     # Relations point from the later thing to the earlier: ancestors follow them forward.
     near, far = ("source", "target") if direction == "ancestors" else ("target", "source")
-    rows = db.rows(
-        "WITH RECURSIVE walk(id) AS ("
-        f" SELECT id FROM {{lineage_nodes}} WHERE id IN ({db.in_list(start)})"
-        f" UNION SELECT r.{far} FROM {{lineage_relations}} r JOIN walk w ON r.{near} = w.id)"
-        " SELECT n.id, n.kind, n.attributes FROM {lineage_nodes} n JOIN walk w ON n.id = w.id "
-        "ORDER BY n.position, n.id", list(start))
-    nodes = [_node(r) for r in rows]
-    ids = [n.id for n in nodes]
+    # The walk records each relation it follows: by closure those are exactly the relations
+    # of the subgraph, found through the index on their near end only.
+    walked = ("WITH RECURSIVE walk(id, via) AS ("
+              f" SELECT id, NULL FROM {{lineage_nodes}} WHERE id IN ({db.in_list(start)})"
+              f" UNION SELECT r.{far}, r.id FROM {{lineage_relations}} r JOIN walk w ON r.{near} = w.id) ")
+    nodes = [_node(r) for r in db.rows(
+        walked + "SELECT n.id, n.kind, n.attributes FROM {lineage_nodes} n "
+        "WHERE n.id IN (SELECT id FROM walk) ORDER BY n.position, n.id", list(start))]
     relations = [Relation(r["id"], r["relation"], r["source"], r["target"]) for r in db.rows(
-        f"SELECT id, relation, source, target FROM {{lineage_relations}} WHERE {near} IN "
-        f"({db.in_list(ids)}) AND {far} IN ({db.in_list(ids)}) ORDER BY position, id", ids + ids)]
+        walked + "SELECT r.id, r.relation, r.source, r.target FROM {lineage_relations} r "
+        "WHERE r.id IN (SELECT via FROM walk) ORDER BY r.position, r.id", list(start))]
     return Subgraph(nodes, relations)
 
 
