@@ -175,7 +175,20 @@ class ProjectionRunner:
                 for table in projection.tables:
                     db.execute(f"DELETE FROM {{{table}}}")
                 db.execute("UPDATE {tracking} SET position = 0 WHERE name = {p}", (projection.name,))
-        return self.catch_up([p.name for p in chosen], progress=progress)
+        applied = self.catch_up([p.name for p in chosen], progress=progress)
+        self._refresh_statistics(chosen)
+        return applied
+
+    def _refresh_statistics(self, projections: Sequence[Projection]) -> None:
+        """After a bulk reload PostgreSQL's planner still sees the old, empty tables and picks
+        sequential scans for the lineage walks.  ANALYZE fixes that (for a role that does not own
+        the tables PostgreSQL skips it with a warning; autovacuum then catches up later)."""
+        if self.writer.placeholder != "%s":
+            return
+        with self.writer.write_transaction() as cursor:
+            for projection in projections:
+                for table in projection.tables:
+                    cursor.execute(f"ANALYZE {self.writer.table(table)}")
 
     def _follow(self, projection: Projection, stop: int | None, progress: ProgressCallback | None
                 ) -> int:
