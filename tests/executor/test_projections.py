@@ -90,9 +90,14 @@ def test_rebuilt_equals_incrementally_followed(ran: tuple[Service, dict[str, str
     assert len(followed["lineage"]["lineage_runs"]) == 6
     assert runner.rebuild() == 2 * service.app.tree_size()
     assert dumps(runner) == followed
-    # Pages of 3 entries, stopping at arbitrary positions, come to the same state.
+    # Pages of 3 entries come to the same state; progress is reported page by page.
     small = projection_runner(service.app, page_size=3)
-    small.rebuild()
+    reported: list[tuple[int, int]] = []
+    small.rebuild(["operations"], progress=lambda done, total: reported.append((done, total)))
+    size = service.app.tree_size()
+    assert reported[-1] == (size, size) and len(reported) == -(-size // 3)
+    assert [done for done, _ in reported] == sorted(done for done, _ in reported)
+    small.rebuild(["lineage"])
     for name in small.projections:
         assert small.read(name, small.projections[name].dump) == followed[name]
 

@@ -1,0 +1,44 @@
+"""Every benchmark runs end to end at a small size, so a broken benchmark fails CI.
+
+These check that each figure and its baseline are printed and sane, never how fast anything
+is: speed targets are read off the full-size runs recorded in the README.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+def bench(tmp_path: Path, *args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "ledger.cli", "bench", *args], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "QLEDGER_HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def figures(text: str, pattern: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(pattern, text)]
+
+
+def test_bench_projections(store_url: str, tmp_path: Path) -> None:
+    base = store_url.split("?")[0]
+    out = bench(tmp_path, "projections", "--store", base, "--entries", "2000")
+    rates = figures(out, r"rebuild \w+ +\d+ entries in +[\d.]+s +([\d,]+) entries/s")
+    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert "lineage query: ancestors of a result" in out
+    export_ms = figures(out, r"export +([\d.]+) ms")
+    assert len(export_ms) == 2 and "large/small ledger: export x" in out
+
+
+def test_bench_ledger_and_executor(tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path}/bench.db"
+    ledger = bench(tmp_path, "ledger", "--store", store, "--events", "200", "--proof-sizes", "1000")
+    for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"):
+        assert label in ledger
+    assert figures(ledger, r"b/a = ([\d.]+)")[0] > 0
+    executor = bench(tmp_path, "executor", "--store", store, "--runs", "5")
+    assert "overhead per run" in executor and "runs/s" in executor
