@@ -35,6 +35,7 @@ from ledger.bundle import verify_bundle
 from ledger.canonical import canonical_bytes
 from ledger.export_bundle import export_bundle
 from ledger.keys import KeyStore
+from ledger.projection import ProjectionRunner
 
 T = TypeVar("T")
 RUNS_PER_SAVE = 50
@@ -71,6 +72,16 @@ def _bundle_times(app: LedgerApp, keys: KeyStore, run: UUID) -> tuple[float, flo
     return export_s, verify_s, len(data)
 
 
+def _heap_peak(runner: ProjectionRunner) -> int:
+    """Peak bytes Python allocates while rebuilding the lineage projection from nothing."""
+    tracemalloc.start()
+    try:
+        runner.rebuild(["lineage"])
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def run_projections_bench(base: str | None, entries: int) -> None:
     records = list(run_steps(parse_workflow(BELL), ExecutionContext(BackendCatalog(), BreakerBoard())))
     small = max(1000, entries // 10)
@@ -85,6 +96,7 @@ def run_projections_bench(base: str | None, entries: int) -> None:
         print(f"qledger bench projections: {kind}, Bell run histories of {len(records) + 2} entries each")
 
         early, fill_small = _timed(lambda: _fill(app, records, small))
+        small_peak = _heap_peak(runner)
         _bundle_times(app, keys, early[0])  # warm-up: export key, caches
         small_export, small_verify, small_bytes = _bundle_times(app, keys, early[len(early) // 2])
         runs, fill_rest = _timed(lambda: _fill(app, records, entries))
@@ -96,12 +108,10 @@ def run_projections_bench(base: str | None, entries: int) -> None:
             count, seconds = _timed(lambda name=name: runner.rebuild([name]))  # type: ignore[misc]
             print(f"rebuild {name:<11} {count:>8} entries in {seconds:6.2f}s  "
                   f"{count / seconds:9,.0f} entries/s (target >= 5,000)")
-        tracemalloc.start()
-        runner.rebuild(["lineage"])
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        print(f"rebuild lineage peak Python heap {peak / 2**20:8.1f} MiB over {size} entries "
-              f"(paged: {runner.page_size} entries per transaction)")
+        peak = _heap_peak(runner)
+        print(f"rebuild lineage peak Python heap: {small_peak / 2**20:.1f} MiB at {small} entries, "
+              f"{peak / 2**20:.1f} MiB at {size} (x{peak / small_peak:.2f}; paged, {runner.page_size} "
+              "entries per transaction)")
 
         middle = runs[len(runs) // 2]
         result = f"qledger:report/{middle}/report"
