@@ -95,23 +95,17 @@ class LineageProjection(Projection):
                 data += [(run_id, name, d["sha256"]) for name, d in record.get("datasets", {}).items()]
             elif event in TERMINAL_EVENTS:
                 run["status"] = TERMINAL_EVENTS[event]
-        db.executemany(
-            "INSERT INTO {lineage_nodes} (id, kind, position, sha256, attributes) "
-            "VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (id) DO NOTHING",
-            [(n.id, n.kind, n.position, n.sha256, json.dumps(n.attributes, sort_keys=True))
-             for n in nodes.values()])
-        db.executemany(
-            "INSERT INTO {lineage_relations} (id, relation, source, target, run_id, position) "
-            "VALUES ({p}, {p}, {p}, {p}, {p}, {p}) ON CONFLICT (id) DO NOTHING",
-            [(r.id, r.relation, r.source, r.target, run_id, position) for r, run_id, position in relations])
-        db.executemany(
-            "INSERT INTO {lineage_run_data} (run_id, name, sha256) VALUES ({p}, {p}, {p}) "
-            "ON CONFLICT (run_id, name) DO NOTHING", data)
-        db.executemany(
-            f"INSERT INTO {{lineage_runs}} ({', '.join(self._RUN_COLUMNS)}) VALUES "
-            f"({', '.join(['{p}'] * len(self._RUN_COLUMNS))}) ON CONFLICT (run_id) DO UPDATE SET "
-            "backend = excluded.backend, status = excluded.status, last_output = excluded.last_output",
-            [tuple(run[c] for c in self._RUN_COLUMNS) for run in runs.values()])
+        db.insert("lineage_nodes", ("id", "kind", "position", "sha256", "attributes"),
+                  [(n.id, n.kind, n.position, n.sha256, json.dumps(n.attributes, sort_keys=True))
+                   for n in nodes.values()], "(id) DO NOTHING")
+        db.insert("lineage_relations", ("id", "relation", "source", "target", "run_id", "position"),
+                  [(r.id, r.relation, r.source, r.target, run_id, position)
+                   for r, run_id, position in relations], "(id) DO NOTHING")
+        db.insert("lineage_run_data", ("run_id", "name", "sha256"), data, "(run_id, name) DO NOTHING")
+        db.insert("lineage_runs", self._RUN_COLUMNS, [tuple(run[c] for c in self._RUN_COLUMNS)
+                                                      for run in runs.values()],
+                  "(run_id) DO UPDATE SET backend = excluded.backend, status = excluded.status, "
+                  "last_output = excluded.last_output")
 
     def _known_runs(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> dict[str, dict[str, Any]]:
         """The runs this page continues, as the table has them."""

@@ -61,11 +61,9 @@ class OperationsProjection(Projection):
                 run["status"], run["finished_at"] = TERMINAL_EVENTS[event], at
                 run["queue_ms"] = _ms_between(run["submitted_at"], run["started_at"] or at)
                 run["execution_ms"] = _ms_between(run["started_at"], at)
-        placeholders = ", ".join(["{p}"] * len(COLUMNS))
         updates = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[1:])
-        db.executemany(f"INSERT INTO {{ops_runs}} ({', '.join(COLUMNS)}) VALUES ({placeholders}) "
-                       f"ON CONFLICT (run_id) DO UPDATE SET {updates}",
-                       [tuple(run[c] for c in COLUMNS) for run in runs.values()])
+        db.insert("ops_runs", COLUMNS, [tuple(run[c] for c in COLUMNS) for run in runs.values()],
+                  f"(run_id) DO UPDATE SET {updates}")
 
     @staticmethod
     def _step(run: dict[str, Any], record: dict[str, Any], at: str) -> None:
