@@ -48,17 +48,18 @@ class StoreSource(LedgerSource):
             return self.recorder.latest_position(cursor)
 
     def entries(self, start: int, stop: int | None) -> Iterator[EntryRow]:
-        # Keyset pagination: each page is a short transaction, memory stays at one page.
+        # Each page is a short transaction over a window of PAGE positions, so memory stays at
+        # one page.  A window, not LIMIT: PostgreSQL's planner, before statistics exist on a
+        # freshly loaded table, sorted every remaining row to find each page's first PAGE.
         last = start - 1
-        stop = stop if stop is not None else 2**62
-        while True:
+        stop = min(stop if stop is not None else 2**62, self.tree_size())
+        while last < stop:
+            upper = min(stop, last + PAGE)
             rows = self._query(self._joined + " WHERE e.position > {p} AND e.position <= {p} "
-                               "ORDER BY e.position LIMIT " + str(PAGE), (last, stop))
+                               "ORDER BY e.position", (last, upper))
             for r in rows:
                 yield self._row(r)
-            if len(rows) < PAGE:
-                return
-            last = int(rows[-1]["position"])
+            last = upper
 
     def _row(self, r: Any) -> EntryRow:
         return EntryRow(
