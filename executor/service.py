@@ -32,7 +32,7 @@ from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
 from ledger.errors import NotFoundError, QledgerError
-from ledger.export_bundle import export_bundle
+from ledger.export_bundle import export_bundle, record_export
 from ledger.keys import SigningKey
 from ledger.source import EntryRow
 from ledger.store.reader import StoreSource
@@ -264,8 +264,9 @@ class LedgerService(pb_grpc.LedgerServicer):
         if self.export_key is None or self.checkpoint_key is None:
             abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                   "this server holds no export or checkpoint key; use `qledger export-bundle`")
-        data = export_bundle(self.app, UUID(rows[0].originator_id or request.run_id), self.export_key,
-                             self.checkpoint_key, lineage_json)
+        run_id = UUID(rows[0].originator_id or request.run_id)
+        data = export_bundle(self.app, run_id, self.export_key, self.checkpoint_key, lineage_json)
+        record_export(self.app, run_id, data, self.export_key)
         return pb.Bundle(envelope=data)
 
     @store_errors_are_unavailable

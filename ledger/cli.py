@@ -135,7 +135,7 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
     """Write the signed lineage bundle (in-toto Statement in DSSE) of the run, or of the run that
     generated the artifact, for offline verification."""
     from executor.projections import projection_runner, resolve_run
-    from ledger.export_bundle import export_bundle
+    from ledger.export_bundle import export_bundle, record_export
 
     with reported_errors():
         ledger = open_app(store)
@@ -144,8 +144,9 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
         keys = KeyStore.default()
         from executor.lineage import lineage_json
 
-        data = export_bundle(ledger, stream_id, admin.export_key(ledger, keys), keys.load(admin.CHECKPOINTER),
-                             lineage_json)
+        exporter = admin.export_key(ledger, keys)
+        data = export_bundle(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER), lineage_json)
+        record_export(ledger, stream_id, data, exporter)
         try:
             output.write_bytes(data)
         except OSError as exc:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, cast
 from uuid import UUID
 
+from eventsourcing.domain import Aggregate, event
+
 from ledger import dsse
 from ledger.app import LedgerApp
+from ledger.artifacts import StagedArtifacts
 from ledger.bundle import BundleContents, BundleEntry, LineageOf, artifact_digest, sign_bundle
 from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
@@ -15,6 +19,28 @@ from ledger.keys import SigningKey
 from ledger.store.reader import StoreSource
 
 RESULT_KINDS = ("execution", "post_processing", "report")
+BUNDLE_MEDIA_TYPE = "application/vnd.in-toto+json"
+
+
+class BundleExport(Aggregate):
+    """The audit trail of an export: who exported which run's bundle, and the bundle itself by
+    digest (its bytes go with this entry into the artifact table, and can be archived)."""
+
+    @event("Exported")
+    def __init__(self, *, principal: str, stream_id: str, checkpoint_size: int,
+                 bundle: dict[str, Any]) -> None:
+        self.stream_id, self.bundle = stream_id, bundle
+
+
+def record_export(app: LedgerApp, stream_id: UUID, data: bytes, export_key: SigningKey) -> dict[str, Any]:
+    """Append the export's entry, signed by the export key, with the bundle's bytes; its ref."""
+    bundle = StagedArtifacts(app.ledger).put(data, BUNDLE_MEDIA_TYPE)
+    statement = json.loads(dsse.parse(data).payload)
+    size = parse_note(statement["predicate"]["checkpoint"]).checkpoint.tree_size
+    app.add_signer(export_key)
+    app.save(BundleExport(principal=export_key.principal, stream_id=str(stream_id), checkpoint_size=size,
+                          bundle=bundle))
+    return bundle
 
 
 def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,

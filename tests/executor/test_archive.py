@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from executor.demo_workflow import BELL, GHZ_NOISY
+from ledger import dsse
 from ledger.artifacts import ArchiveDirectory, ArchiveError, HotArtifacts, StagedArtifacts, artifact_refs
 from ledger.cli import app as cli
 from ledger.content import artifact_ref
@@ -113,3 +114,27 @@ def test_artifacts_commit_with_the_entries_that_reference_them(store_url: str, q
         app.save(Note(principal="nobody-registered", title="refused"))
     app.save(Note(principal="alice", title="a later, unrelated entry"))
     assert hot.get(lost["sha256"]) is None, "a refused entry's artifacts are not written, then or later"
+
+
+def test_an_exported_bundle_is_recorded_and_archivable(service: Service, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    run = service.submit(BELL).run.run_id
+    service.watch(run)
+    store, out = service.app.store.url, tmp_path / "b.json"
+    before = service.app.tree_size()
+    result = CliRunner().invoke(cli, ["export-bundle", run, "-o", str(out), "--store", store])
+    assert result.exit_code == 0, result.output
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    # One entry more, signed by the export key, naming the run and the bundle by digest.
+    assert service.app.tree_size() == before + 2  # the export key's registration, then the export
+    last = service.app.source().entry_at(service.app.tree_size())  # type: ignore[attr-defined]
+    content = json.loads(dsse.parse(last.state).payload)
+    assert content["principal"] == "exporter" and content["payload"]["stream_id"] == run
+    assert content["payload"]["bundle"]["sha256"] == digest
+    assert HotArtifacts(service.app.ledger).get(digest) == out.read_bytes()
+    moved = CliRunner().invoke(cli, ["archive", "--to", str(tmp_path / "a"), "--store", store])
+    assert moved.exit_code == 0
+    assert ArchiveDirectory(tmp_path / "a").get(digest) == out.read_bytes()
+    code, output = verify(store, "--archive", str(tmp_path / "a"))
+    assert code == 0, output
