@@ -33,6 +33,11 @@ def utc_text(timestamp: str | datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def continued_runs(entries: Sequence[ProjectedEntry]) -> list[str]:
+    """Runs these entries add to without starting them: their rows must be read first."""
+    return sorted({e.content.stream_id for e in entries if run_event(e) not in (None, "Submitted")})
+
+
 def run_event(entry: ProjectedEntry) -> str | None:
     """The Run event's name (Submitted, StepRecorded, ...), or None for other entries."""
     kind = entry.content.event_type
@@ -109,11 +114,8 @@ class LineageProjection(Projection):
 
     def _known_runs(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> dict[str, dict[str, Any]]:
         """The runs this page continues, as the table has them."""
-        wanted = sorted({e.content.stream_id for e in entries if run_event(e) not in (None, "Submitted")})
-        if not wanted:
-            return {}
-        rows = db.rows(f"SELECT * FROM {{lineage_runs}} WHERE run_id IN ({db.in_list(wanted)})", wanted)
-        return {r["run_id"]: {c: r[c] for c in self._RUN_COLUMNS} for r in rows}
+        return {r["run_id"]: {c: r[c] for c in self._RUN_COLUMNS}
+                for r in db.rows_in("lineage_runs", "run_id", continued_runs(entries))}
 
 
 # -- queries ------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from executor.lineage_index import TERMINAL_EVENTS, run_event, utc_text
+from executor.lineage_index import TERMINAL_EVENTS, continued_runs, run_event, utc_text
 from ledger.projection import ProjectedEntry, Projection, ProjectionDB
 
 COLUMNS = ("run_id", "workflow", "backend", "status", "submitted_at", "started_at", "finished_at",
@@ -37,11 +37,8 @@ class OperationsProjection(Projection):
     )
 
     def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
-        wanted = sorted({e.content.stream_id for e in entries if run_event(e) not in (None, "Submitted")})
-        runs: dict[str, dict[str, Any]] = {}
-        if wanted:
-            for row in db.rows(f"SELECT * FROM {{ops_runs}} WHERE run_id IN ({db.in_list(wanted)})", wanted):
-                runs[row["run_id"]] = {c: row[c] for c in COLUMNS}
+        runs = {row["run_id"]: {c: row[c] for c in COLUMNS}
+                for row in db.rows_in("ops_runs", "run_id", continued_runs(entries))}
         for entry in entries:
             event = run_event(entry)
             if event is None:

@@ -10,6 +10,7 @@ from psycopg.conninfo import make_conninfo
 
 from executor.lineage_index import LineageProjection, find_nodes
 from executor.operations import OperationsProjection
+from executor.usage import UsageProjection
 from ledger.app import LedgerApp
 from ledger.errors import NotFoundError
 from ledger.follow import ProjectionFollower
@@ -18,8 +19,8 @@ from ledger.store.reader import StoreSource
 
 
 def projection_runner(app: LedgerApp, page_size: int = 1000) -> ProjectionRunner:
-    return ProjectionRunner(app.ledger, app.source(), [LineageProjection(), OperationsProjection()],
-                            page_size)
+    return ProjectionRunner(app.ledger, app.source(),
+                            [LineageProjection(), OperationsProjection(), UsageProjection()], page_size)
 
 
 def projection_follower(app: LedgerApp, runner: ProjectionRunner,

@@ -7,6 +7,7 @@ must all be stated, so the recorded definition alone says how to reproduce the r
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
 PRIORITIES = ("low", "normal")
 MAX_SHOTS = 1_000_000
 MAX_QUBITS = 12
+PROJECT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 
 
 class WorkflowError(ValueError):
@@ -52,6 +54,7 @@ class WorkflowSpec:
     quality: dict[str, Any] | None = None  # {max_tvd, max_shots}: the band and the shot budget
     steps: tuple[Step, ...] = ()  # the declared DAG
     datasets: dict[str, Any] | None = None  # named input data, recorded by content hash
+    project: str | None = None  # whose roles and budget apply; absent means "default"
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
@@ -62,6 +65,8 @@ class WorkflowSpec:
         if self.template == "qaoa_maxcut":
             circuit |= {"graph_dataset": self.graph_dataset, "layers": self.layers}
             extra = {"optimizer": self.optimizer}
+        if self.project is not None:
+            extra["project"] = self.project
         return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version, **extra,
                 "quality": self.quality, "datasets": self.datasets,
                 "steps": [step.to_json() for step in self.steps],
@@ -140,7 +145,11 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         steps = parse_steps(definition.get("steps"), hybrid=template == "qaoa_maxcut")
     except DagError as exc:
         raise WorkflowError(exc.field, exc.description) from exc
+    project = definition.get("project")
+    if project is not None and (not isinstance(project, str) or not PROJECT_NAME.fullmatch(project)):
+        raise WorkflowError("project", "must be 1-64 characters of a-z, 0-9, '-' and '_'")
     spec = WorkflowSpec(
+        project=project,
         name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
         template=template, qubits=qubits,
         shots=_get(definition, "execute.shots", int, low=1, high=MAX_SHOTS),

@@ -75,6 +75,7 @@ class ProjectionDB:
         if not rows:
             return
         names = ", ".join(columns)
+        on_conflict = on_conflict.format(**self.names)  # it may name this projection's tables
         if self.writer.placeholder == "?":
             marks = ", ".join("?" * len(columns))
             self.cursor.executemany(f"INSERT INTO {self.names[table]} ({names}) VALUES ({marks}) "
@@ -95,6 +96,12 @@ class ProjectionDB:
 
     def rows(self, template: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(self.execute(template, params).fetchall())
+
+    def rows_in(self, table: str, column: str, values: Sequence[Any]) -> list[Any]:
+        """Every row of ``table`` whose ``column`` is one of ``values``."""
+        if not values:
+            return []
+        return self.rows(f"SELECT * FROM {{{table}}} WHERE {column} IN ({self.in_list(values)})", values)
 
     def in_list(self, values: Sequence[Any]) -> str:
         """Placeholders for an IN (...) list of ``values``."""
