@@ -21,7 +21,7 @@ class UsageProjection(Projection):
     tables = ("usage_projects", "usage_runs")
     ddl = (
         "CREATE TABLE IF NOT EXISTS {usage_projects} (project TEXT PRIMARY KEY, runs {int} NOT NULL, "
-        "shots {int} NOT NULL, executor_ms {real} NOT NULL)",
+        "shots {int} NOT NULL, executor_ms {int} NOT NULL)",
         "CREATE TABLE IF NOT EXISTS {usage_runs} (run_id TEXT PRIMARY KEY, project TEXT NOT NULL, "
         "started_at TEXT)",
     )
@@ -30,10 +30,12 @@ class UsageProjection(Projection):
         runs: dict[str, dict[str, Any]] = {
             row["run_id"]: {"project": row["project"], "started_at": row["started_at"]}
             for row in db.rows_in("usage_runs", "run_id", continued_runs(entries))}
-        totals: dict[str, list[float]] = {}  # project -> [runs, shots, executor_ms] added here
+        # project -> [runs, shots, executor_ms] added here; whole numbers, so that the sums do not
+        # depend on how entries fall into pages (a rebuild must equal the followed state).
+        totals: dict[str, list[int]] = {}
 
-        def add(project: str, runs_: int = 0, shots: int = 0, ms: float = 0.0) -> None:
-            t = totals.setdefault(project, [0, 0, 0.0])
+        def add(project: str, runs_: int = 0, shots: int = 0, ms: int = 0) -> None:
+            t = totals.setdefault(project, [0, 0, 0])
             t[0], t[1], t[2] = t[0] + runs_, t[1] + shots, t[2] + ms
 
         for entry in entries:
@@ -53,12 +55,12 @@ class UsageProjection(Projection):
                 run["started_at"] = content.timestamp
             elif event in TERMINAL_EVENTS and run["started_at"] is not None:
                 spent = datetime.fromisoformat(content.timestamp) - datetime.fromisoformat(run["started_at"])
-                add(run["project"], ms=spent.total_seconds() * 1000)
+                add(run["project"], ms=round(spent.total_seconds() * 1000))
         db.insert("usage_runs", ("run_id", "project", "started_at"),
                   [(r, v["project"], v["started_at"]) for r, v in runs.items()],
                   "(run_id) DO UPDATE SET started_at = excluded.started_at")
         db.insert("usage_projects", ("project", "runs", "shots", "executor_ms"),
-                  [(p, int(t[0]), int(t[1]), t[2]) for p, t in totals.items()],
+                  [(p, *t) for p, t in totals.items()],
                   "(project) DO UPDATE SET runs = {usage_projects}.runs + excluded.runs, "
                   "shots = {usage_projects}.shots + excluded.shots, "
                   "executor_ms = {usage_projects}.executor_ms + excluded.executor_ms")

@@ -21,7 +21,7 @@ from executor.api import qledger_pb2 as pb
 from executor.backends import BackendCatalog, FaultConfig
 from executor.demo_workflow import BELL, GHZ_NOISY, load
 from executor.lineage import lineage_json
-from executor.lineage_index import LineageProjection, RunFilter, artifact_lineage, find_nodes, find_runs, walk
+from executor.lineage_index import RunFilter, artifact_lineage, find_nodes, find_runs, walk
 from executor.operations import OperationsProjection, operation_rows, operations_view
 from executor.pipeline import RetryPolicy
 from executor.projections import projection_follower, projection_runner
@@ -136,9 +136,10 @@ def test_two_followers_apply_each_page_once(ran: tuple[Service, dict[str, str]])
     projection_runner(app).rebuild()  # leaves the projections current ...
     with app.ledger.write_transaction() as cursor:  # ... then winds their tracking back to 0
         ProjectionDB(cursor, app.ledger, ()).execute("UPDATE {tracking} SET position = 0")
+    tables = [t for p in projection_runner(app).projections.values() for t in p.tables]
     with app.ledger.write_transaction() as cursor:
-        db = ProjectionDB(cursor, app.ledger, OperationsProjection.tables + LineageProjection.tables)
-        for table in OperationsProjection.tables + LineageProjection.tables:
+        db = ProjectionDB(cursor, app.ledger, tables)
+        for table in tables:
             db.execute(f"DELETE FROM {{{table}}}")
     errors: list[BaseException] = []
 
