@@ -156,10 +156,11 @@ def _remote_report(server: str, run: str, against: str | None, rerun: bool, prin
     from executor.client import remote_report, rerun_and_wait
     from ledger.keys import KeyStore
 
+    key = KeyStore.default().load(principal)
     try:
         if rerun:
-            against = rerun_and_wait(server, KeyStore.default().load(principal), run)
-        data, prov = remote_report(server, run, against)
+            against = rerun_and_wait(server, key, run)
+        data, prov = remote_report(server, run, against, key)
     except grpc.RpcError as exc:
         raise fail(f"{exc.code().name}: {exc.details()}") from None
     return data, ProvDocument.deserialize(content=json.dumps(prov), format="json")
@@ -252,15 +253,15 @@ def query_descendants(reference: Annotated[str, typer.Argument(help="Node id or 
 
 
 def ops(store: StoreOption = None,
-        by: Annotated[str, typer.Option(help="backend or workflow")] = "backend",
+        by: Annotated[str, typer.Option(help="backend, workflow or variant (canary)")] = "backend",
         since: SinceOption = None, until: UntilOption = None,
         format_: Annotated[str, typer.Option("--format", help="table or json")] = "table") -> None:
     """Operations view: runs, success rate, retries, queue and execution time percentiles, shots,
     transpiled depth and gate count per day, per backend or per workflow."""
     from executor.operations import operation_rows, operations_view
 
-    if by not in ("backend", "workflow") or format_ not in ("table", "json"):
-        raise fail("--by is backend or workflow; --format is table or json")
+    if by not in ("backend", "workflow", "variant") or format_ not in ("table", "json"):
+        raise fail("--by is backend, workflow or variant; --format is table or json")
     with reported_errors():
         rows = _runner(open_app(store)).read("operations", lambda db: operation_rows(db, since, until))
         view = operations_view(rows, by)
@@ -272,14 +273,14 @@ def ops(store: StoreOption = None,
 
     table = Table(title=f"operations by {by}")
     for column in (by, "runs", "success", "retries", "shots", "queue p50/p95 ms", "exec p50/p95/p99 ms",
-                   "depth (latest day)", "gates (latest day)"):
+                   "mean TVD", "depth (latest day)", "gates (latest day)"):
         table.add_column(column)
     for g in view:
         latest = g["circuits_by_day"][-1] if g["circuits_by_day"] else {}
         table.add_row(g[by], str(g["runs"]), _fmt(g["success_rate"]), str(g["retries"]), str(g["shots"]),
                       f"{_fmt(g['queue_ms_p50'])}/{_fmt(g['queue_ms_p95'])}",
                       f"{_fmt(g['execution_ms_p50'])}/{_fmt(g['execution_ms_p95'])}/"
-                      f"{_fmt(g['execution_ms_p99'])}",
+                      f"{_fmt(g['execution_ms_p99'])}", _fmt(g["mean_tvd"]),
                       _fmt(latest.get("mean_depth")), _fmt(latest.get("mean_gate_count")))
     Console(width=160).print(table)
 

@@ -18,10 +18,12 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.demo_workflow import BELL
+from executor.governance import ALL_PROJECTS, DEFAULT_PROJECT
 from executor.lineage import lineage_json
+from executor.policy_admin import grant_role
 from executor.server import client_channel, start_server
 from ledger import merkle
-from ledger.admin import CHECKPOINTER, EXPORTER, add_key, export_key, init_store, open_admin_app
+from ledger.admin import CHECKPOINTER, EXPORTER, ROOT, add_key, export_key, init_store, open_admin_app
 from ledger.bundle import verify_bundle
 from ledger.checkpoint import parse_note
 from ledger.export_bundle import export_bundle
@@ -39,11 +41,16 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     init_store(app, keys)
     client = add_key(app, keys, "demo-client", "client")
     executor_key = add_key(app, keys, "executor-1", "executor")
-    say(f"store {store}: genesis, root, checkpoint, client and executor keys registered")
+    admin = keys.load(ROOT)
+    grant_role(app, admin, "demo-client", "submitter", DEFAULT_PROJECT)
+    grant_role(app, admin, "demo-client", "auditor", ALL_PROJECTS)
+    say(f"store {store}: genesis, root, checkpoint, client and executor keys registered; demo-client "
+        "may submit and audit")
 
     running = start_server(app, executor_key, keys.load(CHECKPOINTER))
     try:
-        with client_channel(running.address) as channel:
+        # Every call is signed by demo-client's key: that, not a request field, is who calls.
+        with client_channel(running.address, signer=client) as channel:
             executor = pb_grpc.ExecutorStub(channel)
             ledger = pb_grpc.LedgerStub(channel)
             say(f"executor serving on {running.address}")

@@ -156,5 +156,29 @@ def reserved_shots(workflow: dict[str, Any]) -> int:
     return shots
 
 
-def project_of(workflow: dict[str, Any]) -> str:
-    return str(workflow.get("project") or DEFAULT_PROJECT)
+def project_of(workflow: dict[str, Any] | None) -> str:
+    return str((workflow or {}).get("project") or DEFAULT_PROJECT)
+
+
+@dataclass(frozen=True)
+class BudgetVerdict:
+    refusal: str = ""  # why the run may not start, if it may not
+    warning: str = ""  # a threshold this run crosses, if any
+
+
+def budget_verdict(quota: dict[str, Any], used: dict[str, float], shots: int) -> BudgetVerdict:
+    """Whether a run reserving ``shots`` fits the project's budget, given what is used."""
+    wanted = {"runs": 1.0, "shots": float(shots), "executor_seconds": 0.0}
+    warnings = []
+    for dimension, extra in wanted.items():
+        limit = quota.get(dimension)
+        if limit is None:
+            continue
+        before, after = float(used[dimension]), float(used[dimension]) + extra
+        if after > limit or (dimension == "executor_seconds" and before >= limit):
+            return BudgetVerdict(refusal=f"budget exceeded: {dimension} {after:g} of {limit:g} "
+                                         "(the run was not started)")
+        threshold = float(quota["warn_at"]) * limit
+        if before < threshold <= after:
+            warnings.append(f"{dimension} at {after:g} of {limit:g} ({after / limit:.0%}) with this run")
+    return BudgetVerdict(warning="; ".join(warnings))

@@ -17,7 +17,7 @@ from executor.lineage_index import TERMINAL_EVENTS, continued_runs, run_event, u
 from ledger.projection import ProjectedEntry, Projection, ProjectionDB
 
 COLUMNS = ("run_id", "workflow", "backend", "status", "submitted_at", "started_at", "finished_at",
-           "queue_ms", "execution_ms", "retries", "shots", "depth", "gate_count")
+           "queue_ms", "execution_ms", "retries", "shots", "depth", "gate_count", "variant", "tvd")
 
 
 def _ms_between(start: str | None, end: str | None) -> float | None:
@@ -33,7 +33,7 @@ class OperationsProjection(Projection):
         "CREATE TABLE IF NOT EXISTS {ops_runs} (run_id TEXT PRIMARY KEY, workflow TEXT NOT NULL, "
         "backend TEXT, status TEXT NOT NULL, submitted_at TEXT NOT NULL, started_at TEXT, "
         "finished_at TEXT, queue_ms {real}, execution_ms {real}, retries {int} NOT NULL, "
-        "shots {int} NOT NULL, depth {int}, gate_count {int})",
+        "shots {int} NOT NULL, depth {int}, gate_count {int}, variant TEXT, tvd {real})",
     )
 
     def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
@@ -66,7 +66,11 @@ class OperationsProjection(Projection):
     def _step(run: dict[str, Any], record: dict[str, Any], at: str) -> None:
         run["status"] = "running"
         run["started_at"] = run["started_at"] or at
-        if record.get("kind") == "transpilation":
+        if isinstance(record.get("routing"), dict):
+            run["variant"] = record["routing"]["variant"]
+        if record.get("kind") == "report" and record.get("total_variation_distance") is not None:
+            # Distance from the ideal distribution: the quality a canary is compared on.
+            run["tvd"] = record["total_variation_distance"]
             run["depth"] = record.get("depth")
             run["gate_count"] = sum(record.get("gate_counts", {}).values())
         if record.get("kind") == "execution":
@@ -89,8 +93,8 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 def operations_view(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, Any]]:
     """Per ``by`` (backend or workflow): runs, success rate, retries, time percentiles,
     shots, and transpiled depth and gate count per day."""
-    if by not in ("backend", "workflow"):
-        raise ValueError(f"group by backend or workflow, not {by!r}")
+    if by not in ("backend", "workflow", "variant"):
+        raise ValueError(f"group by backend, workflow or variant, not {by!r}")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
         groups[str(row[by] or "(none)")].append(row)
@@ -108,6 +112,8 @@ def operations_view(rows: Sequence[dict[str, Any]], by: str) -> list[dict[str, A
             "success_rate": (round(sum(r["status"] == "completed" for r in finished) / len(finished), 4)
                              if finished else None),
             "retries": sum(int(r["retries"]) for r in runs),
+            "mean_tvd": (round(sum(float(r["tvd"]) for r in with_tvd) / len(with_tvd), 6)
+                         if (with_tvd := [r for r in runs if r["tvd"] is not None]) else None),
             "shots": sum(int(r["shots"]) for r in runs),
             **{f"{name}_ms_p{q}": percentile([float(r[f"{name}_ms"]) for r in runs
                                                if r[f"{name}_ms"] is not None], q)

@@ -29,6 +29,7 @@ def run_facts(envelopes: list[bytes]) -> dict[str, Any]:
     submitted = contents[0].payload
     return {"run_id": contents[0].stream_id, "workflow": submitted["workflow"],
             "workflow_sha256": submitted["workflow_sha256"], "records": records,
+            "rerun_of": submitted.get("rerun_of"),
             "status": contents[-1].event_type.rsplit(".", 1)[-1]}
 
 

@@ -14,8 +14,10 @@ from grpc_reflection.v1alpha import reflection
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.authz import Authorizer, signed_channel
 from executor.backends import BackendCatalog
 from executor.breaker import BreakerBoard
+from executor.governance import canary_backend
 from executor.pipeline import ExecutionContext, RetryPolicy
 from executor.projections import projection_follower, projection_runner
 from executor.queue import RunQueue
@@ -82,6 +84,9 @@ class ExecutorSettings:
     breaker_cooldown: float = 10.0
     metrics_port: int | None = None  # Prometheus endpoint on loopback (0: any free port)
     projection_poll_seconds: float = 2.0  # PostgreSQL also wakes them by NOTIFY
+    # Every call authorised by role and project (governance entries); off only for harnesses
+    # that test something else.
+    authorize: bool = True
 
 
 @dataclass
@@ -130,9 +135,11 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
-    pb_grpc.add_ExecutorServicer_to_server(ExecutorService(app, worker, queue, settings.max_pending),
-                                           server)
-    pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key, export_key), server)
+    authz = Authorizer(app, executor_key.principal, settings.authorize)
+    worker.canary = lambda workflow, run_id: canary_backend(authz.policies.current(), workflow, run_id)
+    pb_grpc.add_ExecutorServicer_to_server(
+        ExecutorService(app, worker, queue, settings.max_pending, authz), server)
+    pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key, authz, export_key), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -152,14 +159,16 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
 
 
 def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | None = None,
-                   key: bytes | None = None, server_name: str | None = None) -> grpc.Channel:
-    """A channel with explicit message limits; TLS when ``root_ca`` is given (mTLS with cert+key)."""
+                   key: bytes | None = None, server_name: str | None = None,
+                   signer: SigningKey | None = None) -> grpc.Channel:
+    """A channel with explicit message limits; TLS when ``root_ca`` is given (mTLS with cert+key);
+    every call signed by ``signer`` when given (the caller's identity for authorisation)."""
     options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", MAX_SEND_BYTES),
                ("grpc.max_send_message_length", MAX_RECEIVE_BYTES)]
     if root_ca is None:
-        return grpc.insecure_channel(address, options=options)
+        return signed_channel(grpc.insecure_channel(address, options=options), signer)
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     credentials = grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key,
                                                certificate_chain=cert)
-    return grpc.secure_channel(address, credentials, options=options)
+    return signed_channel(grpc.secure_channel(address, credentials, options=options), signer)

@@ -16,14 +16,17 @@ from eventsourcing.persistence import IntegrityError, PersistenceError, StoredEv
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.authz import Authorizer
 from executor.commands import COMMAND_PAYLOAD_TYPE
 from executor.errors import abort, abort_exhausted, status_for, store_errors_are_unavailable
+from executor.governance import ALL_PROJECTS, budget_verdict, project_of, reserved_shots
 from executor.lineage import document_json, lineage_json, prov_document
 from executor.lineage_index import artifact_lineage
 from executor.projections import projection_runner, resolve_run
 from executor.queue import RunQueue
 from executor.report import report, run_facts
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
+from executor.usage import project_usage
 from executor.worker import Worker
 from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
 from ledger import dsse
@@ -52,8 +55,10 @@ MAX_COMMAND_AGE = timedelta(minutes=10)
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):
-    def __init__(self, app: LedgerApp, worker: Worker, queue: RunQueue, max_pending: int) -> None:
+    def __init__(self, app: LedgerApp, worker: Worker, queue: RunQueue, max_pending: int,
+                 authz: Authorizer) -> None:
         self.app, self.worker, self.queue, self.max_pending = app, worker, queue, max_pending
+        self.authz = authz
         self.executor_principal = worker.key.principal
         self.source = cast(StoreSource, app.source())
         self.projections = projection_runner(app)
@@ -90,6 +95,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   f"a submission is a {RUN_SUBMITTED_TYPE} entry at stream version 1",
                   "command.envelope")
         payload = content.payload
+        signer = self._command_signer(data, content)
+        workflow = payload.get("workflow")
+        self.authz.require(context, "RerunWorkflow" if rerun_of else "SubmitWorkflow",
+                           project_of(workflow if isinstance(workflow, dict) else {}), principal=signer)
         key = payload.get("idempotency_key")
         if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT,
@@ -114,6 +123,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "use RerunWorkflow to replay a run", "rerun_of")
         existing = self._run(run_id)
         if existing is None:
+            warning = self._admit(context, payload["workflow"], payload["workflow_sha256"], content.principal)
             pending = self.queue.pending()
             if pending >= self.max_pending:
                 abort_exhausted(context, f"{pending} runs are waiting; try again shortly", retry_seconds=2)
@@ -126,6 +136,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             except PersistenceError as exc:
                 abort(context, grpc.StatusCode.UNAVAILABLE, f"ledger store unavailable: {exc}")
             else:
+                if warning:
+                    self.authz.record("budget_warning", content.principal, "SubmitWorkflow",
+                                      project_of(payload["workflow"]), warning)
                 self.queue.enqueue(run_id)
                 self.worker.wake()
                 created = self._run(run_id)
@@ -137,6 +150,39 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   f"idempotency key {key!r} already names run {run_id} with another workflow",
                   "idempotency_key")
         return pb.SubmitWorkflowResponse(run=self.run_message(existing), created=False)
+
+    def _command_signer(self, data: bytes, content: EntryContent) -> str | None:
+        """The principal whose registered, unrevoked key signed this command, if it verifies."""
+        envelope = dsse.parse(data)
+        key = self.app.ledger.key_record(envelope.key_id)
+        if (key is None or key.revoked_at is not None or key.principal != content.principal
+                or not envelope.signature_valid(key.public)):
+            return None
+        return key.principal
+
+    def _admit(self, context: grpc.ServicerContext, workflow: dict[str, Any], sha: str,
+               submitter: str) -> str:
+        """Policy gates before a new run is accepted: approval for restricted backends, then
+        the project's budget.  Refusals are recorded; returns a budget warning, if any."""
+        policy = self.authz.policies.current()
+        project = project_of(workflow)
+        execute = workflow["execute"]
+        restricted = sorted({execute["backend"], execute.get("fallback_backend")} & policy.restricted)
+        if restricted and policy.approved(sha, submitter, project) is None:
+            reason = (f"backend {restricted[0]} is restricted: this workflow definition needs an approval "
+                      f"by an approver of project {project!r} other than its author and its submitter")
+            self.authz.record("approval_required", submitter, "SubmitWorkflow", project, reason)
+            abort(context, grpc.StatusCode.PERMISSION_DENIED, reason, "workflow_sha256")
+        quota = policy.quotas.get(project)
+        if not quota:
+            return ""
+        self.projections.catch_up(["usage"])
+        used = self.projections.read("usage", lambda db: project_usage(db, project))
+        verdict = budget_verdict(quota, used, reserved_shots(workflow))
+        if verdict.refusal:
+            self.authz.record("budget_refused", submitter, "SubmitWorkflow", project, verdict.refusal)
+            abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, verdict.refusal, "workflow.execute.shots")
+        return verdict.warning
 
     @store_errors_are_unavailable
     def RerunWorkflow(self, request: pb.RerunWorkflowRequest,
@@ -169,7 +215,11 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "command is too old (or from the future)",
                   "issued_at")
         run = self._run_or_abort(str(body.get("run_id")), context)
-        if body.get("principal") != key.principal or key.principal not in (run.submitted_by, "root"):
+        self.authz.require(context, "CancelRun", project_of(run.workflow), principal=key.principal)
+        may_cancel_any = self.authz.enabled and "admin" in self.authz.policies.current().roles_of(
+            key.principal, project_of(run.workflow))
+        if body.get("principal") != key.principal or (key.principal not in (run.submitted_by, "root")
+                                                      and not may_cancel_any):
             abort(context, grpc.StatusCode.PERMISSION_DENIED,
                   f"{key.principal} may not cancel a run submitted by {run.submitted_by}", "run_id")
         if run.status not in TERMINAL:
@@ -199,19 +249,37 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 
     @store_errors_are_unavailable
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
-        return self.run_message(self._run_or_abort(request.run_id, context))
+        run = self._run_or_abort(request.run_id, context)
+        self.authz.require(context, "GetRun", project_of(run.workflow))
+        return self.run_message(run)
 
     @store_errors_are_unavailable
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
         if not 0 <= request.limit <= 1000:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0..1000", "limit")
+        visible = self._visible_projects(context)
         runs = [self._run(run_id) for run_id in self.queue.recent(request.limit or 50)]
-        return pb.ListRunsResponse(runs=[self.run_message(r) for r in runs if r is not None])
+        return pb.ListRunsResponse(runs=[self.run_message(r) for r in runs if r is not None and (
+            visible is None or project_of(r.workflow) in visible)])
+
+    def _visible_projects(self, context: grpc.ServicerContext) -> set[str] | None:
+        """Projects whose runs the caller may list (None: all); denied if none."""
+        if not self.authz.enabled:
+            return None
+        who = self.authz.identify(context, "ListRuns")
+        if who is None:
+            self.authz.require(context, "ListRuns", ALL_PROJECTS)  # records and aborts
+        assert who is not None
+        visible = self.authz.watchable_projects(who)
+        if visible is not None and not visible:
+            self.authz.require(context, "ListRuns", ALL_PROJECTS, principal=who)  # records and aborts
+        return visible
 
     @store_errors_are_unavailable
     def WatchRun(self, request: pb.WatchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
         run = self._run_or_abort(request.run_id, context)
+        self.authz.require(context, "WatchRun", project_of(run.workflow))
         after = request.after_version
         deadline = time.monotonic() + WATCH_LIMIT_SECONDS
         while context.is_active() and time.monotonic() < deadline:
@@ -230,13 +298,16 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 
 
 class LedgerService(pb_grpc.LedgerServicer):
-    def __init__(self, app: LedgerApp, checkpoint_key: SigningKey | None,
+    def __init__(self, app: LedgerApp, checkpoint_key: SigningKey | None, authz: Authorizer,
                  export_key: SigningKey | None = None) -> None:
         self.app, self.checkpoint_key, self.export_key = app, checkpoint_key, export_key
+        self.authz = authz
         self.source = cast(StoreSource, app.source())
         self.projections = projection_runner(app)
 
-    def _stream(self, run_id: str, context: grpc.ServicerContext, field: str = "run_id") -> list[EntryRow]:
+    def _stream(self, run_id: str, context: grpc.ServicerContext, field: str = "run_id",
+                rpc: str = "GetReport") -> list[EntryRow]:
+        """A run's entries, once the caller is allowed ``rpc`` in the run's project."""
         try:
             stream_id = UUID(run_id)
         except ValueError:
@@ -244,6 +315,8 @@ class LedgerService(pb_grpc.LedgerServicer):
         rows = self.source.stream_entries(stream_id, 0)
         if not rows:
             abort(context, grpc.StatusCode.NOT_FOUND, f"no run {run_id}", field)
+        submitted = EntryContent.from_bytes(dsse.parse(rows[0].state or b"").payload)
+        self.authz.require(context, rpc, project_of(submitted.payload.get("workflow") or {}))
         return rows
 
     def _run_ref(self, request: pb.RunRef, context: grpc.ServicerContext) -> str:
@@ -260,7 +333,7 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     @store_errors_are_unavailable
     def ExportBundle(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Bundle:
-        rows = self._stream(self._run_ref(request, context), context)
+        rows = self._stream(self._run_ref(request, context), context, rpc="ExportBundle")
         if self.export_key is None or self.checkpoint_key is None:
             abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                   "this server holds no export or checkpoint key; use `qledger export-bundle`")
@@ -274,6 +347,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         """A run's lineage from its entries; an artifact's (ancestors and descendants, across
         runs) from the lineage projection, brought up to date first."""
         if request.artifact and not request.run_id:
+            self.authz.require(context, "GetLineage", ALL_PROJECTS)  # it may span projects
             self.projections.catch_up(["lineage"])
             try:
                 graph = self.projections.read("lineage", lambda db: artifact_lineage(db, request.artifact))
@@ -281,7 +355,7 @@ class LedgerService(pb_grpc.LedgerServicer):
                 abort(context, grpc.StatusCode.NOT_FOUND, str(exc), "artifact")
             prov = document_json(prov_document(graph.nodes, graph.relations))
         else:
-            rows = self._stream(self._run_ref(request, context), context)
+            rows = self._stream(self._run_ref(request, context), context, rpc="GetLineage")
             prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
         return pb.Lineage(prov_json=json.dumps(prov, sort_keys=True))
 
@@ -297,6 +371,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     @store_errors_are_unavailable
     def GetEntry(self, request: pb.GetEntryRequest,
                  context: grpc.ServicerContext) -> pb.LedgerEntry:
+        self.authz.require(context, "GetEntry", ALL_PROJECTS)
         row = self.source.entry_at(request.position)
         if row is None:
             abort(context, grpc.StatusCode.NOT_FOUND, f"no entry at position {request.position}",
@@ -306,6 +381,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     @store_errors_are_unavailable
     def StreamEntries(self, request: pb.StreamEntriesRequest,
                       context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
+        self.authz.require(context, "StreamEntries", ALL_PROJECTS)
         if request.from_position < 1 or request.limit < 0:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "from_position >= 1 and limit >= 0",
                   "from_position")
@@ -318,6 +394,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     @store_errors_are_unavailable
     def GetCheckpoint(self, request: pb.GetCheckpointRequest,
                       context: grpc.ServicerContext) -> pb.Checkpoint:
+        self.authz.require(context, "GetCheckpoint", ALL_PROJECTS)
         note = self.app.latest_checkpoint()
         if note is None or parse_note(note).checkpoint.tree_size < self.app.tree_size():
             if self.checkpoint_key is None:
@@ -338,6 +415,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     @store_errors_are_unavailable
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest,
                           context: grpc.ServicerContext) -> pb.InclusionProof:
+        self.authz.require(context, "GetInclusionProof", ALL_PROJECTS)
         p = self._proof(context, lambda: self.app.inclusion_proof(request.position,
                                                                   request.tree_size or None))
         return pb.InclusionProof(leaf_index=p["leaf_index"], tree_size=p["tree_size"],
@@ -348,6 +426,7 @@ class LedgerService(pb_grpc.LedgerServicer):
     @store_errors_are_unavailable
     def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest,
                             context: grpc.ServicerContext) -> pb.ConsistencyProof:
+        self.authz.require(context, "GetConsistencyProof", ALL_PROJECTS)
         p = self._proof(context, lambda: self.app.consistency_proof(request.first, request.second))
         return pb.ConsistencyProof(first=p["first"], second=p["second"],
                                    path=[bytes.fromhex(h) for h in p["consistency_path"]],

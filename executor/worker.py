@@ -13,6 +13,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -25,7 +27,7 @@ from executor.metrics import ExecutorMetrics
 from executor.pipeline import ExecutionContext, StepFailedError, run_steps
 from executor.queue import RunQueue
 from executor.run import TERMINAL, BackendBreaker, Run
-from executor.workflow import WorkflowError, parse_workflow
+from executor.workflow import WorkflowError, WorkflowSpec, parse_workflow
 from ledger.app import LedgerApp
 from ledger.keys import SigningKey
 
@@ -76,6 +78,8 @@ class Worker:
         self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
         self.ctx.on_breaker = self.record_breaker
         self.changes = Changes()
+        # (workflow name, run id) -> (candidate backend or None, fraction); set by the server.
+        self.canary: Callable[[str, str], tuple[str | None, float]] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -114,6 +118,23 @@ class Worker:
             except Exception:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
 
+    def _route(self, spec: WorkflowSpec, run_id: str) -> tuple[WorkflowSpec, dict[str, Any]]:
+        """Canary routing: the run's backend, and what to record of the choice (if a canary is set)."""
+        if self.canary is None:
+            return spec, {}
+        candidate, fraction = self.canary(spec.name, run_id)
+        if fraction == 0.0:
+            return spec, {}
+        routing = {"fraction": fraction, "baseline_backend": spec.backend, "candidate_backend": candidate,
+                   "variant": "baseline"}
+        if candidate is not None and candidate in self.ctx.catalog.names():
+            routing["variant"] = "candidate"
+            # The noise model of a noisy candidate is seeded like the run, and recorded here.
+            noise_seed = spec.noise_seed if spec.noise_seed is not None else spec.seed_simulator
+            routing["noise_seed"] = noise_seed
+            spec = replace(spec, backend=candidate, noise_seed=noise_seed)
+        return spec, routing
+
     def _load(self, run_id: UUID) -> Run:
         return cast(Run, self.app.repository.get(run_id))
 
@@ -128,14 +149,15 @@ class Worker:
         step = "workflow"
         renew_after = time.monotonic() + self.lease / 2
         try:
-            spec = parse_workflow(run.workflow, self.ctx.catalog.names())
+            spec, routing = self._route(parse_workflow(run.workflow, self.ctx.catalog.names()), str(run_id))
             for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
                 if index < len(run.steps):
                     self._check_replay(run, index, step, record)
                     continue
-                if index == 0:  # the queue time belongs to the run's first recorded step
+                if index == 0:  # the queue time and the routing belong to the run's first step
                     waited = datetime.now(UTC) - run.created_on
-                    record = {**record, "queue_ms": round(waited.total_seconds() * 1000, 3)}
+                    record = {**record, "queue_ms": round(waited.total_seconds() * 1000, 3),
+                              **({"routing": routing} if routing else {})}
                 run.record_step(principal=self.key.principal, step=step, record=record)
                 if record.get("kind") not in DURABLE_AFTER:
                     continue  # cheap to redo: saved together with the next durable step

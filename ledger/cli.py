@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from executor.cli_governance import register as register_governance
 from executor.cli_views import register as register_views
 from ledger import admin
 from ledger.app import DEFAULT_ORIGIN
@@ -279,7 +280,9 @@ def serve(store: StoreOption = None,
           client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates (mTLS)")]
           = None,
           metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")]
-          = None) -> None:
+          = None,
+          authorize: Annotated[bool, typer.Option(help="Authorise every call by role and project")]
+          = True) -> None:
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
     import signal
@@ -298,7 +301,8 @@ def serve(store: StoreOption = None,
             tls = TLSConfig.from_files(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
             exporter = keys.load(admin.EXPORTER) if keys.exists(admin.EXPORTER) else None
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
-                                   ExecutorSettings(workers=workers, metrics_port=metrics_port), tls=tls,
+                                   ExecutorSettings(workers=workers, metrics_port=metrics_port,
+                                                    authorize=authorize), tls=tls,
                                    export_key=exporter)
         except OSError as exc:
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
@@ -339,24 +343,29 @@ def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
         raise typer.Exit(1)
 
 
+AsCaller = Annotated[str, typer.Option("--as", help="Whose key signs the calls")]
+
+
 @runs_app.command("list")
 def runs_list(server: ServerOption = "127.0.0.1:50051",
-              limit: Annotated[int, typer.Option(min=1, max=1000)] = 50) -> None:
-    """The most recent runs, newest first: id, status, workflow, submitter."""
+              limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+              principal: AsCaller = "client") -> None:
+    """The most recent runs you may see, newest first: id, status, workflow, submitter."""
     from executor.client import list_runs
 
-    with grpc_errors():
-        runs = list_runs(server, limit)
+    with reported_errors(), grpc_errors():
+        runs = list_runs(server, limit, KeyStore.default().load(principal))
     for run in runs:
         typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by}")
 
 
 @runs_app.command("show")
-def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051") -> None:
+def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051",
+              principal: AsCaller = "client") -> None:
     from executor.client import get_run
 
-    with grpc_errors():
-        run = get_run(server, run_id)
+    with reported_errors(), grpc_errors():
+        run = get_run(server, run_id, KeyStore.default().load(principal))
     print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
                  "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
                  "version": run.version})
@@ -385,6 +394,7 @@ def bench_executor(store: StoreOption = None,
 
 
 register_views(app)
+register_governance(app)
 
 
 @bench_app.command("projections")

@@ -62,6 +62,8 @@ def service_factory(store_url: str, qledger_home: Path) -> Iterator[ServiceFacto
     started: list[tuple[grpc.Channel, RunningServer]] = []
 
     def make(catalog: BackendCatalog | None = None, export: bool = False, **settings: Any) -> Service:
+        # Authorisation has its own tests (test_authz); elsewhere the harness calls as nobody.
+        settings.setdefault("authorize", False)
         exporter = export_key(app, keys) if export else None
         running = start_server(app, executor_key, keys.load(CHECKPOINTER),
                                settings=ExecutorSettings(**settings), catalog=catalog, export_key=exporter)

@@ -33,6 +33,10 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
     app, _ = make_ledger(sqlite_store_url, qledger_home)
     executor_key = KeyStore(qledger_home).load_or_create("executor-1")
     app.register_key("root", "executor-1", executor_key.public, "executor")
+    granted = qledger(qledger_home, "roles", "grant", "alice", "submitter", "--store", sqlite_store_url)
+    assert granted.returncode == 0, granted.stderr
+    KeyStore(qledger_home).load_or_create("bob")
+    assert qledger(qledger_home, "keys", "add", "bob", "--store", sqlite_store_url).returncode == 0
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "ledger.cli", "serve", "--store", sqlite_store_url,
@@ -47,17 +51,23 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
         assert done.returncode == 0, done.stderr
         assert "StepRecorded" in done.stdout and done.stdout.strip().endswith("completed")
         run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
-        shown = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}")
+        shown = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
+                        "--as", "alice")
         assert '"status": "completed"' in shown.stdout
         # The same workflow in YAML is the same definition: same hash, so it is accepted.
         done = qledger(qledger_home, "submit", str(WORKFLOWS / "ghz_noisy.yaml"), "--server",
                        f"127.0.0.1:{port}", "--as", "alice", "--wait", "--idempotency-key", "ghz-1")
         assert done.returncode == 0 and done.stdout.strip().endswith("completed"), done.stderr
-        listed = qledger(qledger_home, "runs", "list", "--server", f"127.0.0.1:{port}")
+        listed = qledger(qledger_home, "runs", "list", "--server", f"127.0.0.1:{port}", "--as", "alice")
         lines = listed.stdout.strip().splitlines()
         assert len(lines) == 2 and "ghz-noisy" in lines[0] and lines[1].startswith(run_id)
-        missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}")
+        missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}",
+                          "--as", "alice")
         assert missing.returncode == 2 and missing.stderr.startswith("qledger: INVALID_ARGUMENT")
+        # A registered key with no role: identified, and refused (every call is authorised).
+        denied = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
+                         "--as", "bob")
+        assert denied.returncode == 2 and denied.stderr.startswith("qledger: PERMISSION_DENIED")
     finally:
         server.terminate()
         server.wait(timeout=30)

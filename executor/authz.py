@@ -1,0 +1,189 @@
+"""Who is calling, and may they: identity from a client certificate or a signing key, roles
+and projects from the ledger's governance entries, every denial recorded as an entry.
+
+Identity is never a field the caller fills in.  It is, in order: the signer of the command
+(SubmitWorkflow, RerunWorkflow, CancelRun carry signed commands); the common name of a
+verified client certificate (mutual TLS); or a per-call signature in metadata by a key the
+ledger has registered (``qledger-principal``, ``qledger-key-id``, ``qledger-time``,
+``qledger-signature`` over ``qledger-call-v1 \\n method \\n time``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, NoReturn, cast
+
+import grpc
+from eventsourcing.persistence import PersistenceError
+
+from executor.errors import abort
+from executor.governance import ALL_PROJECTS, ROLES, ROOT, AuditEvent, Governance, Policy
+from ledger.app import LedgerApp
+from ledger.keys import SigningKey
+
+log = logging.getLogger("qledger.authz")
+SERVICE_PREFIX = "/qledger.v1."
+CALL_CONTEXT = "qledger-call-v1"
+MAX_CALL_SKEW_SECONDS = 300
+
+# RPC -> what it does, and which roles may do that (in the run's project where there is one).
+ACTIONS = {
+    "SubmitWorkflow": "submit", "RerunWorkflow": "submit", "CancelRun": "cancel",
+    "GetRun": "watch", "WatchRun": "watch", "ListRuns": "watch",
+    "GetCheckpoint": "checkpoint",
+    "GetEntry": "read", "StreamEntries": "read", "GetInclusionProof": "read", "GetConsistencyProof": "read",
+    "ExportBundle": "audit", "GetLineage": "audit", "GetReport": "audit",
+}
+ALLOWED = {
+    "submit": frozenset({"submitter", "admin"}),
+    "cancel": frozenset({"submitter", "admin"}),
+    "watch": frozenset({"submitter", "approver", "auditor", "admin"}),
+    "checkpoint": frozenset(ROLES),  # every client needs the ledger's origin and root
+    "read": frozenset({"auditor", "admin"}),
+    "audit": frozenset({"auditor", "admin"}),
+}
+
+
+EXECUTOR_RPCS = frozenset({"SubmitWorkflow", "RerunWorkflow", "CancelRun", "GetRun", "WatchRun", "ListRuns"})
+
+
+def full_method(rpc: str) -> str:
+    """The path gRPC calls an RPC by, which is what a call signature covers."""
+    return f"{SERVICE_PREFIX}{'Executor' if rpc in EXECUTOR_RPCS else 'Ledger'}/{rpc}"
+
+
+def call_message(method: str, issued: str) -> bytes:
+    return f"{CALL_CONTEXT}\n{method}\n{issued}".encode()
+
+
+def call_metadata(key: SigningKey, method: str) -> list[tuple[str, str]]:
+    issued = datetime.now(UTC).isoformat()
+    return [("qledger-principal", key.principal), ("qledger-key-id", key.key_id), ("qledger-time", issued),
+            ("qledger-signature", base64.b64encode(key.sign(call_message(method, issued))).decode())]
+
+
+class SigningInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Client side: sign every call with ``key`` so the server knows who is asking."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+
+    def _signed(self, details: Any) -> Any:
+        metadata = list(details.metadata or []) + call_metadata(self.key, details.method)
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            getattr(details, "wait_for_ready", None), getattr(details, "compression", None))
+
+    def intercept_unary_unary(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._signed(details), request)
+
+    def intercept_unary_stream(self, continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+        return continuation(self._signed(details), request)
+
+
+class _CallDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    def __init__(self, method: str, timeout: float | None, metadata: Sequence[tuple[str, str]],
+                 credentials: Any, wait_for_ready: bool | None, compression: Any) -> None:
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def signed_channel(channel: grpc.Channel, key: SigningKey | None) -> grpc.Channel:
+    return channel if key is None else grpc.intercept_channel(channel, SigningInterceptor(key))
+
+
+class PolicyCache:
+    """The governance policy, re-read only when its stream has a new version."""
+
+    def __init__(self, app: LedgerApp) -> None:
+        self.app = app
+        self._version = -1
+        self._policy = Policy()
+
+    def current(self) -> Policy:
+        origin = self.app.origin
+        if origin is None:
+            return self._policy
+        stream = Governance.create_id(origin)
+        latest = self.app.recorder.select_events(stream, desc=True, limit=1)
+        version = latest[0].originator_version if latest else 0
+        if version != self._version:
+            governance = cast(Governance, self.app.repository.get(stream)) if version else None
+            self._policy, self._version = Policy.of(governance), version
+        return self._policy
+
+
+class Authorizer:
+    def __init__(self, app: LedgerApp, recorder_principal: str, enabled: bool) -> None:
+        self.app, self.recorder_principal, self.enabled = app, recorder_principal, enabled
+        self.policies = PolicyCache(app)
+
+    def identify(self, context: grpc.ServicerContext, method: str) -> str | None:
+        """The caller's principal from its certificate or its call signature; None if neither."""
+        names = (context.auth_context() or {}).get("x509_common_name")
+        if names:
+            return bytes(names[0]).decode()
+        metadata = dict(context.invocation_metadata() or ())
+        principal, key_id = metadata.get("qledger-principal"), metadata.get("qledger-key-id")
+        issued, signature = metadata.get("qledger-time"), metadata.get("qledger-signature")
+        if not (principal and key_id and issued and signature):
+            return None
+        try:
+            moment = datetime.fromisoformat(str(issued))
+            raw = base64.b64decode(str(signature), validate=True)
+        except (ValueError, binascii.Error):
+            return None
+        if moment.tzinfo is None or abs((datetime.now(UTC) - moment).total_seconds()) > MAX_CALL_SKEW_SECONDS:
+            return None
+        key = self.app.ledger.key_record(str(key_id))
+        if key is None or key.revoked_at is not None or key.principal != principal:
+            return None
+        if not key.public.verify(raw, call_message(full_method(method), str(issued))):
+            return None
+        return str(principal)
+
+    def require(self, context: grpc.ServicerContext, method: str, project: str,
+                principal: str | None = None) -> str:
+        """The caller's principal if it may call ``method`` in ``project``; else abort (and
+        record the denial).  ``principal`` is the signer of a command the call carries."""
+        who = principal or self.identify(context, method)
+        if not self.enabled:
+            return who or ""
+        if who is None:
+            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, project,
+                       "no client certificate and no valid call signature")
+        if not self.allowed(who, method, project):
+            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, who, method, project,
+                       f"{who} has no role that may {ACTIONS[method]} in project {project!r}")
+        return who
+
+    def allowed(self, who: str, method: str, project: str) -> bool:
+        policy = self.policies.current()
+        if ACTIONS[method] == "checkpoint":  # not project data: any role in any project will do
+            return who == ROOT or bool(policy.roles.get(who))
+        return bool(policy.roles_of(who, project) & ALLOWED[ACTIONS[method]])
+
+    def watchable_projects(self, who: str) -> set[str] | None:
+        """Projects whose runs ``who`` may see; None for all."""
+        if not self.enabled:
+            return None
+        policy = self.policies.current()
+        scopes = set().union(*(policy.projects_of(who, role) for role in ALLOWED["watch"]))
+        return None if ALL_PROJECTS in scopes else scopes
+
+    def record(self, kind: str, subject: str, action: str, project: str, reason: str) -> None:
+        """An audit entry signed by this executor; a store outage must not hide the refusal."""
+        try:
+            self.app.save(AuditEvent(principal=self.recorder_principal, kind=kind, subject=subject,
+                                     action=action, project=project, reason=reason))
+        except PersistenceError as exc:
+            # The caller still gets its status; a store outage has its own alarms.
+            log.error("could not record %s of %s on %s: %s", kind, subject, action, exc)
+
+    def _deny(self, context: grpc.ServicerContext, code: grpc.StatusCode, who: str, method: str,
+              project: str, reason: str) -> NoReturn:
+        self.record("access_denied", who, method, project, reason)
+        abort(context, code, reason)

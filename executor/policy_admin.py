@@ -1,0 +1,139 @@
+"""Changing governance: each function appends one entry signed by the acting principal, after
+checking that principal may make the change."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from executor.governance import (
+    ALL_PROJECTS,
+    ROLES,
+    Governance,
+    GovernanceError,
+    Policy,
+    project_of,
+)
+from executor.lineage_index import RunFilter, find_runs
+from executor.projections import projection_runner
+from executor.report import compare, run_facts
+from executor.workflow import BACKENDS, parse_workflow, workflow_sha256
+from ledger.app import LedgerApp
+from ledger.keys import SigningKey
+
+REPRODUCED = ("reproduced exactly", "within tolerance")
+
+
+def load(app: LedgerApp) -> Governance | None:
+    try:
+        return cast(Governance, app.repository.get(Governance.create_id(app.require_origin())))
+    except AggregateNotFoundError:
+        return None
+
+
+def policy(app: LedgerApp) -> Policy:
+    return Policy.of(load(app))
+
+
+def _for_change(app: LedgerApp, actor: SigningKey, needs: str, project: str) -> Governance:
+    app.add_signer(actor)
+    governance = load(app)
+    if needs not in Policy.of(governance).roles_of(actor.principal, project):
+        raise GovernanceError(f"{actor.principal} is not {needs} of project {project!r}")
+    if governance is None:
+        governance = Governance(principal=actor.principal, origin=app.require_origin())
+    return governance
+
+
+def grant_role(app: LedgerApp, admin: SigningKey, subject: str, role: str, project: str,
+               revoke: bool = False) -> None:
+    if role not in ROLES:
+        raise GovernanceError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    governance = _for_change(app, admin, "admin", project)
+    if revoke:
+        governance.revoke_role(principal=admin.principal, subject=subject, role=role, project=project)
+    else:
+        governance.grant_role(principal=admin.principal, subject=subject, role=role, project=project)
+    app.save(governance)
+
+
+def set_quota(app: LedgerApp, admin: SigningKey, project: str, shots: int | None, runs: int | None,
+              executor_seconds: float | None, warn_at: float) -> None:
+    if not 0 < warn_at <= 1:
+        raise GovernanceError("--warn-at is a fraction of the budget, in (0, 1]")
+    if any(v is not None and v < 0 for v in (shots, runs, executor_seconds)):
+        raise GovernanceError("budgets are not negative")
+    governance = _for_change(app, admin, "admin", project)
+    governance.set_quota(principal=admin.principal, project=project, shots=shots, runs=runs,
+                         executor_seconds=executor_seconds, warn_at=warn_at)
+    app.save(governance)
+
+
+def restrict_backend(app: LedgerApp, admin: SigningKey, backend: str, restricted: bool = True) -> None:
+    governance = _for_change(app, admin, "admin", ALL_PROJECTS)
+    governance.restrict_backend(principal=admin.principal, backend=backend, restricted=restricted)
+    app.save(governance)
+
+
+def set_canary(app: LedgerApp, admin: SigningKey, workflow: str, candidate: str | None,
+               fraction: float) -> None:
+    if not 0 <= fraction <= 1:
+        raise GovernanceError("the canary fraction is in [0, 1]")
+    governance = _for_change(app, admin, "admin", ALL_PROJECTS)
+    governance.set_canary(principal=admin.principal, workflow=workflow, candidate_backend=candidate,
+                          fraction=fraction)
+    app.save(governance)
+
+
+def approve(app: LedgerApp, approver: SigningKey, definition: dict[str, Any], author: str,
+            rationale: str) -> str:
+    """Approve this exact workflow definition; returns its sha256.
+
+    Refused for the definition's own author, without a rationale, and unless the template's
+    last run (same name and version) completed and a rerun of it reproduced it.
+    """
+    # The backend may be one this machine does not run (real hardware): any name is valid here.
+    named = definition.get("execute", {}) if isinstance(definition.get("execute"), dict) else {}
+    spec = parse_workflow(definition, BACKENDS | {str(named.get(k)) for k in ("backend", "fallback_backend")})
+    project = project_of(definition)
+    if approver.principal == author:
+        raise GovernanceError(f"{author} may not approve their own workflow (self-approval)")
+    if not rationale.strip():
+        raise GovernanceError("an approval needs a rationale")
+    governance = _for_change(app, approver, "approver", project)
+    evidence = promotion_evidence(app, spec.name, spec.version)
+    sha = workflow_sha256(definition)
+    governance.approve(principal=approver.principal, workflow_sha256=sha, name=spec.name,
+                       version=spec.version, project=project, author=author,
+                       rationale=f"{rationale.strip()} [evidence: {evidence}]")
+    app.save(governance)
+    return sha
+
+
+def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
+    """Why the template may be promoted: its last run completed and its rerun reproduced it."""
+    runner = projection_runner(app)
+    runner.ensure_tables()
+    runner.catch_up(["lineage"])
+    runs = runner.read("lineage", lambda db: find_runs(db, RunFilter(workflow=name, limit=1000)))
+    source = app.source()
+    facts = {}
+    for run in runs:
+        rows = source.stream_entries(UUID(run["run_id"]), 0)  # type: ignore[attr-defined]
+        facts[run["run_id"]] = run_facts([r.state for r in rows])
+    originals = [r for r in runs if r["status"] == "completed"
+                 and facts[r["run_id"]]["workflow"].get("version") == version]
+    for original in originals:  # newest first
+        for rerun in runs:
+            rerun_of = facts[rerun["run_id"]].get("rerun_of")
+            if rerun_of == original["run_id"] and rerun["status"] == "completed":
+                verdict = compare(facts[original["run_id"]], facts[rerun["run_id"]])["verdict"]
+                if verdict in REPRODUCED:
+                    return f"run {original['run_id']} {verdict} by rerun {rerun['run_id']}"
+                raise GovernanceError(f"the last rerun of {name} v{version} {verdict}: not promotable")
+        raise GovernanceError(f"run {original['run_id']} of {name} v{version} has no completed rerun; "
+                              "rerun it (`qledger report RUN --rerun`) before promotion")
+    raise GovernanceError(f"{name} v{version} has no completed run yet: run and rerun it on a "
+                          "simulator first")
