@@ -14,9 +14,11 @@ from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.backends import AerIdealBackend
 from executor.commands import submit_command
 from executor.demo_workflow import BELL
+from executor.governance import DEFAULT_PROJECT
+from executor.policy_admin import grant_role
 from executor.server import ExecutorSettings, client_channel, start_server
 from executor.workflow import parse_workflow
-from ledger.admin import CHECKPOINTER, add_key, init_store, open_admin_app
+from ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
 from ledger.bench import _bench_store
 from ledger.keys import KeyStore
 
@@ -47,11 +49,12 @@ def run_executor_bench(base: str | None, runs: int, clients: int = 16) -> None:
         app = open_admin_app(url, keys)
         init_store(app, keys)
         client = add_key(app, keys, "bench-client", "client")
+        grant_role(app, keys.load(ROOT), "bench-client", "submitter", DEFAULT_PROJECT)
         executor_key = add_key(app, keys, "executor-1", "executor")
         running = start_server(app, executor_key, keys.load(CHECKPOINTER),
                                settings=ExecutorSettings(workers=4, poll_seconds=0.05, max_pending=10**6))
         try:
-            with client_channel(running.address) as channel:
+            with client_channel(running.address, signer=client) as channel:  # authorised, as in production
                 stub = pb_grpc.ExecutorStub(channel)
                 origin = app.require_origin()
 

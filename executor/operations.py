@@ -71,6 +71,7 @@ class OperationsProjection(Projection):
         if record.get("kind") == "report" and record.get("total_variation_distance") is not None:
             # Distance from the ideal distribution: the quality a canary is compared on.
             run["tvd"] = record["total_variation_distance"]
+        if record.get("kind") == "transpilation":
             run["depth"] = record.get("depth")
             run["gate_count"] = sum(record.get("gate_counts", {}).values())
         if record.get("kind") == "execution":

@@ -28,7 +28,7 @@ def test_bench_projections(store_url: str, tmp_path: Path) -> None:
     base = store_url.split("?")[0]
     out = bench(tmp_path, "projections", "--store", base, "--entries", "2000")
     rates = figures(out, r"rebuild \w+ +\d+ entries in +[\d.]+s +([\d,]+) entries/s")
-    assert len(rates) == 2 and all(r > 0 for r in rates)
+    assert len(rates) == 3 and all(r > 0 for r in rates)  # lineage, operations, usage
     assert "lineage query: ancestors of a result" in out
     export_ms = figures(out, r"export +([\d.]+) ms")
     assert len(export_ms) == 2 and "large/small ledger: export x" in out

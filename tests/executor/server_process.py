@@ -23,7 +23,9 @@ def main() -> None:
     app = LedgerApp(store, create_tables=False)
     catalog = BackendCatalog({"slow": ("aer_ideal", FaultConfig(latency_seconds=latency))})
     running = start_server(app, keys.load("executor-1"), keys.load(CHECKPOINTER),
-                           settings=ExecutorSettings(workers=2, lease_seconds=1.5, poll_seconds=0.1),
+                           # Crash and scale-out are tested here; authorisation in test_authz.
+                           settings=ExecutorSettings(workers=2, lease_seconds=1.5, poll_seconds=0.1,
+                                                     authorize=False),
                            catalog=catalog)
     print(f"port {running.port}", flush=True)
     threading.Event().wait()

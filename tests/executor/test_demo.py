@@ -19,7 +19,8 @@ from ledger.cli import app as cli
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["demo", "--workdir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "verify store: OK, 12 entries" in result.output
+    # 12, plus three governance entries: its creation and demo-client's two role grants
+    assert "verify store: OK, 15 entries" in result.output
     assert "inclusion of the last entry: proven" in result.output
     assert "lineage bundle" in result.output and ": VALID offline (13 entries" in result.output
     assert "verify exported log" in result.output and result.output.count(": OK") == 2

@@ -14,8 +14,10 @@ from cryptography.x509.oid import NameOID
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.governance import ALL_PROJECTS
+from executor.policy_admin import grant_role
 from executor.server import PlaintextRefusedError, TLSConfig, client_channel, start_server
-from ledger.admin import CHECKPOINTER
+from ledger.admin import CHECKPOINTER, ROOT
 from ledger.keys import KeyStore
 from tests.ledger.helpers import make_ledger
 
@@ -49,6 +51,8 @@ def test_mutual_tls(sqlite_store_url: str, qledger_home: Path) -> None:
     ca_cert, _, ca_name, ca_key = issue("qledger test CA", None, ca=True)
     server_cert, server_key, _, _ = issue("localhost", (ca_name, ca_key))
     client_cert, client_key, _, _ = issue("alice", (ca_name, ca_key))
+    carol_cert, carol_key, _, _ = issue("carol", (ca_name, ca_key))  # a valid certificate, no role
+    grant_role(app, keys.load(ROOT), "alice", "auditor", ALL_PROJECTS)
     rogue_ca_cert, _, rogue_name, rogue_key = issue("rogue CA", None, ca=True)
     rogue_cert, rogue_key_pem, _, _ = issue("mallory", (rogue_name, rogue_key))
     running = start_server(app, executor_key, keys.load(CHECKPOINTER), listen="127.0.0.1:0",
@@ -57,7 +61,12 @@ def test_mutual_tls(sqlite_store_url: str, qledger_home: Path) -> None:
     request = pb.GetEntryRequest(position=1)
     try:
         with client_channel(address, ca_cert, client_cert, client_key, "localhost") as channel:
+            # Identified by the certificate's common name, authorised by alice's auditor role.
             assert pb_grpc.LedgerStub(channel).GetEntry(request, timeout=10).position == 1
+        with client_channel(address, ca_cert, carol_cert, carol_key, "localhost") as channel, \
+                pytest.raises(grpc.RpcError) as caught:
+            pb_grpc.LedgerStub(channel).GetEntry(request, timeout=10)
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
         for cert, key in ((None, None), (rogue_cert, rogue_key_pem)):
             with client_channel(address, ca_cert, cert, key, "localhost") as channel, \
                     pytest.raises(grpc.RpcError) as caught:
