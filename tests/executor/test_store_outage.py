@@ -37,7 +37,8 @@ def test_store_down_is_unavailable(pg_store_url: str, qledger_home: Path) -> Non
     service_url = server_url.replace("postgres@", f"{role}@", 1) + f"?schema={schema}&connect_timeout=1"
     app = LedgerApp(service_url, create_tables=False)
     # The outage is what is tested: calls come from nobody, so authorisation is off here.
-    running = start_server(app, executor_key, keys.load(CHECKPOINTER), settings=ExecutorSettings(authorize=False))
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER),
+                           settings=ExecutorSettings(authorize=False))
     try:
         with client_channel(running.address) as channel:
             stub = pb_grpc.ExecutorStub(channel)
