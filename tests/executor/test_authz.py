@@ -1,0 +1,160 @@
+"""The role matrix: every RPC called by every role, over a real socket, allowed or denied as
+specified, and every denial recorded as a signed ledger entry."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from executor.api import qledger_pb2 as pb
+from executor.api import qledger_pb2_grpc as pb_grpc
+from executor.authz import ACTIONS, call_metadata
+from executor.commands import cancel_command, submit_command
+from executor.demo_workflow import BELL
+from executor.governance import ALL_PROJECTS, AuditEvent
+from executor.policy_admin import grant_role
+from executor.server import client_channel
+from ledger import dsse
+from ledger.admin import ROOT, add_key
+from ledger.content import EntryContent
+from ledger.keys import KeyStore, SigningKey
+from tests.executor.conftest import Service, ServiceFactory
+
+ALPHA = {**BELL, "project": "alpha"}
+# who -> (role, project) grants; "nobody" has a registered key and no role.
+PRINCIPALS = {
+    "sub": [("submitter", "alpha")], "beta-sub": [("submitter", "beta")], "appr": [("approver", "alpha")],
+    "aud": [("auditor", ALL_PROJECTS)], "adm": [("admin", ALL_PROJECTS)], "nobody": [],
+}
+ANYONE_WITH_A_ROLE = {"sub", "beta-sub", "appr", "aud", "adm"}
+WATCHERS = {"sub", "appr", "aud", "adm"}  # of project alpha
+EXPECTED = {  # RPC -> who may call it on project alpha's run
+    "SubmitWorkflow": {"sub", "adm"}, "RerunWorkflow": {"sub", "adm"}, "CancelRun": {"sub", "adm"},
+    "GetRun": WATCHERS, "WatchRun": WATCHERS, "ListRuns": WATCHERS | {"beta-sub"},
+    "GetCheckpoint": ANYONE_WITH_A_ROLE,
+    "GetEntry": {"aud", "adm"}, "StreamEntries": {"aud", "adm"}, "GetInclusionProof": {"aud", "adm"},
+    "GetConsistencyProof": {"aud", "adm"},
+    "ExportBundle": {"aud", "adm"}, "GetLineage": {"aud", "adm"}, "GetReport": {"aud", "adm"},
+}
+
+
+def audit_entries(service: Service) -> list[dict[str, Any]]:
+    from eventsourcing.utils import get_topic
+
+    rows = service.app.recorder.select_notifications(
+        start=None, limit=10000, topics=[get_topic(AuditEvent.Observed)])  # type: ignore[attr-defined]
+    return [EntryContent.from_bytes(dsse.parse(r.state).payload).to_json() for r in rows]
+
+
+Governed = tuple[Service, dict[str, SigningKey], str]
+
+
+@pytest.fixture
+def governed(service_factory: ServiceFactory) -> Governed:
+    service = service_factory(export=True, authorize=True)
+    keys = KeyStore(service.home)
+    root = keys.load(ROOT)
+    signers = {}
+    for name, grants in PRINCIPALS.items():
+        signers[name] = add_key(service.app, keys, name, "client")
+        for role, project in grants:
+            grant_role(service.app, root, name, role, project)
+    command = submit_command(signers["sub"], service.origin, ALPHA, "baseline")
+    with client_channel(service.running.address, signer=signers["sub"]) as channel:
+        run_id = pb_grpc.ExecutorStub(channel).SubmitWorkflow(pb.SubmitWorkflowRequest(
+            command=pb.SignedEnvelope(envelope=command)), timeout=30).run.run_id
+        list(pb_grpc.ExecutorStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60))
+    return service, signers, run_id
+
+
+def calls(origin: str, key: SigningKey, run_id: str) -> dict[str, Callable[[Any, Any], Any]]:
+    """One call of each RPC, as ``key`` would make it, on project alpha's run."""
+    def command(rerun: bool = False) -> pb.SignedEnvelope:
+        return pb.SignedEnvelope(envelope=submit_command(key, origin, ALPHA, str(uuid.uuid4()),
+                                                         rerun_of=run_id if rerun else None))
+    return {
+        "SubmitWorkflow": lambda ex, _: ex.SubmitWorkflow(pb.SubmitWorkflowRequest(command=command())),
+        "RerunWorkflow": lambda ex, _: ex.RerunWorkflow(pb.RerunWorkflowRequest(run_id=run_id,
+                                                                                command=command(True))),
+        "CancelRun": lambda ex, _: ex.CancelRun(pb.CancelRunRequest(command=pb.SignedEnvelope(
+            envelope=cancel_command(key, origin, run_id, "matrix")))),
+        "GetRun": lambda ex, _: ex.GetRun(pb.GetRunRequest(run_id=run_id)),
+        "WatchRun": lambda ex, _: list(ex.WatchRun(pb.WatchRunRequest(run_id=run_id))),
+        "ListRuns": lambda ex, _: ex.ListRuns(pb.ListRunsRequest(limit=10)),
+        "GetCheckpoint": lambda _, lg: lg.GetCheckpoint(pb.GetCheckpointRequest()),
+        "GetEntry": lambda _, lg: lg.GetEntry(pb.GetEntryRequest(position=1)),
+        "StreamEntries": lambda _, lg: list(lg.StreamEntries(pb.StreamEntriesRequest(from_position=1,
+                                                                                      limit=3))),
+        "GetInclusionProof": lambda _, lg: lg.GetInclusionProof(pb.GetInclusionProofRequest(position=1)),
+        "GetConsistencyProof": lambda _, lg: lg.GetConsistencyProof(pb.GetConsistencyProofRequest(
+            first=1, second=2)),
+        "ExportBundle": lambda _, lg: lg.ExportBundle(pb.RunRef(run_id=run_id)),
+        "GetLineage": lambda _, lg: lg.GetLineage(pb.RunRef(run_id=run_id)),
+        "GetReport": lambda _, lg: lg.GetReport(pb.GetReportRequest(run_id=run_id)),
+    }
+
+
+def test_every_rpc_by_every_role(governed: Governed) -> None:
+    service, signers, run_id = governed
+    assert set(EXPECTED) == set(ACTIONS), "the matrix covers every RPC"
+    denials = []
+    for who, key in signers.items():
+        with client_channel(service.running.address, signer=key) as channel:
+            executor, ledger = pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel)
+            for rpc, call in calls(service.origin, key, run_id).items():
+                try:
+                    call(executor, ledger)
+                    outcome = "allowed"
+                except grpc.RpcError as exc:
+                    code = exc.code()  # type: ignore[attr-defined]
+                    assert code == grpc.StatusCode.PERMISSION_DENIED, (who, rpc, exc.details())  # type: ignore[attr-defined]
+                    outcome = "denied"
+                    denials.append((who, rpc))
+                assert outcome == ("allowed" if who in EXPECTED[rpc] else "denied"), (who, rpc)
+    recorded = [(e["payload"]["subject"], e["payload"]["action"]) for e in audit_entries(service)
+                if e["payload"]["kind"] == "access_denied"]
+    assert sorted(recorded) == sorted(denials)
+    for entry in audit_entries(service):
+        assert entry["principal"] == "executor-1" and entry["timestamp"]  # who recorded it, and when
+
+
+def test_list_runs_shows_only_visible_projects(governed: Governed) -> None:
+    service, signers, run_id = governed
+    with client_channel(service.running.address, signer=signers["beta-sub"]) as channel:
+        assert list(pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest()).runs) == []
+    with client_channel(service.running.address, signer=signers["aud"]) as channel:
+        listed = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest()).runs
+        assert [r.run_id for r in listed] == [run_id]
+
+
+def test_identity_is_never_a_field_the_caller_sets(governed: Governed) -> None:
+    service, signers, run_id = governed
+    request = pb.GetRunRequest(run_id=run_id)
+    with client_channel(service.running.address) as channel:
+        stub = pb_grpc.ExecutorStub(channel)
+        with pytest.raises(grpc.RpcError) as anonymous:
+            stub.GetRun(request, timeout=10)
+        assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        # Claiming to be "adm" without adm's key: the signature is by nobody's key.
+        forged = [(k, "adm" if k == "qledger-principal" else v)
+                  for k, v in call_metadata(signers["nobody"], "/qledger.v1.Executor/GetRun")]
+        with pytest.raises(grpc.RpcError) as claimed:
+            stub.GetRun(request, metadata=forged, timeout=10)
+        assert claimed.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        # A signature for another method does not carry over.
+        other = call_metadata(signers["adm"], "/qledger.v1.Executor/ListRuns")
+        with pytest.raises(grpc.RpcError) as replayed:
+            stub.GetRun(request, metadata=other, timeout=10)
+        assert replayed.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    # A revoked key identifies no one any more.
+    service.app.revoke_key(ROOT, signers["adm"].key_id, "rotated")
+    with client_channel(service.running.address, signer=signers["adm"]) as channel, \
+            pytest.raises(grpc.RpcError) as revoked:
+        pb_grpc.ExecutorStub(channel).GetRun(request, timeout=10)
+    assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    kinds = [(e["payload"]["subject"], e["payload"]["kind"]) for e in audit_entries(service)]
+    assert kinds.count(("anonymous", "access_denied")) == 4
