@@ -123,17 +123,15 @@ def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
     for run in runs:
         rows = source.stream_entries(UUID(run["run_id"]), 0)  # type: ignore[attr-defined]
         facts[run["run_id"]] = run_facts([r.state for r in rows])
-    originals = [r for r in runs if r["status"] == "completed"
-                 and facts[r["run_id"]]["workflow"].get("version") == version]
-    for original in originals:  # newest first
-        for rerun in runs:
-            rerun_of = facts[rerun["run_id"]].get("rerun_of")
-            if rerun_of == original["run_id"] and rerun["status"] == "completed":
-                verdict = compare(facts[original["run_id"]], facts[rerun["run_id"]])["verdict"]
-                if verdict in REPRODUCED:
-                    return f"run {original['run_id']} {verdict} by rerun {rerun['run_id']}"
-                raise GovernanceError(f"the last rerun of {name} v{version} {verdict}: not promotable")
-        raise GovernanceError(f"run {original['run_id']} of {name} v{version} has no completed rerun; "
-                              "rerun it (`qledger report RUN --rerun`) before promotion")
-    raise GovernanceError(f"{name} v{version} has no completed run yet: run and rerun it on a "
-                          "simulator first")
+    status = {r["run_id"]: r["status"] for r in runs}
+    for rerun in runs:  # newest first: the latest reproduction check of this template decides
+        original = facts[rerun["run_id"]].get("rerun_of")
+        if (rerun["status"] != "completed" or original not in facts or status[original] != "completed"
+                or facts[original]["workflow"].get("version") != version):
+            continue
+        verdict = compare(facts[original], facts[rerun["run_id"]])["verdict"]
+        if verdict in REPRODUCED:
+            return f"run {original} {verdict} by rerun {rerun['run_id']}"
+        raise GovernanceError(f"the last rerun of {name} v{version} {verdict}: not promotable")
+    raise GovernanceError(f"{name} v{version} has no completed run reproduced by a rerun: run it on a "
+                          "simulator and rerun it (`qledger report RUN --rerun`) first")
