@@ -82,7 +82,8 @@ class ExecutorSettings:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     breaker_threshold: int = 3
     breaker_cooldown: float = 10.0
-    metrics_port: int | None = None  # Prometheus endpoint on loopback (0: any free port)
+    metrics_port: int | None = None  # Prometheus endpoint (0: any free port)
+    metrics_address: str = "127.0.0.1"  # a container sets 0.0.0.0 for its scraper
     projection_poll_seconds: float = 2.0  # PostgreSQL also wakes them by NOTIFY
     # Every call authorised by role and project (governance entries); off only for harnesses
     # that test something else.
@@ -154,7 +155,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     server.start()
     worker.start()
     follower.start()
-    metrics = worker.metrics.serve(settings.metrics_port) if settings.metrics_port is not None else None
+    metrics = (worker.metrics.serve(settings.metrics_port, settings.metrics_address)
+               if settings.metrics_port is not None else None)
     return RunningServer(server, port, worker, metrics, follower)
 
 

@@ -271,17 +271,29 @@ def grpc_errors() -> Iterator[None]:
 
 @app.command()
 def serve(store: StoreOption = None,
-          listen: Annotated[str, typer.Option(help="Loopback host:port to listen on")] = "127.0.0.1:50051",
-          workers: Annotated[int, typer.Option(min=1, help="Runs executed at once")] = 2,
-          executor: Annotated[str, typer.Option(help="Principal whose key signs execution events")]
+          listen: Annotated[str, typer.Option(envvar="QLEDGER_LISTEN",
+                                              help="host:port (plaintext: loopback only)")]
+          = "127.0.0.1:50051",
+          workers: Annotated[int, typer.Option(min=0, envvar="QLEDGER_WORKERS",
+                                               help="Runs executed at once (0: ledger API only)")] = 2,
+          executor: Annotated[str, typer.Option(envvar="QLEDGER_EXECUTOR",
+                                                help="Principal whose key signs execution events")]
           = "executor-1",
-          tls_cert: Annotated[Path | None, typer.Option(help="Server certificate (PEM)")] = None,
-          tls_key: Annotated[Path | None, typer.Option(help="Server private key (PEM)")] = None,
-          client_ca: Annotated[Path | None, typer.Option(help="CA for client certificates (mTLS)")]
+          tls_cert: Annotated[Path | None, typer.Option(envvar="QLEDGER_TLS_CERT",
+                                                        help="Server certificate (PEM)")] = None,
+          tls_key: Annotated[Path | None, typer.Option(envvar="QLEDGER_TLS_KEY",
+                                                       help="Server private key (PEM)")] = None,
+          client_ca: Annotated[Path | None, typer.Option(envvar="QLEDGER_CLIENT_CA",
+                                                         help="CA for client certificates (mTLS)")]
           = None,
-          metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port")]
+          metrics_port: Annotated[int | None, typer.Option(envvar="QLEDGER_METRICS_PORT",
+                                                           help="Serve Prometheus metrics on this port")]
           = None,
-          authorize: Annotated[bool, typer.Option(help="Authorise every call by role and project")]
+          metrics_address: Annotated[str, typer.Option(envvar="QLEDGER_METRICS_ADDRESS",
+                                                       help="Address the metrics endpoint binds")]
+          = "127.0.0.1",
+          authorize: Annotated[bool, typer.Option(envvar="QLEDGER_AUTHORIZE",
+                                                  help="Authorise every call by role and project")]
           = True) -> None:
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
@@ -302,6 +314,7 @@ def serve(store: StoreOption = None,
             exporter = keys.load(admin.EXPORTER) if keys.exists(admin.EXPORTER) else None
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
                                    ExecutorSettings(workers=workers, metrics_port=metrics_port,
+                                                    metrics_address=metrics_address,
                                                     authorize=authorize), tls=tls,
                                    export_key=exporter)
         except OSError as exc:
@@ -314,6 +327,33 @@ def serve(store: StoreOption = None,
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     stop.wait()
     running.stop()
+
+
+@app.command()
+def health(server: ServerOption = "127.0.0.1:50051",
+           ca: Annotated[Path | None, typer.Option(envvar="QLEDGER_CA", help="CA of the server (TLS)")]
+           = None,
+           cert: Annotated[Path | None, typer.Option(envvar="QLEDGER_CLIENT_CERT", help="Client certificate")]
+           = None,
+           key: Annotated[Path | None, typer.Option(envvar="QLEDGER_CLIENT_KEY", help="Client key")] = None,
+           server_name: Annotated[str | None, typer.Option(help="Name in the server's certificate")]
+           = None) -> None:
+    """gRPC health check of a server (grpc.health.v1): exit 0 when SERVING.  For probes."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from executor.server import client_channel
+
+    with reported_errors(), grpc_errors():
+        try:
+            material = [p.read_bytes() if p else None for p in (ca, cert, key)]
+        except OSError as exc:
+            raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+        with client_channel(server, material[0], material[1], material[2], server_name) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    typer.echo(status)
+    if status != "SERVING":
+        raise typer.Exit(1)
 
 
 @app.command()

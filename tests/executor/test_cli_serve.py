@@ -9,10 +9,14 @@ import sys
 import time
 from pathlib import Path
 
+from typer.testing import CliRunner
+
 from executor.demo_workflow import WORKFLOWS
 from ledger.app import LedgerApp
+from ledger.cli import app as cli
 from ledger.keys import KeyStore
 from ledger.verify import verify
+from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,3 +85,13 @@ def test_submit_to_nothing_exits_2(qledger_home: Path, tmp_path: Path) -> None:
     done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
                    f"127.0.0.1:{free_port()}", timeout=60)
     assert done.returncode == 2 and done.stderr.startswith("qledger: UNAVAILABLE")
+
+
+def test_health_command_against_a_live_server(service: Service) -> None:
+    ok = CliRunner().invoke(cli, ["health", "--server", service.running.address])
+    assert ok.exit_code == 0 and ok.output.strip() == "SERVING"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    down = CliRunner().invoke(cli, ["health", "--server", dead])
+    assert down.exit_code == 2 and "UNAVAILABLE" in down.output
