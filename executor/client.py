@@ -14,9 +14,7 @@ from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.commands import submit_command
 from executor.server import client_channel
-from ledger import dsse
 from ledger.checkpoint import parse_note
-from ledger.content import EntryContent
 from ledger.errors import LogFormatError
 from ledger.keys import SigningKey
 
@@ -74,10 +72,8 @@ def rerun_and_wait(address: str, key: SigningKey, run_id: str) -> str:
         ledger = pb_grpc.LedgerStub(channel)
         note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
         origin = parse_note(note).checkpoint.origin
-        stream = executor.WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60)
-        submitted = next(iter(stream))  # a run's first entry is its signed submission
-        stream.cancel()
-        workflow = EntryContent.from_bytes(dsse.parse(submitted.envelope).payload).payload["workflow"]
+        recorded = executor.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+        workflow = json.loads(recorded.workflow_json)  # the definition as the ledger recorded it
         command = submit_command(key, origin, workflow, str(uuid.uuid4()), rerun_of=run_id)
         reply = executor.RerunWorkflow(pb.RerunWorkflowRequest(
             run_id=run_id, command=pb.SignedEnvelope(envelope=command)), timeout=30)

@@ -21,6 +21,7 @@ from executor.aer import environment, ideal_distribution, sha256_text, synthesis
 from executor.backends import Backend, BackendCatalog, BackendError, BreakerOpenError
 from executor.breaker import BreakerBoard, Transition
 from executor.dag import order_of
+from executor.observability import step_span
 from executor.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
 from executor.workflow import WorkflowSpec
 from ledger.artifacts import ArtifactStore
@@ -125,12 +126,28 @@ def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]
     """Run the declared steps in topological order; each yields (step id, record)."""
     state = _RunState(spec, ctx)
     for step in order_of(spec.steps):
-        try:
-            record = STAGES[step.kind](state)
-        except StepFailedError as failure:
-            failure.step = step.id
-            raise
+        with step_span(step.id, **{"qledger.kind": step.kind, "qledger.workflow": spec.name}) as span:
+            try:
+                record = STAGES[step.kind](state)
+            except StepFailedError as failure:
+                failure.step = step.id
+                raise
+            for name, value in _span_facts(record).items():
+                span.set_attribute(name, value)
         yield step.id, {"kind": step.kind, **record}
+
+
+def _span_facts(record: dict[str, Any]) -> dict[str, str]:
+    """What a trace shows of a step: its backend, the SDK versions, the datasets' hashes."""
+    facts = {}
+    if isinstance(record.get("backend"), dict):
+        facts["qledger.backend"] = str(record["backend"].get("name"))
+    if isinstance(record.get("environment"), dict):
+        facts["qledger.sdk"] = ", ".join(f"{k} {v}" for k, v in sorted(record["environment"].items())
+                                         if isinstance(v, str))
+    for name, dataset in sorted(record.get("datasets", {}).items()):
+        facts[f"qledger.dataset.{name}.sha256"] = str(dataset["sha256"])
+    return facts
 
 
 class _RunState:

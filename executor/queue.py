@@ -54,7 +54,8 @@ class RunQueue:
         if self.is_pg:
             self._run("CREATE TABLE IF NOT EXISTS {q} (run_id uuid PRIMARY KEY, enqueued_at double precision "
                       "NOT NULL, claimed_by text, lease_until double precision, attempts integer NOT NULL "
-                      "DEFAULT 0, done boolean NOT NULL DEFAULT false)")
+                      "DEFAULT 0, done boolean NOT NULL DEFAULT false, trace_parent text)")
+            self._run("ALTER TABLE {q} ADD COLUMN IF NOT EXISTS trace_parent text")
             if service_role:
                 with self.datastore.transaction(commit=True) as cursor:
                     cursor.execute(SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
@@ -62,17 +63,21 @@ class RunQueue:
         else:
             self._run("CREATE TABLE IF NOT EXISTS {q} (run_id TEXT PRIMARY KEY, enqueued_at REAL NOT NULL, "
                       "claimed_by TEXT, lease_until REAL, attempts INTEGER NOT NULL DEFAULT 0, "
-                      "done INTEGER NOT NULL DEFAULT 0)")
+                      "done INTEGER NOT NULL DEFAULT 0, trace_parent TEXT)")
+            columns = self._run("PRAGMA table_info({q})", commit=False, fetch="all")
+            if "trace_parent" not in {c["name"] for c in columns}:  # a queue from before tracing
+                self._run("ALTER TABLE {q} ADD COLUMN trace_parent TEXT")
 
     def _clock(self) -> str:
         return "{now}" if self.is_pg else "%s"
 
-    def enqueue(self, run_id: UUID) -> None:
-        self._run(f"INSERT INTO {{q}} (run_id, enqueued_at) VALUES (%s, {self._clock()}) "
-                  "ON CONFLICT DO NOTHING", (self._key(run_id), *self._now()))
+    def enqueue(self, run_id: UUID, trace_parent: str | None = None) -> None:
+        """Queue a run, with the submitter's trace context so its execution joins that trace."""
+        self._run(f"INSERT INTO {{q}} (run_id, enqueued_at, trace_parent) VALUES (%s, {self._clock()}, %s) "
+                  "ON CONFLICT DO NOTHING", (self._key(run_id), *self._now(), trace_parent))
 
-    def claim(self, worker: str, lease_seconds: float) -> tuple[UUID, int] | None:
-        """Take the oldest unclaimed (or lease-expired) run; return it and its attempt count."""
+    def claim(self, worker: str, lease_seconds: float) -> tuple[UUID, int, str | None] | None:
+        """Take the oldest unclaimed (or lease-expired) run: its id, attempt count, trace context."""
         now = self._now()
         lock = " FOR UPDATE SKIP LOCKED" if self.is_pg else ""
         clock = self._clock()
@@ -80,11 +85,11 @@ class RunQueue:
             f"UPDATE {{q}} SET claimed_by = %s, attempts = attempts + 1, lease_until = {clock} + %s "
             f"WHERE run_id = (SELECT run_id FROM {{q}} WHERE NOT done AND (lease_until IS NULL "
             f"OR lease_until < {clock}) ORDER BY enqueued_at{lock} LIMIT 1) "
-            "RETURNING run_id, attempts",
+            "RETURNING run_id, attempts, trace_parent",
             (worker, *now, lease_seconds, *now), fetch="one")
         if row is None:
             return None
-        return UUID(str(row["run_id"])), int(row["attempts"])
+        return UUID(str(row["run_id"])), int(row["attempts"]), row["trace_parent"]
 
     def renew(self, run_id: UUID, worker: str, lease_seconds: float) -> bool:
         """Extend our lease; False if another executor has taken the run over."""

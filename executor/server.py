@@ -11,6 +11,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import intercept_channel
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
@@ -132,7 +134,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts)
-    server = grpc.server(ThreadPoolExecutor(max_workers=16), options=[
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[server_interceptor()], options=[
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
@@ -168,9 +170,14 @@ def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | Non
     options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", MAX_SEND_BYTES),
                ("grpc.max_send_message_length", MAX_RECEIVE_BYTES)]
     if root_ca is None:
-        return signed_channel(grpc.insecure_channel(address, options=options), signer)
+        return _traced(signed_channel(grpc.insecure_channel(address, options=options), signer))
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     credentials = grpc.ssl_channel_credentials(root_certificates=root_ca, private_key=key,
                                                certificate_chain=cert)
-    return signed_channel(grpc.secure_channel(address, credentials, options=options), signer)
+    return _traced(signed_channel(grpc.secure_channel(address, credentials, options=options), signer))
+
+
+def _traced(channel: grpc.Channel) -> grpc.Channel:
+    """Client spans, and the W3C trace context in the call's metadata for the server to continue."""
+    return intercept_channel(channel, client_interceptor())

@@ -22,6 +22,7 @@ from executor.errors import abort, abort_exhausted, status_for, store_errors_are
 from executor.governance import ALL_PROJECTS, budget_verdict, project_of, reserved_shots
 from executor.lineage import document_json, lineage_json, prov_document
 from executor.lineage_index import artifact_lineage
+from executor.observability import trace_parent
 from executor.projections import projection_runner, resolve_run
 from executor.queue import RunQueue
 from executor.report import report, run_facts
@@ -139,7 +140,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 if warning:
                     self.authz.record("budget_warning", content.principal, "SubmitWorkflow",
                                       project_of(payload["workflow"]), warning)
-                self.queue.enqueue(run_id)
+                self.queue.enqueue(run_id, trace_parent())
                 self.worker.wake()
                 created = self._run(run_id)
                 assert created is not None

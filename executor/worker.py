@@ -24,6 +24,7 @@ from eventsourcing.persistence import IntegrityError
 
 from executor.breaker import Transition
 from executor.metrics import ExecutorMetrics
+from executor.observability import run_span, tracer
 from executor.pipeline import ExecutionContext, StepFailedError, run_steps
 from executor.queue import RunQueue
 from executor.run import TERMINAL, BackendBreaker, Run
@@ -78,6 +79,7 @@ class Worker:
         self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
         self.ctx.on_breaker = self.record_breaker
         self.changes = Changes()
+        self.db_system = "postgresql" if app.store.is_postgres else "sqlite"
         # (workflow name, run id) -> (candidate backend or None, fraction); set by the server.
         self.canary: Callable[[str, str], tuple[str | None, float]] | None = None
         self._wake = threading.Event()
@@ -109,9 +111,9 @@ class Worker:
                 self._wake.wait(self.poll)
                 self._wake.clear()
                 continue
-            run_id, attempt = claimed
+            run_id, attempt, parent = claimed
             try:
-                self.execute(run_id, attempt)
+                self.execute(run_id, attempt, parent)
                 self.queue.finish(run_id, self.name)
             except LeaseLostError:
                 log.warning("lease on run %s lost; another executor has it", run_id)
@@ -138,8 +140,14 @@ class Worker:
     def _load(self, run_id: UUID) -> Run:
         return cast(Run, self.app.repository.get(run_id))
 
-    def execute(self, run_id: UUID, attempt: int = 1) -> None:
+    def execute(self, run_id: UUID, attempt: int = 1, trace_parent: str | None = None) -> None:
         run = self._load(run_id)
+        with run_span(str(run_id), trace_parent, **{"qledger.workflow": str(run.workflow.get("name", "")),
+                                                     "qledger.attempt": attempt}):
+            self._execute(run_id, run, attempt)
+            log.info("run %s %s after attempt %d", run_id, self._load(run_id).status, attempt)
+
+    def _execute(self, run_id: UUID, run: Run, attempt: int) -> None:
         if run.status in TERMINAL:
             return
         if attempt > self.max_attempts:
@@ -191,7 +199,9 @@ class Worker:
 
     def _save(self, run: Run) -> None:
         pending = len(run.pending_events)
-        self.app.save(run)
+        with tracer.start_as_current_span("ledger.append", attributes={
+                "qledger.run_id": str(run.id), "qledger.entries": pending, "db.system": self.db_system}):
+            self.app.save(run)
         self.metrics.entries.inc(pending)
         if run.status in TERMINAL:
             self.metrics.run_finished(str(run.workflow.get("name", "")), run.status, run.records,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -294,14 +295,24 @@ def serve(store: StoreOption = None,
           = "127.0.0.1",
           authorize: Annotated[bool, typer.Option(envvar="QLEDGER_AUTHORIZE",
                                                   help="Authorise every call by role and project")]
-          = True) -> None:
+          = True,
+          log_format: Annotated[str, typer.Option(envvar="QLEDGER_LOG_FORMAT", help="json or text")]
+          = "json") -> None:
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
     import signal
     import threading
 
+    from executor.observability import configure_json_logging, configure_tracing_from_environment
     from executor.server import ExecutorSettings, TLSConfig, start_server
 
+    if log_format not in ("json", "text"):
+        raise fail("--log-format is json or text")
+    if log_format == "json":
+        configure_json_logging()
+    else:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_tracing_from_environment()
     with reported_errors():
         keys = KeyStore.default()
         ledger = open_app(store)

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from typer.testing import CliRunner
 
 from executor.demo_workflow import WORKFLOWS
@@ -95,3 +100,52 @@ def test_health_command_against_a_live_server(service: Service) -> None:
         dead = f"127.0.0.1:{s.getsockname()[1]}"
     down = CliRunner().invoke(cli, ["health", "--server", dead])
     assert down.exit_code == 2 and "UNAVAILABLE" in down.output
+
+
+class _Collector(trace_service_pb2_grpc.TraceServiceServicer):  # type: ignore[misc]
+    """A real OTLP/gRPC receiver on loopback that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, dict[str, str]]] = []
+
+    def Export(self, request: Any, context: Any) -> Any:
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                for span in scope.spans:
+                    self.spans.append((span.name, {a.key: a.value.string_value for a in span.attributes}))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+def test_serve_exports_traces_over_otlp(sqlite_store_url: str, qledger_home: Path) -> None:
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    executor_key = KeyStore(qledger_home).load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    granted = qledger(qledger_home, "roles", "grant", "alice", "submitter", "--store", sqlite_store_url)
+    assert granted.returncode == 0
+    collector = _Collector()
+    receiver = grpc.server(ThreadPoolExecutor(2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, receiver)
+    otlp_port = receiver.add_insecure_port("127.0.0.1:0")
+    receiver.start()
+    port = free_port()
+    env = {**os.environ, "QLEDGER_HOME": str(qledger_home), "OTEL_EXPORTER_OTLP_ENDPOINT":
+           f"http://127.0.0.1:{otlp_port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
+           "OTEL_SERVICE_NAME": "qledger-test", "QLEDGER_LOG_FORMAT": "json"}
+    server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--store", sqlite_store_url,
+                               "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().startswith("serving")
+        done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
+                       f"127.0.0.1:{port}", "--as", "alice", "--wait")
+        assert done.returncode == 0, done.stderr
+        run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=30)
+        receiver.stop(1)
+    names = {name for name, _ in collector.spans}
+    assert {"run", "step execution", "ledger.append", "/qledger.v1.Executor/SubmitWorkflow"} <= names
+    assert any(name == "run" and attrs.get("qledger.run_id") == run_id for name, attrs in collector.spans)
+    logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(line.get("run_id") == run_id for line in logged), stderr[-2000:]
