@@ -270,8 +270,33 @@ def grpc_errors() -> Iterator[None]:
         raise fail(f"{exc.code().name}: {exc.details()}") from None
 
 
+def _load_config(ctx: typer.Context, path: Path | None) -> Path | None:
+    """``--config FILE``: a TOML file whose [serve] table gives option defaults.  Command-line
+    options win over environment variables, which win over the file."""
+    if path is None:
+        return None
+    import tomllib
+
+    try:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("serve", {})
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise typer.BadParameter(f"{path} is not TOML: {exc}") from None
+    known = {p.name for p in ctx.command.params} - {"config"}
+    settings = {key.replace("-", "_"): value for key, value in table.items()}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise typer.BadParameter(f"{path}: unknown setting(s) {', '.join(unknown)} in [serve]")
+    ctx.default_map = {**(ctx.default_map or {}), **settings}
+    return path
+
+
 @app.command()
-def serve(store: StoreOption = None,
+def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", is_eager=True,
+                                                      callback=_load_config, help="TOML file, [serve] table")]
+          = None,
+          store: StoreOption = None,
           listen: Annotated[str, typer.Option(envvar="QLEDGER_LISTEN",
                                               help="host:port (plaintext: loopback only)")]
           = "127.0.0.1:50051",

@@ -149,3 +149,31 @@ def test_serve_exports_traces_over_otlp(sqlite_store_url: str, qledger_home: Pat
     assert any(name == "run" and attrs.get("qledger.run_id") == run_id for name, attrs in collector.spans)
     logged = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     assert any(line.get("run_id") == run_id for line in logged), stderr[-2000:]
+
+
+def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, qledger_home: Path,
+                                                         tmp_path: Path) -> None:
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    executor_key = KeyStore(qledger_home).load_or_create("executor-1")
+    app.register_key("root", "executor-1", executor_key.public, "executor")
+    from_file, from_env = free_port(), free_port()
+    config = tmp_path / "qledger.toml"
+    config.write_text(f'[serve]\nlisten = "127.0.0.1:{from_file}"\nworkers = 1\n'
+                      f'store = "{sqlite_store_url}"\n')
+
+    def serving(env: dict[str, str]) -> str:
+        server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--config", str(config)],
+                                  cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(qledger_home), **env},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout is not None
+            return server.stdout.readline()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    assert f"127.0.0.1:{from_file}" in serving({})  # the file
+    assert f"127.0.0.1:{from_env}" in serving({"QLEDGER_LISTEN": f"127.0.0.1:{from_env}"})  # env wins
+    config.write_text('[serve]\nlisten = "127.0.0.1:1"\nseed = 7\n')
+    refused = qledger(qledger_home, "serve", "--config", str(config))
+    assert refused.returncode == 2 and "unknown setting(s) seed" in refused.stderr
