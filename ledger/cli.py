@@ -336,7 +336,8 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
     if log_format == "json":
         configure_json_logging()
     else:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        logging.getLogger("qledger").setLevel(logging.INFO)  # ours; libraries stay at WARNING
     configure_tracing_from_environment()
     with reported_errors():
         keys = KeyStore.default()
