@@ -12,36 +12,15 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from executor.lineage import Node, Relation, entry_lineage
-from executor.run import RUN_TOPIC
+from executor.run_entries import TERMINAL_EVENTS, continued_runs, run_entries, utc_text
 from ledger.errors import NotFoundError
 from ledger.projection import ProjectedEntry, Projection, ProjectionDB
 
-RUN_EVENT = RUN_TOPIC + "."
-TERMINAL_EVENTS = {"Completed": "completed", "Failed": "failed", "Cancelled": "cancelled"}
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-
-
-def utc_text(timestamp: str | datetime) -> str:
-    """One sortable spelling of a time, whatever offset or precision it came with."""
-    moment = datetime.fromisoformat(timestamp) if isinstance(timestamp, str) else timestamp
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def continued_runs(entries: Sequence[ProjectedEntry]) -> list[str]:
-    """Runs these entries add to without starting them: their rows must be read first."""
-    return sorted({e.content.stream_id for e in entries if run_event(e) not in (None, "Submitted")})
-
-
-def run_event(entry: ProjectedEntry) -> str | None:
-    """The Run event's name (Submitted, StepRecorded, ...), or None for other entries."""
-    kind = entry.content.event_type
-    return kind[len(RUN_EVENT):] if kind.startswith(RUN_EVENT) else None
 
 
 class LineageProjection(Projection):
@@ -72,11 +51,8 @@ class LineageProjection(Projection):
         nodes: dict[str, Node] = {}
         relations: list[tuple[Relation, str, int]] = []
         data: list[tuple[str, str, str]] = []
-        for entry in entries:
-            event = run_event(entry)
-            if event is None:
-                continue
-            content, run_id = entry.content, entry.content.stream_id
+        for entry, event, run_id in run_entries(entries):
+            content = entry.content
             if event == "Submitted":
                 runs[run_id] = {
                     "run_id": run_id, "workflow": str(content.payload["workflow"].get("name", "")),

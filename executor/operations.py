@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from executor.lineage_index import TERMINAL_EVENTS, continued_runs, run_event, utc_text
+from executor.run_entries import TERMINAL_EVENTS, continued_runs, run_entries, utc_text
 from ledger.projection import ProjectedEntry, Projection, ProjectionDB
 
 COLUMNS = ("run_id", "workflow", "backend", "status", "submitted_at", "started_at", "finished_at",
@@ -39,11 +39,8 @@ class OperationsProjection(Projection):
     def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
         runs = {row["run_id"]: {c: row[c] for c in COLUMNS}
                 for row in db.rows_in("ops_runs", "run_id", continued_runs(entries))}
-        for entry in entries:
-            event = run_event(entry)
-            if event is None:
-                continue
-            content, run_id = entry.content, entry.content.stream_id
+        for entry, event, run_id in run_entries(entries):
+            content = entry.content
             at = utc_text(content.timestamp)
             if event == "Submitted":
                 runs[run_id] = {**dict.fromkeys(COLUMNS), "run_id": run_id, "status": "submitted",

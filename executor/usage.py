@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from executor.governance import project_of, reserved_shots
-from executor.lineage_index import TERMINAL_EVENTS, continued_runs, run_event
+from executor.run_entries import TERMINAL_EVENTS, continued_runs, run_entries
 from ledger.projection import ProjectedEntry, Projection, ProjectionDB
 
 
@@ -38,11 +38,8 @@ class UsageProjection(Projection):
             t = totals.setdefault(project, [0, 0, 0])
             t[0], t[1], t[2] = t[0] + runs_, t[1] + shots, t[2] + ms
 
-        for entry in entries:
-            event = run_event(entry)
-            if event is None:
-                continue
-            content, run_id = entry.content, entry.content.stream_id
+        for entry, event, run_id in run_entries(entries):
+            content = entry.content
             if event == "Submitted":
                 workflow = content.payload["workflow"]
                 runs[run_id] = {"project": project_of(workflow), "started_at": None}
