@@ -19,7 +19,6 @@ from executor.api import qledger_pb2_grpc as pb_grpc
 from executor.authz import Authorizer, signed_channel
 from executor.backends import BackendCatalog
 from executor.breaker import BreakerBoard
-from executor.governance import canary_backend
 from executor.pipeline import ExecutionContext, RetryPolicy
 from executor.projections import projection_follower, projection_runner
 from executor.queue import RunQueue
@@ -139,7 +138,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
     authz = Authorizer(app, executor_key.principal, settings.authorize)
-    worker.canary = lambda workflow, run_id: canary_backend(authz.policies.current(), workflow, run_id)
+    worker.policy = authz.policies.current
     pb_grpc.add_ExecutorServicer_to_server(
         ExecutorService(app, worker, queue, settings.max_pending, authz), server)
     pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key, authz, export_key), server)

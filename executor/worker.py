@@ -23,9 +23,10 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from executor.breaker import Transition
+from executor.governance import Policy, canary_backend
 from executor.metrics import ExecutorMetrics
 from executor.observability import run_span, tracer
-from executor.pipeline import ExecutionContext, StepFailedError, run_steps
+from executor.pipeline import SIMULATOR, ExecutionContext, StepFailedError, run_steps
 from executor.queue import RunQueue
 from executor.run import TERMINAL, BackendBreaker, Run
 from executor.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -80,8 +81,8 @@ class Worker:
         self.ctx.on_breaker = self.record_breaker
         self.changes = Changes()
         self.db_system = "postgresql" if app.store.is_postgres else "sqlite"
-        # (workflow name, run id) -> (candidate backend or None, fraction); set by the server.
-        self.canary: Callable[[str, str], tuple[str | None, float]] | None = None
+        # The governance policy in force, for routing (canaries, experimental runs); set by the server.
+        self.policy: Callable[[], Policy] | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -121,10 +122,17 @@ class Worker:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
 
     def _route(self, spec: WorkflowSpec, run_id: str) -> tuple[WorkflowSpec, dict[str, Any]]:
-        """Canary routing: the run's backend, and what to record of the choice (if a canary is set)."""
-        if self.canary is None:
+        """The run's backend after policy routing, and what to record of the choice: an
+        experimental run asking for a restricted backend runs on the ideal simulator; a canary
+        sends its fraction of a workflow's runs to the candidate backend."""
+        if self.policy is None:
             return spec, {}
-        candidate, fraction = self.canary(spec.name, run_id)
+        policy = self.policy()
+        if spec.priority == "experimental" and spec.backend in policy.restricted:
+            return replace(spec, backend=SIMULATOR, noise_seed=None, fallback_backend=None), {
+                "variant": "simulator", "requested_backend": spec.backend,
+                "reason": "experimental runs do not use restricted backends"}
+        candidate, fraction = canary_backend(policy, spec.name, run_id)
         if fraction == 0.0:
             return spec, {}
         routing = {"fraction": fraction, "baseline_backend": spec.backend, "candidate_backend": candidate,

@@ -18,7 +18,8 @@ SCHEMA_VERSION = 1
 TEMPLATES = {"bell": 2, "ghz": None, "qaoa_maxcut": None}  # template -> fixed qubit count
 MAX_OPTIMIZER_ITERATIONS = 200
 BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
-PRIORITIES = ("low", "normal")
+# experimental: never touches a restricted backend; such a run goes to the ideal simulator.
+PRIORITIES = ("low", "normal", "experimental")
 MAX_SHOTS = 1_000_000
 MAX_QUBITS = 12
 PROJECT_NAME = re.compile(r"[a-z0-9_-]{1,64}")

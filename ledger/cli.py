@@ -322,7 +322,10 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
                                                   help="Authorise every call by role and project")]
           = True,
           log_format: Annotated[str, typer.Option(envvar="QLEDGER_LOG_FORMAT", help="json or text")]
-          = "json") -> None:
+          = "json",
+          plaintext: Annotated[bool, typer.Option(envvar="QLEDGER_PLAINTEXT",
+                                                  help="Serve without TLS (loopback addresses only)")]
+          = False) -> None:
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
     import signal
@@ -346,6 +349,10 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
         checkpointer = keys.load(admin.CHECKPOINTER) if keys.exists(admin.CHECKPOINTER) else None
         if (tls_cert is None) != (tls_key is None) or (client_ca and not tls_cert):
             raise fail("--tls-cert and --tls-key go together (and --client-ca needs them)")
+        if tls_cert is None and not plaintext:
+            raise fail("give --tls-cert and --tls-key, or ask for --plaintext (loopback only)")
+        if tls_cert is not None and plaintext:
+            raise fail("--plaintext and --tls-cert exclude each other")
         try:
             tls = TLSConfig.from_files(tls_cert, tls_key, client_ca) if tls_cert and tls_key else None
             exporter = keys.load(admin.EXPORTER) if keys.exists(admin.EXPORTER) else None

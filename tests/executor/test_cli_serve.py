@@ -48,7 +48,7 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
     assert qledger(qledger_home, "keys", "add", "bob", "--store", sqlite_store_url).returncode == 0
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--store", sqlite_store_url,
+        [sys.executable, "-m", "ledger.cli", "serve", "--plaintext", "--store", sqlite_store_url,
          "--listen", f"127.0.0.1:{port}"],
         cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(qledger_home)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -131,7 +131,8 @@ def test_serve_exports_traces_over_otlp(sqlite_store_url: str, qledger_home: Pat
     env = {**os.environ, "QLEDGER_HOME": str(qledger_home), "OTEL_EXPORTER_OTLP_ENDPOINT":
            f"http://127.0.0.1:{otlp_port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
            "OTEL_SERVICE_NAME": "qledger-test", "QLEDGER_LOG_FORMAT": "json"}
-    server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--store", sqlite_store_url,
+    server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--plaintext",
+                               "--store", sqlite_store_url,
                                "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -158,7 +159,7 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
     app.register_key("root", "executor-1", executor_key.public, "executor")
     from_file, from_env = free_port(), free_port()
     config = tmp_path / "qledger.toml"
-    config.write_text(f'[serve]\nlisten = "127.0.0.1:{from_file}"\nworkers = 1\n'
+    config.write_text(f'[serve]\nlisten = "127.0.0.1:{from_file}"\nworkers = 1\nplaintext = true\n'
                       f'store = "{sqlite_store_url}"\n')
 
     def serving(env: dict[str, str]) -> str:
@@ -177,3 +178,7 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
     config.write_text('[serve]\nlisten = "127.0.0.1:1"\nseed = 7\n')
     refused = qledger(qledger_home, "serve", "--config", str(config))
     assert refused.returncode == 2 and "unknown setting(s) seed" in refused.stderr
+    # Plaintext only when asked for.
+    config.write_text(f'[serve]\nstore = "{sqlite_store_url}"\n')
+    unasked = qledger(qledger_home, "serve", "--config", str(config))
+    assert unasked.returncode == 2 and "--plaintext" in unasked.stderr

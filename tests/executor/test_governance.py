@@ -77,6 +77,16 @@ def test_restricted_backend_needs_an_approval_by_someone_else(service_factory: S
     assert service.app.tree_size() == size + 1  # only the recorded refusal: nothing of the run
     assert audit_entries(service)[-1]["payload"]["kind"] == "approval_required"
 
+    # An experimental run needs no approval: it never touches the restricted backend.
+    experimental = {**HARDWARE, "execute": {**HARDWARE["execute"], "priority": "experimental"}}
+    tried = author.submit(experimental)
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in
+                            author.executor.WatchRun(pb.WatchRunRequest(run_id=tried))])
+    assert records["execution"]["backend"]["name"] == "aer_ideal"
+    assert records["data_preparation"]["routing"] == {
+        "variant": "simulator", "requested_backend": "hardware",
+        "reason": "experimental runs do not use restricted backends"}
+
     with pytest.raises(GovernanceError, match="self-approval"):
         approve(service.app, people["author"], HARDWARE, author="author", rationale="mine")
     with pytest.raises(GovernanceError, match="not approver"):
