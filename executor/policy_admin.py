@@ -20,8 +20,12 @@ from executor.lineage_index import RunFilter, find_runs
 from executor.projections import projection_runner
 from executor.report import compare, run_facts
 from executor.workflow import BACKENDS, parse_workflow, workflow_sha256
+from ledger import dsse, merkle
 from ledger.app import LedgerApp
-from ledger.keys import SigningKey
+from ledger.content import EntryContent
+from ledger.errors import QledgerError
+from ledger.keys import PublicKey, SigningKey
+from ledger.store.reader import StoreSource
 
 REPRODUCED = ("reproduced exactly", "within tolerance")
 
@@ -122,7 +126,11 @@ def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
     facts = {}
     for run in runs:
         rows = source.stream_entries(UUID(run["run_id"]), 0)  # type: ignore[attr-defined]
-        facts[run["run_id"]] = run_facts([r.state for r in rows])
+        try:
+            facts[run["run_id"]] = run_facts([r.state for r in rows])
+        except QledgerError as exc:
+            raise GovernanceError(f"run {run['run_id']} does not verify ({exc}): not promotable "
+                                  "(run `qledger verify`)") from exc
     status = {r["run_id"]: r["status"] for r in runs}
     for rerun in runs:  # newest first: the latest reproduction check of this template decides
         original = facts[rerun["run_id"]].get("rerun_of")
@@ -131,7 +139,35 @@ def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
             continue
         verdict = compare(facts[original], facts[rerun["run_id"]])["verdict"]
         if verdict in REPRODUCED:
-            return f"run {original} {verdict} by rerun {rerun['run_id']}"
+            checked = verify_run(app, str(original)) + verify_run(app, str(rerun["run_id"]))
+            return (f"run {original} {verdict} by rerun {rerun['run_id']}; their {checked} entries "
+                    "verified")
         raise GovernanceError(f"the last rerun of {name} v{version} {verdict}: not promotable")
     raise GovernanceError(f"{name} v{version} has no completed run reproduced by a rerun: run it on a "
                           "simulator and rerun it (`qledger report RUN --rerun`) first")
+
+
+def verify_run(app: LedgerApp, run_id: str) -> int:
+    """Check one run's entries as an auditor would: each hashes to its stored leaf, is signed by
+    a key registered to its principal and valid at its position, and is included in the tree
+    (an RFC 9162 proof against the current root).  The number of entries; GovernanceError if not."""
+    source = cast(StoreSource, app.source())
+    keys = {k.key_id: k for k in source.key_rows()}
+    rows = source.stream_entries(UUID(run_id), 0)
+    for row in rows:
+        state = row.state or b""
+        envelope = dsse.parse(state)
+        content = EntryContent.from_bytes(envelope.payload)
+        key = keys.get(envelope.key_id)
+        valid_key = (key is not None and key.principal == content.principal
+                     and key.registered_at < row.position
+                     and (key.revoked_at is None or key.revoked_at > row.position))
+        proof = app.inclusion_proof(row.position)
+        included = merkle.verify_inclusion(
+            proof["leaf_index"], proof["tree_size"], merkle.leaf_hash(state),
+            [bytes.fromhex(h) for h in proof["inclusion_path"]], bytes.fromhex(proof["root_hash"]))
+        if not (merkle.leaf_hash(state) == row.leaf_hash and valid_key and key is not None
+                and envelope.signature_valid(PublicKey(key.public_key)) and included):
+            raise GovernanceError(f"run {run_id} does not verify at position {row.position}: "
+                                  "not promotable (run `qledger verify`)")
+    return len(rows)

@@ -136,5 +136,11 @@ def test_an_exported_bundle_is_recorded_and_archivable(service: Service, tmp_pat
     moved = CliRunner().invoke(cli, ["archive", "--to", str(tmp_path / "a"), "--store", store])
     assert moved.exit_code == 0
     assert ArchiveDirectory(tmp_path / "a").get(digest) == out.read_bytes()
+    # RUN_OR_ARTIFACT: the report's node names the same run, so the same run is bundled.
+    by_artifact = tmp_path / "by-artifact.json"
+    result = CliRunner().invoke(cli, ["export-bundle", f"qledger:report/{run}/report", "-o", str(by_artifact),
+                                      "--store", store])
+    assert result.exit_code == 0, result.output
+    assert json.loads(dsse.parse(by_artifact.read_bytes()).payload)["predicate"]["stream_id"] == run
     code, output = verify(store, "--archive", str(tmp_path / "a"))
     assert code == 0, output

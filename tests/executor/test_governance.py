@@ -25,6 +25,7 @@ from ledger.admin import ROOT, add_key
 from ledger.keys import KeyStore, SigningKey
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_authz import audit_entries
+from tests.ledger.helpers import RawStore
 
 HARDWARE = {**BELL, "execute": {**BELL["execute"], "backend": "hardware"}}
 
@@ -95,7 +96,15 @@ def test_restricted_backend_needs_an_approval_by_someone_else(service_factory: S
         approve(service.app, people["reviewer"], HARDWARE, author="author", rationale="looks fine")
 
     first = author.submit(BELL)  # the same template on the simulator, then a rerun of it
-    author.submit(BELL, rerun_of=first)
+    rerun = author.submit(BELL, rerun_of=first)
+    # Evidence that does not verify is no evidence: alter one of the rerun's entries.
+    raw = RawStore(service.app.store.url)
+    position = service.app.source().stream_entries(uuid.UUID(rerun), 0)[2].position  # type: ignore[attr-defined]
+    original = raw.state_at(position)
+    raw.set_state(position, original.replace(b'"', b' "', 1))
+    with pytest.raises(GovernanceError, match="does not verify"):
+        approve(service.app, people["reviewer"], HARDWARE, author="author", rationale="looks fine")
+    raw.set_state(position, original)
     sha = approve(service.app, people["reviewer"], HARDWARE, author="author",
                   rationale="reproduced on aer_ideal; same circuit and seeds")
     run_id = author.submit(HARDWARE)
