@@ -112,14 +112,20 @@ def canary_set(workflow: str, store: StoreOption = None, actor: AsOption = "root
                candidate: Annotated[str | None, typer.Option(help="Candidate backend; omit to stop")]
                = None,
                fraction: Annotated[float, typer.Option(help="Share of runs, chosen by run id")]
-               = 0.1) -> None:
+               = 0.1,
+               optimization_level: Annotated[int | None, typer.Option(
+                   min=0, max=3, help="Circuit variant: candidate transpiler optimisation level")]
+               = None) -> None:
     """Route FRACTION of WORKFLOW's runs (by name), chosen deterministically by run id, to a
-    candidate backend; each routed run records it."""
+    candidate backend and/or circuit variant; each routed run records it.  Neither: stop."""
     from executor.policy_admin import set_canary
 
     with reported_errors():
-        set_canary(open_app(store), _actor(actor), workflow, candidate, fraction)
-    typer.echo(f"canary for {workflow}: {candidate or 'off'} at {fraction:.0%}")
+        set_canary(open_app(store), _actor(actor), workflow, candidate, fraction, optimization_level)
+    stopped = candidate is None and optimization_level is None
+    typer.echo(f"canary for {workflow}: " + ("off" if stopped else
+               f"backend {candidate or 'unchanged'}, optimisation level "
+               f"{'unchanged' if optimization_level is None else optimization_level}, at {fraction:.0%}"))
 
 
 def approve(workflow: Path, author: Annotated[str, typer.Option(help="Who wrote this definition")],

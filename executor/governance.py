@@ -39,7 +39,7 @@ class Governance(Aggregate):
         self.quotas: dict[str, dict[str, Any]] = {}
         self.restricted: list[str] = []
         self.approvals: dict[str, list[dict[str, Any]]] = {}  # workflow sha256 -> approvals
-        self.canaries: dict[str, dict[str, Any]] = {}  # workflow name -> {candidate, fraction}
+        self.canaries: dict[str, dict[str, Any]] = {}  # workflow name -> candidate and fraction
 
     @event("RoleGranted")
     def grant_role(self, *, principal: str, subject: str, role: str, project: str) -> None:
@@ -70,11 +70,14 @@ class Governance(Aggregate):
 
     @event("CanarySet")
     def set_canary(self, *, principal: str, workflow: str, candidate_backend: str | None,
-                   fraction: float) -> None:
-        if candidate_backend is None:
+                   fraction: float, candidate_optimization_level: int | None = None) -> None:
+        """The candidate is another backend, a circuit variant (another transpiler optimisation
+        level), or both; with neither, the canary stops."""
+        if candidate_backend is None and candidate_optimization_level is None:
             self.canaries.pop(workflow, None)
         else:
-            self.canaries[workflow] = {"candidate_backend": candidate_backend, "fraction": fraction}
+            self.canaries[workflow] = {"candidate_backend": candidate_backend, "fraction": fraction,
+                                       "candidate_optimization_level": candidate_optimization_level}
 
 
 class AuditEvent(Aggregate):
@@ -135,13 +138,13 @@ def canary_bucket(run_id: str) -> float:
     return int.from_bytes(hashlib.sha256(f"qledger:canary:{run_id}".encode()).digest()[:8], "big") / 2**64
 
 
-def canary_backend(policy: Policy, workflow: str, run_id: str) -> tuple[str | None, float]:
-    """(the candidate backend if this run goes to it, else None; the configured fraction)."""
+def canary_choice(policy: Policy, workflow: str, run_id: str) -> tuple[dict[str, Any] | None, float]:
+    """(the candidate's settings if this run goes to the candidate, else None; the fraction)."""
     canary = policy.canaries.get(workflow)
     if canary is None:
         return None, 0.0
     fraction = float(canary["fraction"])
-    return (str(canary["candidate_backend"]) if canary_bucket(run_id) < fraction else None), fraction
+    return (canary if canary_bucket(run_id) < fraction else None), fraction
 
 
 def reserved_shots(workflow: dict[str, Any]) -> int:

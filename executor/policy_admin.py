@@ -82,12 +82,14 @@ def restrict_backend(app: LedgerApp, admin: SigningKey, backend: str, restricted
 
 
 def set_canary(app: LedgerApp, admin: SigningKey, workflow: str, candidate: str | None,
-               fraction: float) -> None:
+               fraction: float, optimization_level: int | None = None) -> None:
     if not 0 <= fraction <= 1:
         raise GovernanceError("the canary fraction is in [0, 1]")
+    if optimization_level is not None and not 0 <= optimization_level <= 3:
+        raise GovernanceError("a candidate optimisation level is 0..3")
     governance = _for_change(app, admin, "admin", ALL_PROJECTS)
     governance.set_canary(principal=admin.principal, workflow=workflow, candidate_backend=candidate,
-                          fraction=fraction)
+                          fraction=fraction, candidate_optimization_level=optimization_level)
     app.save(governance)
 
 

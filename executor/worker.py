@@ -23,7 +23,7 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from executor.breaker import Transition
-from executor.governance import Policy, canary_backend
+from executor.governance import Policy, canary_choice
 from executor.metrics import ExecutorMetrics
 from executor.observability import run_span, tracer
 from executor.pipeline import SIMULATOR, ExecutionContext, StepFailedError, run_steps
@@ -132,17 +132,29 @@ class Worker:
             return replace(spec, backend=SIMULATOR, noise_seed=None, fallback_backend=None), {
                 "variant": "simulator", "requested_backend": spec.backend,
                 "reason": "experimental runs do not use restricted backends"}
-        candidate, fraction = canary_backend(policy, spec.name, run_id)
+        candidate, fraction = canary_choice(policy, spec.name, run_id)
         if fraction == 0.0:
             return spec, {}
-        routing = {"fraction": fraction, "baseline_backend": spec.backend, "candidate_backend": candidate,
-                   "variant": "baseline"}
-        if candidate is not None and candidate in self.ctx.catalog.names():
-            routing["variant"] = "candidate"
+        canary = policy.canaries[spec.name]
+        routing: dict[str, Any] = {
+            "fraction": fraction, "variant": "baseline", "baseline_backend": spec.backend,
+            "candidate_backend": canary["candidate_backend"],
+            "baseline_optimization_level": spec.optimization_level,
+            "candidate_optimization_level": canary.get("candidate_optimization_level")}
+        if candidate is None:
+            return spec, routing
+        changes: dict[str, Any] = {}
+        backend = candidate["candidate_backend"]
+        if backend is not None and backend in self.ctx.catalog.names():
             # The noise model of a noisy candidate is seeded like the run, and recorded here.
-            noise_seed = spec.noise_seed if spec.noise_seed is not None else spec.seed_simulator
-            routing["noise_seed"] = noise_seed
-            spec = replace(spec, backend=candidate, noise_seed=noise_seed)
+            changes["noise_seed"] = spec.noise_seed if spec.noise_seed is not None else spec.seed_simulator
+            changes["backend"] = backend
+            routing["noise_seed"] = changes["noise_seed"]
+        if candidate.get("candidate_optimization_level") is not None:
+            changes["optimization_level"] = int(candidate["candidate_optimization_level"])
+        if changes:
+            routing["variant"] = "candidate"
+            spec = replace(spec, **changes)
         return spec, routing
 
     def _load(self, run_id: UUID) -> Run:

@@ -187,3 +187,22 @@ def test_canary_routes_runs_and_the_operations_view_compares_them(service_factor
         assert view[variant]["queue_ms_p50"] is not None
     if "candidate" in view and "baseline" in view:  # the noisy candidate is further from ideal
         assert view["candidate"]["mean_tvd"] > view["baseline"]["mean_tvd"]
+
+
+def test_canary_circuit_variant(service_factory: ServiceFactory) -> None:
+    """A candidate may be a circuit variant: here every run (fraction 1) is transpiled at level 3."""
+    service, people = governed_service(service_factory)
+    set_canary(service.app, people["root"], BELL["name"], None, 1.0, optimization_level=3)
+    author = Client(service, people["author"])
+    run_id = author.submit(BELL)
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in
+                            author.executor.WatchRun(pb.WatchRunRequest(run_id=run_id))])
+    assert records["transpilation"]["optimization_level"] == 3 != BELL["transpile"]["optimization_level"]
+    routing = records["data_preparation"]["routing"]
+    assert routing["variant"] == "candidate" and routing["baseline_optimization_level"] == 1
+    assert records["execution"]["backend"]["name"] == "aer_ideal"  # backend unchanged
+    set_canary(service.app, people["root"], BELL["name"], None, 1.0)  # neither: the canary stops
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in
+                            author.executor.WatchRun(pb.WatchRunRequest(run_id=author.submit(BELL)))])
+    assert "routing" not in records["data_preparation"]
+    assert records["transpilation"]["optimization_level"] == 1
