@@ -3,12 +3,14 @@ specified, and every denial recorded as a signed ledger entry."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
@@ -20,6 +22,7 @@ from executor.policy_admin import grant_role
 from executor.server import client_channel
 from ledger import dsse
 from ledger.admin import ROOT, add_key
+from ledger.cli import app as cli
 from ledger.content import EntryContent
 from ledger.keys import KeyStore, SigningKey
 from tests.executor.conftest import Service, ServiceFactory
@@ -158,3 +161,20 @@ def test_identity_is_never_a_field_the_caller_sets(governed: Governed) -> None:
     assert revoked.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     kinds = [(e["payload"]["subject"], e["payload"]["kind"]) for e in audit_entries(service)]
     assert kinds.count(("anonymous", "access_denied")) == 4
+
+
+def test_admins_see_access_events_from_the_cli(governed: Governed, monkeypatch: pytest.MonkeyPatch) -> None:
+    service, signers, run_id = governed
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    with client_channel(service.running.address, signer=signers["nobody"]) as channel, \
+            pytest.raises(grpc.RpcError):
+        pb_grpc.ExecutorStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=10)
+    store = service.app.store.url
+    shown = CliRunner().invoke(cli, ["audit-events", "--kind", "access_denied", "--store", store])
+    assert shown.exit_code == 0, shown.output
+    events = json.loads(shown.output)
+    who_what = [(e["subject"], e["action"], e["recorded_by"]) for e in events]
+    assert who_what == [("nobody", "GetRun", "executor-1")]
+    assert events[0]["at"] and "no role" in events[0]["reason"]
+    roles = json.loads(CliRunner().invoke(cli, ["roles", "list", "--store", store]).output)
+    assert roles["sub"] == [["submitter", "alpha"]] and "nobody" not in roles
