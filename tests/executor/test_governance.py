@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from typer.testing import CliRunner
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
@@ -17,11 +19,12 @@ from executor.commands import submit_command
 from executor.demo_workflow import BELL
 from executor.governance import DEFAULT_PROJECT, GovernanceError, canary_bucket
 from executor.operations import operation_rows, operations_view
-from executor.policy_admin import approve, grant_role, restrict_backend, set_canary, set_quota
+from executor.policy_admin import approve, grant_role, policy, restrict_backend, set_canary, set_quota
 from executor.projections import projection_runner
 from executor.server import client_channel
 from ledger import dsse
 from ledger.admin import ROOT, add_key
+from ledger.cli import app as cli
 from ledger.keys import KeyStore, SigningKey
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_authz import audit_entries
@@ -206,3 +209,32 @@ def test_canary_circuit_variant(service_factory: ServiceFactory) -> None:
                             author.executor.WatchRun(pb.WatchRunRequest(run_id=author.submit(BELL)))])
     assert "routing" not in records["data_preparation"]
     assert records["transpilation"]["optimization_level"] == 1
+
+
+def test_governance_commands(service_factory: ServiceFactory, tmp_path: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    service, _ = governed_service(service_factory)
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    store = service.app.store.url
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(cli, [*args, "--store", store])
+
+    assert run("quota", "set", "default", "--shots", "5000", "--runs", "3", "--warn-at", "0.5").exit_code == 0
+    Client(service, KeyStore(service.home).load("author")).submit(BELL)
+    shown = json.loads(run("quota", "show", "default").output)
+    assert shown["quota"]["shots"] == 5000 and shown["used"]["runs"] == 1
+    assert shown["used"]["shots"] == BELL["execute"]["shots"]
+    assert run("quota", "set", "default", "--warn-at", "2").exit_code == 2
+    assert run("backends", "restrict", "hardware").exit_code == 0
+    assert "hardware" in policy(service.app).restricted
+    assert run("canary", "set", BELL["name"], "--candidate", "aer_noisy", "--fraction", "0.25").exit_code == 0
+    assert policy(service.app).canaries[BELL["name"]]["fraction"] == 0.25
+    definition = tmp_path / "hw.json"
+    definition.write_text(json.dumps(HARDWARE))
+    self_approval = run("approve", str(definition), "--author", "reviewer", "--rationale", "x",
+                        "--as", "reviewer")
+    assert self_approval.exit_code == 2 and "self-approval" in self_approval.output
+    assert run("roles", "grant", "someone", "emperor").exit_code == 2  # unknown role
+    denied = CliRunner().invoke(cli, ["roles", "grant", "x", "auditor", "--as", "author", "--store", store])
+    assert denied.exit_code == 2 and "not admin" in denied.output
