@@ -9,10 +9,13 @@ another executor takes the run over.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Any, cast
 from uuid import UUID
 
+import psycopg
+from eventsourcing.persistence import PersistenceError
 from psycopg.sql import SQL, Identifier
 
 from ledger.app import LedgerApp
@@ -50,12 +53,24 @@ class RunQueue:
         """SQLite takes the time as a parameter; PostgreSQL reads its own clock ({now})."""
         return () if self.is_pg else (time.time(),)
 
+    def exists(self) -> bool:
+        try:
+            self._run("SELECT run_id, trace_parent FROM {q} LIMIT 0", commit=False, fetch="all")
+        except (PersistenceError, psycopg.Error, sqlite3.Error):  # missing, or an older shape
+            return False
+        return True
+
+    def ensure(self) -> None:
+        """``create`` unless the table is there: the service role may not CREATE or ALTER."""
+        if not self.exists():
+            self.create()
+
     def create(self, service_role: str | None = None) -> None:
         if self.is_pg:
             self._run("CREATE TABLE IF NOT EXISTS {q} (run_id uuid PRIMARY KEY, enqueued_at double precision "
                       "NOT NULL, claimed_by text, lease_until double precision, attempts integer NOT NULL "
                       "DEFAULT 0, done boolean NOT NULL DEFAULT false, trace_parent text)")
-            self._run("ALTER TABLE {q} ADD COLUMN IF NOT EXISTS trace_parent text")
+            self._run("ALTER TABLE {q} ADD COLUMN IF NOT EXISTS trace_parent text")  # older queues
             if service_role:
                 with self.datastore.transaction(commit=True) as cursor:
                     cursor.execute(SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(

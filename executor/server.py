@@ -125,7 +125,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
     queue = RunQueue(app)
-    queue.create()
+    queue.ensure()
     HotArtifacts(app.ledger).ensure_table()
     ctx = ExecutionContext(catalog or BackendCatalog(),
                            BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),

@@ -41,11 +41,13 @@ def init(store: StoreOption = None,
          = admin.SERVICE_ROLE) -> None:
     """Create tables, triggers, grants, the genesis entry and the root and checkpoint keys."""
     from executor.projections import projection_runner
+    from executor.queue import RunQueue
 
     with reported_errors():
         ledger = open_app(store)
         result = admin.init_store(ledger, KeyStore.default(), origin, service_role,
                                   projection_runner(ledger))
+        RunQueue(ledger).create(service_role if ledger.store.is_postgres else None)
         typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
 
