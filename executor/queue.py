@@ -27,19 +27,15 @@ PG_NOW = "extract(epoch from clock_timestamp())"
 class RunQueue:
     def __init__(self, app: LedgerApp) -> None:
         self.is_pg = app.store.is_postgres
+        self.writer = app.ledger
         self.datastore = cast(Any, app.recorder).datastore
-        if self.is_pg:
-            self.table = SQL("{}.{}").format(Identifier(self.datastore.schema), Identifier(TABLE)).as_string()
-        else:
-            self.table = TABLE
+        self.table = self.writer.table(TABLE)
 
     def _run(self, statement: str, params: tuple[Any, ...] = (), *, commit: bool = True,
              fetch: str = "") -> Any:
         """Execute ``statement`` ({q} is the table, {now} PostgreSQL's clock); ``fetch`` is
         "one", "all" or "" for statements that return nothing."""
-        sql = statement.format(q=self.table, now=PG_NOW)
-        if not self.is_pg:
-            sql = sql.replace("%s", "?")
+        sql = statement.format(q=self.table, now=PG_NOW).replace("%s", self.writer.placeholder)
         with self.datastore.transaction(commit=commit) as cursor:
             cursor.execute(sql, params)
             if fetch == "one":
@@ -123,9 +119,6 @@ class RunQueue:
 
     def recent(self, limit: int) -> list[UUID]:
         """The most recently submitted runs, newest first."""
-        sql = f"SELECT run_id FROM {self.table} ORDER BY enqueued_at DESC LIMIT %s"
-        if not self.is_pg:
-            sql = sql.replace("%s", "?")
-        with self.datastore.transaction(commit=False) as cursor:
-            cursor.execute(sql, (limit,))
-            return [UUID(str(r["run_id"])) for r in cursor.fetchall()]
+        rows = self._run("SELECT run_id FROM {q} ORDER BY enqueued_at DESC LIMIT %s", (limit,),
+                         commit=False, fetch="all")
+        return [UUID(str(r["run_id"])) for r in rows]

@@ -27,7 +27,7 @@ from psycopg import DatabaseError
 from ledger.content import EntryContent, artifact_ref
 from ledger.errors import QledgerError
 from ledger.store.chain_writer import ChainWriter
-from ledger.store.ledger_tables import ARTIFACTS
+from ledger.store.ledger_tables import ARTIFACTS_DDL
 
 REF_KEYS = frozenset({"sha256", "size", "media_type"})
 
@@ -66,18 +66,11 @@ class HotArtifacts(ArtifactStore):
 
     def __init__(self, writer: ChainWriter) -> None:
         self.writer = writer
-        self.table = writer.table(ARTIFACTS)
-        self.blob = "BLOB" if writer.placeholder == "?" else "bytea"
-        self.integer = "INTEGER" if writer.placeholder == "?" else "bigint"
-
-    def _sql(self, template: str) -> str:
-        return template.format(t=self.table, p=self.writer.placeholder)
+        self._sql = writer.sql
 
     def create_table(self) -> None:
         with self.writer.write_transaction() as cursor:
-            cursor.execute(f"CREATE TABLE IF NOT EXISTS {self.table} (sha256 TEXT PRIMARY KEY, "
-                           f"media_type TEXT NOT NULL, size {self.integer} NOT NULL, "
-                           f"data {self.blob} NOT NULL)")
+            cursor.execute(self._sql(ARTIFACTS_DDL))
 
     def exists(self) -> bool:
         try:
@@ -94,7 +87,7 @@ class HotArtifacts(ArtifactStore):
     def put(self, data: bytes, media_type: str) -> dict[str, Any]:
         ref = artifact_ref(data, media_type)
         with self.writer.write_transaction() as cursor:
-            cursor.execute(self._sql("INSERT INTO {t} (sha256, media_type, size, data) VALUES "
+            cursor.execute(self._sql("INSERT INTO {artifacts} (sha256, media_type, size, data) VALUES "
                                      "({p}, {p}, {p}, {p}) ON CONFLICT (sha256) DO NOTHING"),
                            (ref["sha256"], media_type, len(data), data))
         return ref
@@ -106,25 +99,25 @@ class HotArtifacts(ArtifactStore):
     def get_many(self, digests: Sequence[str]) -> dict[str, bytes]:
         if not digests:
             return {}
-        marks = ",".join([self.writer.placeholder] * len(digests))
+        marks = self.writer.in_list(len(digests))
         with self.writer.read_transaction() as cursor:
-            cursor.execute(self._sql(f"SELECT sha256, data FROM {{t}} WHERE sha256 IN ({marks})"),
+            cursor.execute(self._sql(f"SELECT sha256, data FROM {{artifacts}} WHERE sha256 IN ({marks})"),
                            tuple(digests))
             return {r["sha256"]: bytes(r["data"]) for r in cursor.fetchall()}
 
     def listing(self, min_bytes: int = 0) -> list[tuple[str, str, int]]:
         """(sha256, media type, size) of every hot artifact of at least ``min_bytes``."""
         with self.writer.read_transaction() as cursor:
-            cursor.execute(self._sql("SELECT sha256, media_type, size FROM {t} WHERE size >= {p} "
+            cursor.execute(self._sql("SELECT sha256, media_type, size FROM {artifacts} WHERE size >= {p} "
                                      "ORDER BY sha256"), (min_bytes,))
             return [(r["sha256"], r["media_type"], int(r["size"])) for r in cursor.fetchall()]
 
     def delete(self, digests: Sequence[str]) -> None:
         if not digests:
             return
-        marks = ",".join([self.writer.placeholder] * len(digests))
+        marks = self.writer.in_list(len(digests))
         with self.writer.write_transaction() as cursor:
-            cursor.execute(self._sql(f"DELETE FROM {{t}} WHERE sha256 IN ({marks})"), tuple(digests))
+            cursor.execute(self._sql(f"DELETE FROM {{artifacts}} WHERE sha256 IN ({marks})"), tuple(digests))
 
 
 class StagedArtifacts(ArtifactStore):

@@ -32,8 +32,6 @@ from ledger.store.chain_writer import ChainWriter
 TRACKING_TABLE = "qledger_projection_tracking"
 TRACKING_DDL = ("CREATE TABLE IF NOT EXISTS {tracking} (name TEXT PRIMARY KEY, "
                 "position {int} NOT NULL)")
-DIALECT_TYPES = {"?": {"int": "INTEGER", "real": "REAL"},
-                 "%s": {"int": "bigint", "real": "double precision"}}
 
 
 class TrackingMovedError(Exception):
@@ -52,15 +50,15 @@ class ProjectionDB:
 
     def __init__(self, cursor: Any, writer: ChainWriter, tables: Iterable[str]) -> None:
         self.cursor, self.writer = cursor, writer
-        self.names = {name: writer.table(name) for name in tables}
-        self.names["tracking"] = writer.table(TRACKING_TABLE)
+        self.tables = {name: name for name in tables}
+        self.tables["tracking"] = TRACKING_TABLE
+        self.names = {key: writer.table(name) for key, name in self.tables.items()}
         self._cache: dict[str, str] = {}
 
     def sql(self, template: str) -> str:
         text = self._cache.get(template)
         if text is None:
-            text = self._cache[template] = template.format(
-                p=self.writer.placeholder, **self.names, **DIALECT_TYPES[self.writer.placeholder])
+            text = self._cache[template] = self.writer.format_sql(template, **self.tables)
         return text
 
     def execute(self, template: str, params: Sequence[Any] = ()) -> Any:
@@ -105,7 +103,7 @@ class ProjectionDB:
 
     def in_list(self, values: Sequence[Any]) -> str:
         """Placeholders for an IN (...) list of ``values``."""
-        return ",".join([self.writer.placeholder] * len(values))
+        return self.writer.in_list(len(values))
 
 
 class Projection(ABC):

@@ -18,7 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.persistence import StoredEvent
 
@@ -35,6 +35,7 @@ from ledger.errors import (
 from ledger.keys import PublicKey
 from ledger.mapper import SignedHere, check_columns
 from ledger.registry import KeyRecord, KeyRegistry
+from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS
 
 LATEST_POSITION = "SELECT MAX(position) AS p FROM {entries}"
 
@@ -94,15 +95,32 @@ class ChainWriter(ABC):
 
     # -- dialect ----------------------------------------------------------------------
 
-    @abstractmethod
-    def sql(self, template: str) -> str:
-        """Fill table names and the parameter placeholder into ``template``."""
+    placeholder: str  # the driver's parameter marker
+    column_types: ClassVar[dict[str, str]]  # what {int}, {real} and {blob} are in this dialect's DDL
 
     @abstractmethod
     def table(self, name: str) -> str:
         """``name`` as SQL, qualified by the store's schema where it has one."""
 
-    placeholder: str  # the driver's parameter marker
+    def format_sql(self, template: str, **tables: str) -> str:
+        """Fill table names ({entries}, {keys}, {checkpoints}, {events}, {artifacts}, and any
+        ``tables`` given as key=table), the parameter marker ({p}) and column types into
+        ``template``: the one place that knows the dialect."""
+        names = {"entries": ENTRIES, "keys": KEYS, "checkpoints": CHECKPOINTS,
+                 "events": self.events_table_name, "artifacts": ARTIFACTS, **tables}
+        return template.format(p=self.placeholder, **self.column_types,
+                               **{key: self.table(name) for key, name in names.items()})
+
+    def in_list(self, count: int) -> str:
+        """Parameter markers for an IN (...) list of ``count`` values."""
+        return ",".join([self.placeholder] * count)
+
+    def sql(self, template: str) -> str:
+        """``format_sql``, cached: the same text each time, so the driver's caches hit."""
+        cached = self._sql_cache.get(template)
+        if cached is None:
+            cached = self._sql_cache[template] = self.format_sql(template)
+        return cached
 
     datastore: Any  # the library's SQLiteDatastore or PostgresDatastore
 
@@ -139,10 +157,9 @@ class ChainWriter(ABC):
         positions = sorted({merkle.storing_position(level, index) for level, index in wanted})
         if not positions:
             return {}
-        marks = ",".join(self.sql("{p}") for _ in positions)
         cursor.execute(
             self.sql(f"SELECT position, leaf_hash, subtree_hashes FROM {{entries}} "
-                     f"WHERE position IN ({marks})"),
+                     f"WHERE position IN ({self.in_list(len(positions))})"),
             positions,
         )
         rows = {int(r["position"]): (bytes(r["leaf_hash"]), bytes(r["subtree_hashes"]))

@@ -8,6 +8,8 @@ CHECKPOINTS = "ledger_checkpoints"
 LEDGER_TABLES = (ENTRIES, KEYS, CHECKPOINTS)
 # Not a ledger table: artifacts are checked by digest, and archiving deletes their hot copies.
 ARTIFACTS = "ledger_artifacts"
+ARTIFACTS_DDL = ("CREATE TABLE IF NOT EXISTS {artifacts} (sha256 TEXT PRIMARY KEY, media_type TEXT NOT NULL, "
+                 "size {int} NOT NULL, data {blob} NOT NULL)")
 
 # Column types use {blob} and {int} so one text serves both dialects.
 TABLE_DDL = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
@@ -12,7 +12,7 @@ from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
 from ledger.store.chain_writer import LATEST_POSITION, ChainWriter
-from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
 
@@ -24,16 +24,8 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         super().__init__(datastore, events_table_name=events_table_name)
         self.init_chain_writer()
         schema = datastore.schema
-        self._names = {
-            name: f"{Identifier(schema).as_string()}.{Identifier(table).as_string()}"
-            for name, table in (("entries", ENTRIES), ("keys", KEYS),
-                                ("checkpoints", CHECKPOINTS), ("events", events_table_name),
-                                ("artifacts", ARTIFACTS))
-        }
         for ddl in TABLE_DDL:
-            self.sql_create_statements.append(
-                SQL(ddl.format(int="bigint", blob="bytea", **self._names))  # type: ignore[arg-type]
-            )
+            self.sql_create_statements.append(SQL(self.sql(ddl)))  # type: ignore[arg-type]
         self.sql_create_statements += append_only_statements(schema, self.ledger_table_names())
         # The library serialises writers with LOCK TABLE ... IN EXCLUSIVE MODE, which needs
         # UPDATE/DELETE/TRUNCATE privilege; the service role has INSERT and SELECT only.  A
@@ -51,15 +43,10 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         return [self.events_table_name, ENTRIES, KEYS, CHECKPOINTS]
 
     placeholder = "%s"
+    column_types: ClassVar[dict[str, str]] = {"int": "bigint", "real": "double precision", "blob": "bytea"}
 
     def table(self, name: str) -> str:
         return f"{Identifier(self.datastore.schema).as_string()}.{Identifier(name).as_string()}"
-
-    def sql(self, template: str) -> str:
-        cached = self._sql_cache.get(template)
-        if cached is None:
-            cached = self._sql_cache[template] = template.format(p="%s", **self._names)
-        return cached
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
 from ledger.store.chain_writer import ChainWriter
-from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
@@ -20,22 +20,14 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
         self.init_chain_writer()
 
     placeholder = "?"
+    column_types: ClassVar[dict[str, str]] = {"int": "INTEGER", "real": "REAL", "blob": "BLOB"}
 
     def table(self, name: str) -> str:
         return name
 
-    def sql(self, template: str) -> str:
-        cached = self._sql_cache.get(template)
-        if cached is None:
-            cached = self._sql_cache[template] = template.format(
-                entries=ENTRIES, keys=KEYS, checkpoints=CHECKPOINTS, events=self.events_table_name,
-                artifacts=ARTIFACTS, p="?")
-        return cached
-
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
-        statements += [ddl.format(entries=ENTRIES, keys=KEYS, checkpoints=CHECKPOINTS,
-                                  int="INTEGER", blob="BLOB") for ddl in TABLE_DDL]
+        statements += [self.format_sql(ddl) for ddl in TABLE_DDL]
         for table in (self.events_table_name, ENTRIES, KEYS, CHECKPOINTS):
             for operation in ("UPDATE", "DELETE"):
                 statements.append(
