@@ -23,12 +23,14 @@ from eventsourcing.persistence import PersistenceError
 from executor.errors import abort
 from executor.governance import ALL_PROJECTS, ROLES, ROOT, AuditEvent, Governance, Policy
 from ledger.app import LedgerApp
-from ledger.keys import SigningKey
+from ledger.keys import PublicKey, SigningKey
+from ledger.registry import KeyRecord
 
 log = logging.getLogger("qledger.authz")
 SERVICE_PREFIX = "/qledger.v1."
 CALL_CONTEXT = "qledger-call-v1"
 MAX_CALL_SKEW_SECONDS = 300
+ANONYMOUS = "no client certificate and no valid call signature"
 
 # RPC -> what it does, and which roles may do that (in the run's project where there is one).
 ACTIONS = {
@@ -138,12 +140,20 @@ class Authorizer:
             return None
         if moment.tzinfo is None or abs((datetime.now(UTC) - moment).total_seconds()) > MAX_CALL_SKEW_SECONDS:
             return None
-        key = self.app.ledger.key_record(str(key_id))
-        if key is None or key.revoked_at is not None or key.principal != principal:
+        message = call_message(full_method(method), str(issued))
+        key = self.signer(str(key_id), lambda public: public.verify(raw, message), str(principal))
+        return None if key is None else key.principal
+
+    def signer(self, key_id: str, signed_by: Callable[[PublicKey], bool],
+               principal: str | None = None) -> KeyRecord | None:
+        """The ledger's record of key ``key_id`` if it is registered, not revoked, belongs to
+        ``principal`` (when given) and ``signed_by`` holds for it; None otherwise."""
+        key = self.app.ledger.key_record(key_id)
+        if key is None or key.revoked_at is not None:
             return None
-        if not key.public.verify(raw, call_message(full_method(method), str(issued))):
+        if principal is not None and key.principal != principal:
             return None
-        return str(principal)
+        return key if signed_by(key.public) else None
 
     def require(self, context: grpc.ServicerContext, method: str, project: str,
                 principal: str | None = None) -> str:
@@ -153,8 +163,7 @@ class Authorizer:
         if not self.enabled:
             return who or ""
         if who is None:
-            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, project,
-                       "no client certificate and no valid call signature")
+            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, project, ANONYMOUS)
         if not self.allowed(who, method, project):
             self._deny(context, grpc.StatusCode.PERMISSION_DENIED, who, method, project,
                        f"{who} has no role that may {ACTIONS[method]} in project {project!r}")
@@ -166,12 +175,19 @@ class Authorizer:
             return who == ROOT or bool(policy.roles.get(who))
         return bool(policy.roles_of(who, project) & ALLOWED[ACTIONS[method]])
 
-    def watchable_projects(self, who: str) -> set[str] | None:
-        """Projects whose runs ``who`` may see; None for all."""
+    def visible_projects(self, context: grpc.ServicerContext, method: str) -> set[str] | None:
+        """Projects whose runs the caller may see through ``method`` (None: all of them);
+        a caller who may see none is denied, and the denial recorded."""
         if not self.enabled:
             return None
+        who = self.identify(context, method)
+        if who is None:
+            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, ALL_PROJECTS, ANONYMOUS)
         policy = self.policies.current()
-        scopes = set().union(*(policy.projects_of(who, role) for role in ALLOWED["watch"]))
+        scopes = set().union(*(policy.projects_of(who, role) for role in ALLOWED[ACTIONS[method]]))
+        if not scopes:
+            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, who, method, ALL_PROJECTS,
+                       f"{who} has no role that may {ACTIONS[method]} in any project")
         return None if ALL_PROJECTS in scopes else scopes
 
     def record(self, kind: str, subject: str, action: str, project: str, reason: str) -> None:

@@ -139,9 +139,11 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     ])
     authz = Authorizer(app, executor_key.principal, settings.authorize)
     worker.policy = authz.policies.current
+    projections = projection_runner(app)
     pb_grpc.add_ExecutorServicer_to_server(
-        ExecutorService(app, worker, queue, settings.max_pending, authz), server)
-    pb_grpc.add_LedgerServicer_to_server(LedgerService(app, checkpoint_key, authz, export_key), server)
+        ExecutorService(app, worker, queue, settings.max_pending, authz, projections), server)
+    pb_grpc.add_LedgerServicer_to_server(
+        LedgerService(app, checkpoint_key, authz, projections, export_key), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
@@ -149,13 +151,11 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
     port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
-    runner = projection_runner(app)
-    runner.ensure_tables()
-    follower = projection_follower(app, runner, settings.projection_poll_seconds)
+    # Started first: it makes sure the projection tables exist before any call reads them.
+    follower = projection_follower(app, projections, settings.projection_poll_seconds).start()
     worker.metrics.watch_projections(follower)
     server.start()
     worker.start()
-    follower.start()
     metrics = (worker.metrics.serve(settings.metrics_port, settings.metrics_address)
                if settings.metrics_port is not None else None)
     return RunningServer(server, port, worker, metrics, follower)

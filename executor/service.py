@@ -23,7 +23,7 @@ from executor.governance import ALL_PROJECTS, budget_verdict, project_of, reserv
 from executor.lineage import document_json, lineage_json, prov_document
 from executor.lineage_index import artifact_lineage
 from executor.observability import trace_parent
-from executor.projections import projection_runner, resolve_run
+from executor.projections import resolve_run
 from executor.queue import RunQueue
 from executor.report import report, run_facts
 from executor.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
@@ -38,6 +38,7 @@ from ledger.content import EntryContent
 from ledger.errors import NotFoundError, QledgerError
 from ledger.export_bundle import export_bundle, record_export
 from ledger.keys import SigningKey
+from ledger.projection import ProjectionRunner
 from ledger.source import EntryRow
 from ledger.store.reader import StoreSource
 
@@ -57,12 +58,12 @@ MAX_COMMAND_AGE = timedelta(minutes=10)
 
 class ExecutorService(pb_grpc.ExecutorServicer):
     def __init__(self, app: LedgerApp, worker: Worker, queue: RunQueue, max_pending: int,
-                 authz: Authorizer) -> None:
+                 authz: Authorizer, projections: ProjectionRunner) -> None:
         self.app, self.worker, self.queue, self.max_pending = app, worker, queue, max_pending
         self.authz = authz
         self.executor_principal = worker.key.principal
         self.source = cast(StoreSource, app.source())
-        self.projections = projection_runner(app)
+        self.projections = projections
 
     def _run(self, run_id: UUID) -> Run | None:
         try:
@@ -88,7 +89,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "a signed command is required",
                   "command.envelope")
         try:
-            content = EntryContent.from_bytes(dsse.parse(data).payload)
+            envelope = dsse.parse(data)
+            content = EntryContent.from_bytes(envelope.payload)
         except QledgerError as exc:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc), "command.envelope")
         if content.event_type != RUN_SUBMITTED_TYPE or content.stream_version != 1:
@@ -96,10 +98,13 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   f"a submission is a {RUN_SUBMITTED_TYPE} entry at stream version 1",
                   "command.envelope")
         payload = content.payload
-        signer = self._command_signer(data, content)
+        # The store checks the signature again as it appends: that check guards the ledger,
+        # this one decides who is asking.
+        signer = self.authz.signer(envelope.key_id, envelope.signature_valid, content.principal)
         workflow = payload.get("workflow")
         self.authz.require(context, "RerunWorkflow" if rerun_of else "SubmitWorkflow",
-                           project_of(workflow if isinstance(workflow, dict) else {}), principal=signer)
+                           project_of(workflow if isinstance(workflow, dict) else {}),
+                           principal=signer.principal if signer else None)
         key = payload.get("idempotency_key")
         if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT,
@@ -152,15 +157,6 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                   "idempotency_key")
         return pb.SubmitWorkflowResponse(run=self.run_message(existing), created=False)
 
-    def _command_signer(self, data: bytes, content: EntryContent) -> str | None:
-        """The principal whose registered, unrevoked key signed this command, if it verifies."""
-        envelope = dsse.parse(data)
-        key = self.app.ledger.key_record(envelope.key_id)
-        if (key is None or key.revoked_at is not None or key.principal != content.principal
-                or not envelope.signature_valid(key.public)):
-            return None
-        return key.principal
-
     def _admit(self, context: grpc.ServicerContext, workflow: dict[str, Any], sha: str,
                submitter: str) -> str:
         """Policy gates before a new run is accepted: approval for restricted backends, then
@@ -205,8 +201,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 or body.get("command") != "CancelRun" or body.get("origin") != self.app.origin):
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "not a CancelRun command for this ledger",
                   "command.envelope")
-        key = self.app.ledger.key_record(envelope.key_id)
-        if key is None or key.revoked_at is not None or not envelope.signature_valid(key.public):
+        key = self.authz.signer(envelope.key_id, envelope.signature_valid)
+        if key is None:
             abort(context, grpc.StatusCode.UNAUTHENTICATED, "command signature does not verify with a "
                   "registered, unrevoked key", "command.envelope")
         try:
@@ -224,19 +220,21 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                                                       and not may_cancel_any):
             abort(context, grpc.StatusCode.PERMISSION_DENIED,
                   f"{key.principal} may not cancel a run submitted by {run.submitted_by}", "run_id")
-        if run.status not in TERMINAL:
-            run.cancel(principal=self.executor_principal, requested_by=key.principal,
-                       command_sha256=hashlib.sha256(data).hexdigest(), reason=str(body.get("reason", "")))
+        cancel = {"principal": self.executor_principal, "requested_by": key.principal,
+                  "command_sha256": hashlib.sha256(data).hexdigest(), "reason": str(body.get("reason", ""))}
+        for retry in (False, True):
+            if run.status in TERMINAL:
+                break
+            run.cancel(**cancel)
             try:
                 self.app.save(run)
-                self.worker.changes.notify()
-            except IntegrityError:  # a step was recorded meanwhile: cancel at the new version
+            except IntegrityError:  # a step was recorded meanwhile: cancel at the new version, once
+                if retry:
+                    raise
                 run = cast(Run, self.app.repository.get(run.id))
-                if run.status not in TERMINAL:
-                    run.cancel(principal=self.executor_principal, requested_by=key.principal,
-                               command_sha256=hashlib.sha256(data).hexdigest(),
-                               reason=str(body.get("reason", "")))
-                    self.app.save(run)
+                continue
+            self.worker.changes.notify()
+            break
         return self.run_message(run)
 
     def _run_or_abort(self, run_id: str, context: grpc.ServicerContext) -> Run:
@@ -259,23 +257,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
         if not 0 <= request.limit <= 1000:
             abort(context, grpc.StatusCode.INVALID_ARGUMENT, "limit must be 0..1000", "limit")
-        visible = self._visible_projects(context)
+        visible = self.authz.visible_projects(context, "ListRuns")
         runs = [self._run(run_id) for run_id in self.queue.recent(request.limit or 50)]
         return pb.ListRunsResponse(runs=[self.run_message(r) for r in runs if r is not None and (
             visible is None or project_of(r.workflow) in visible)])
-
-    def _visible_projects(self, context: grpc.ServicerContext) -> set[str] | None:
-        """Projects whose runs the caller may list (None: all); denied if none."""
-        if not self.authz.enabled:
-            return None
-        who = self.authz.identify(context, "ListRuns")
-        if who is None:
-            self.authz.require(context, "ListRuns", ALL_PROJECTS)  # records and aborts
-        assert who is not None
-        visible = self.authz.watchable_projects(who)
-        if visible is not None and not visible:
-            self.authz.require(context, "ListRuns", ALL_PROJECTS, principal=who)  # records and aborts
-        return visible
 
     @store_errors_are_unavailable
     def WatchRun(self, request: pb.WatchRunRequest,
@@ -301,14 +286,13 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 
 class LedgerService(pb_grpc.LedgerServicer):
     def __init__(self, app: LedgerApp, checkpoint_key: SigningKey | None, authz: Authorizer,
-                 export_key: SigningKey | None = None) -> None:
+                 projections: ProjectionRunner, export_key: SigningKey | None = None) -> None:
         self.app, self.checkpoint_key, self.export_key = app, checkpoint_key, export_key
-        self.authz = authz
+        self.authz, self.projections = authz, projections
         self.source = cast(StoreSource, app.source())
-        self.projections = projection_runner(app)
 
-    def _stream(self, run_id: str, context: grpc.ServicerContext, field: str = "run_id",
-                rpc: str = "GetReport") -> list[EntryRow]:
+    def _stream(self, run_id: str, context: grpc.ServicerContext, rpc: str,
+                field: str = "run_id") -> list[EntryRow]:
         """A run's entries, once the caller is allowed ``rpc`` in the run's project."""
         try:
             stream_id = UUID(run_id)
@@ -335,7 +319,7 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     @store_errors_are_unavailable
     def ExportBundle(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Bundle:
-        rows = self._stream(self._run_ref(request, context), context, rpc="ExportBundle")
+        rows = self._stream(self._run_ref(request, context), context, "ExportBundle")
         if self.export_key is None or self.checkpoint_key is None:
             abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                   "this server holds no export or checkpoint key; use `qledger export-bundle`")
@@ -357,17 +341,17 @@ class LedgerService(pb_grpc.LedgerServicer):
                 abort(context, grpc.StatusCode.NOT_FOUND, str(exc), "artifact")
             prov = document_json(prov_document(graph.nodes, graph.relations))
         else:
-            rows = self._stream(self._run_ref(request, context), context, rpc="GetLineage")
+            rows = self._stream(self._run_ref(request, context), context, "GetLineage")
             prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
         return pb.Lineage(prov_json=json.dumps(prov, sort_keys=True))
 
     @store_errors_are_unavailable
     def GetReport(self, request: pb.GetReportRequest, context: grpc.ServicerContext) -> pb.Report:
-        first = run_facts([r.state or b"" for r in self._stream(request.run_id, context)])
+        first = run_facts([r.state or b"" for r in self._stream(request.run_id, context, "GetReport")])
         second = None
         if request.against_run_id:
             second = run_facts([r.state or b"" for r in self._stream(request.against_run_id, context,
-                                                                     "against_run_id")])
+                                                                     "GetReport", "against_run_id")])
         return pb.Report(json=json.dumps(report(first, second), sort_keys=True))
 
     @store_errors_are_unavailable

@@ -164,16 +164,16 @@ class Worker:
         run = self._load(run_id)
         with run_span(str(run_id), trace_parent, **{"qledger.workflow": str(run.workflow.get("name", "")),
                                                      "qledger.attempt": attempt}):
-            self._execute(run_id, run, attempt)
-            log.info("run %s %s after attempt %d", run_id, self._load(run_id).status, attempt)
+            status = self._execute(run_id, run, attempt)
+            log.info("run %s %s after attempt %d", run_id, status, attempt)
 
-    def _execute(self, run_id: UUID, run: Run, attempt: int) -> None:
+    def _execute(self, run_id: UUID, run: Run, attempt: int) -> str:
+        """Run or resume ``run``; its status at the end."""
         if run.status in TERMINAL:
-            return
+            return run.status
         if attempt > self.max_attempts:
-            self._fail(run, "ExecutorLost", f"run was claimed {attempt - 1} times without finishing",
-                       "executor", "environmental", {})
-            return
+            return self._fail(run, "ExecutorLost", f"run was claimed {attempt - 1} times without finishing",
+                              "executor", "environmental", {})
         step = "workflow"
         renew_after = time.monotonic() + self.lease / 2
         try:
@@ -191,7 +191,7 @@ class Worker:
                     continue  # cheap to redo: saved together with the next durable step
                 run = self._save_steps(run, run_id)
                 if run.status in TERMINAL:
-                    return
+                    return run.status
                 # Renew only when half the lease is gone: each renewal is a commit.
                 if time.monotonic() > renew_after:
                     if not self.queue.renew(run_id, self.name, self.lease):
@@ -201,21 +201,23 @@ class Worker:
             try:
                 self._save(run)
             except IntegrityError:
-                if self._load(run_id).status in TERMINAL:
-                    return
+                recorded = self._load(run_id).status
+                if recorded in TERMINAL:
+                    return recorded
                 raise
             self.changes.notify()
+            return run.status
         except (LeaseLostError, IntegrityError):
             raise
         except StepFailedError as failure:
-            self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause),
-                       failure.step or step, failure.kind, failure.diagnostics)
+            return self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause),
+                              failure.step or step, failure.kind, failure.diagnostics)
         except WorkflowError as exc:
-            self._fail(self._load(run_id), type(exc).__name__, str(exc), step, "deterministic",
-                       {"settings": run.workflow})
+            return self._fail(self._load(run_id), type(exc).__name__, str(exc), step, "deterministic",
+                              {"settings": run.workflow})
         except Exception as exc:  # unexpected: still recorded, with what was being done
-            self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
-                       {"settings": run.workflow})
+            return self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
+                              {"settings": run.workflow})
 
     def _save(self, run: Run) -> None:
         pending = len(run.pending_events)
@@ -248,13 +250,15 @@ class Worker:
             raise WorkflowError("workflow", f"resuming step {step!r} did not reproduce its record")
 
     def _fail(self, run: Run, error_class: str, message: str, step: str, kind: str,
-              diagnostics: dict[str, Any]) -> None:
+              diagnostics: dict[str, Any]) -> str:
+        """Record the failure unless the run already ended; its status either way."""
         if run.status in TERMINAL:
-            return
+            return run.status
         run.fail(principal=self.key.principal, error_class=error_class, message=message, step=step,
                  kind=kind, diagnostics=diagnostics)
         self._save(run)
         self.changes.notify()
+        return run.status
 
     def record_breaker(self, transition: Transition) -> None:
         self.metrics.breaker(transition)

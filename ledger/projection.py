@@ -186,11 +186,20 @@ class ProjectionRunner:
 
     def catch_up(self, names: Iterable[str] | None = None, *, stop: int | None = None,
                  progress: ProgressCallback | None = None) -> int:
-        """Apply every entry after each projection's tracking position; entries applied."""
+        """Apply every entry after each projection's tracking position; entries applied (summed
+        over projections).  Projections at the same position share one read of the log."""
+        chosen = self.select(names)
         applied = 0
-        for projection in self.select(names):
-            applied += self._follow(projection, stop, progress)
-        return applied
+        while True:
+            positions = self.positions()
+            last = self.source.tree_size() if stop is None else stop
+            behind = [p for p in chosen if positions.get(p.name, 0) < last]
+            if not behind:
+                return applied
+            start = min(positions.get(p.name, 0) for p in behind)
+            # The furthest behind go first; the others join them once they are level.
+            group = [p for p in behind if positions.get(p.name, 0) == start]
+            applied += self._follow(group, start, last, progress)
 
     def rebuild(self, names: Iterable[str] | None = None, *,
                 progress: ProgressCallback | None = None) -> int:
@@ -217,25 +226,22 @@ class ProjectionRunner:
                 for table in projection.tables:
                     cursor.execute(f"ANALYZE {self.writer.table(table)}")
 
-    def _follow(self, projection: Projection, stop: int | None, progress: ProgressCallback | None
-                ) -> int:
-        applied = 0
-        while True:
-            start = self.positions().get(projection.name, 0)
-            last = self.source.tree_size() if stop is None else stop
-            if start >= last:
-                return applied
-            total, done = last - start, 0
-            try:
-                for page in _pages(self.source.entries(start + 1, last), self.page_size):
+    def _follow(self, group: list[Projection], start: int, last: int,
+                progress: ProgressCallback | None) -> int:
+        """Feed positions start+1..last to every projection of ``group`` (all at ``start``)."""
+        total, done, applied = last - start, 0, 0
+        try:
+            for page in _pages(self.source.entries(start + 1, last), self.page_size):
+                for projection in group:
                     self._apply_page(projection, page, start)
-                    start = page[-1].position
-                    done += len(page)
                     applied += len(page)
-                    if progress is not None:
-                        progress(done, total)
-            except TrackingMovedError:
-                continue  # another follower got there first: carry on from where it is
+                start = page[-1].position
+                done += len(page)
+                if progress is not None:
+                    progress(done, total)
+        except TrackingMovedError:
+            pass  # another follower got there first: the caller re-reads the positions and goes on
+        return applied
 
     def _apply_page(self, projection: Projection, page: list[ProjectedEntry], expected: int) -> None:
         with self.writer.write_transaction() as cursor:
