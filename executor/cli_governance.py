@@ -88,11 +88,8 @@ def quota_show(project: str, store: StoreOption = None) -> None:
 
     with reported_errors():
         app = open_app(store)
-        runner = projection_runner(app)
-        runner.ensure_tables()
-        runner.catch_up(["usage"])
-        print_json({"project": project, "quota": policy(app).quotas.get(project),
-                    "used": runner.read("usage", lambda db: project_usage(db, project))})
+        used = projection_runner(app).read_current("usage", lambda db: project_usage(db, project))
+        print_json({"project": project, "quota": policy(app).quotas.get(project), "used": used})
 
 
 @backends_app.command("restrict")

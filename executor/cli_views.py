@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from prov.model import ProvDocument
 
     from ledger.app import LedgerApp
-    from ledger.projection import ProjectionRunner
+    from ledger.projection import ProjectionDB, ProjectionRunner
 
 projections_app = typer.Typer(no_args_is_help=True, help="Read models rebuilt from the log.")
 query_app = typer.Typer(no_args_is_help=True, help="Lineage queries over the lineage projection, as JSON.")
@@ -37,14 +38,20 @@ def register(app: typer.Typer) -> None:
     app.command("ops")(ops)
 
 
-def _runner(app: LedgerApp, catch_up: bool = True) -> ProjectionRunner:
+def _runner(app: LedgerApp) -> ProjectionRunner:
+    """The projections, their tables made if missing (for rebuild and status)."""
     from executor.projections import projection_runner
 
     runner = projection_runner(app)
     runner.ensure_tables()
-    if catch_up:
-        runner.catch_up()
     return runner
+
+
+def _current(app: LedgerApp, projection: str, query: Callable[[ProjectionDB], Any]) -> Any:
+    """``query`` on ``projection`` once it has caught up with the log."""
+    from executor.projections import projection_runner
+
+    return projection_runner(app).read_current(projection, query)
 
 
 def _run_entries(app: LedgerApp, run_id: UUID) -> list[tuple[int, bytes]]:
@@ -96,7 +103,7 @@ def lineage(reference: Annotated[str, typer.Argument(
         if run_id is not None:
             document = lineage_document(app.require_origin(), _run_entries(app, run_id))
         else:
-            graph = _runner(app).read("lineage", lambda db: artifact_lineage(db, reference))
+            graph = _current(app, "lineage", lambda db: artifact_lineage(db, reference))
             document = prov_document(graph.nodes, graph.relations)
         _write(_picture(document, format_), output)
 
@@ -182,7 +189,7 @@ def projections_rebuild(names: Annotated[list[str] | None, typer.Argument(help="
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
     with reported_errors():
-        runner = _runner(open_app(store), catch_up=False)
+        runner = _runner(open_app(store))
         for projection in runner.select(names or None):
             columns = (TextColumn(f"rebuild {projection.name}"), BarColumn(), MofNCompleteColumn(),
                        TimeRemainingColumn())
@@ -204,7 +211,7 @@ def projections_status(store: StoreOption = None) -> None:
     """Each projection's last processed position and how far it is behind the ledger."""
     with reported_errors():
         app = open_app(store)
-        runner = _runner(app, catch_up=False)
+        runner = _runner(app)
         size = app.tree_size()
         print_json({name: {"position": position, "lag": size - position}
                     for name, position in runner.positions().items()})
@@ -225,15 +232,15 @@ def query_runs(store: StoreOption = None,
 
     wanted = RunFilter(workflow, backend, dataset, owner, since, until, limit)
     with reported_errors():
-        print_json(_runner(open_app(store)).read("lineage", lambda db: find_runs(db, wanted)))
+        print_json(_current(open_app(store), "lineage", lambda db: find_runs(db, wanted)))
 
 
 def _walk(reference: str, store: str | None, direction: str) -> None:
     from executor.lineage_index import find_nodes, walk
 
     with reported_errors():
-        graph = _runner(open_app(store)).read(
-            "lineage", lambda db: walk(db, find_nodes(db, reference), direction))
+        graph = _current(open_app(store), "lineage",
+                         lambda db: walk(db, find_nodes(db, reference), direction))
         print_json([{"id": n.id, "kind": n.kind, "ledger_position": n.position, "sha256": n.sha256}
                     for n in graph.nodes])
 
@@ -263,7 +270,7 @@ def ops(store: StoreOption = None,
     if by not in ("backend", "workflow", "variant") or format_ not in ("table", "json"):
         raise fail("--by is backend, workflow or variant; --format is table or json")
     with reported_errors():
-        rows = _runner(open_app(store)).read("operations", lambda db: operation_rows(db, since, until))
+        rows = _current(open_app(store), "operations", lambda db: operation_rows(db, since, until))
         view = operations_view(rows, by)
     if format_ == "json":
         print_json(view)

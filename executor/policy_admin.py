@@ -120,28 +120,33 @@ def approve(app: LedgerApp, approver: SigningKey, definition: dict[str, Any], au
 
 def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
     """Why the template may be promoted: its last run completed and its rerun reproduced it."""
-    runner = projection_runner(app)
-    runner.ensure_tables()
-    runner.catch_up(["lineage"])
-    runs = runner.read("lineage", lambda db: find_runs(db, RunFilter(workflow=name, limit=1000)))
+    runs = projection_runner(app).read_current(
+        "lineage", lambda db: find_runs(db, RunFilter(workflow=name, limit=1000)))
     source = app.source()
-    facts = {}
-    for run in runs:
-        rows = source.stream_entries(UUID(run["run_id"]), 0)  # type: ignore[attr-defined]
-        try:
-            facts[run["run_id"]] = run_facts([r.state for r in rows])
-        except QledgerError as exc:
-            raise GovernanceError(f"run {run['run_id']} does not verify ({exc}): not promotable "
-                                  "(run `qledger verify`)") from exc
     status = {r["run_id"]: r["status"] for r in runs}
+    facts: dict[str, dict[str, Any]] = {}
+
+    def facts_of(run_id: str) -> dict[str, Any]:
+        """A run's recorded facts, read once and only when needed (the newest runs usually decide)."""
+        if run_id not in facts:
+            rows = source.stream_entries(UUID(run_id), 0)  # type: ignore[attr-defined]
+            try:
+                facts[run_id] = run_facts([r.state for r in rows])
+            except QledgerError as exc:
+                raise GovernanceError(f"run {run_id} does not verify ({exc}): not promotable "
+                                      "(run `qledger verify`)") from exc
+        return facts[run_id]
+
     for rerun in runs:  # newest first: the latest reproduction check of this template decides
-        original = facts[rerun["run_id"]].get("rerun_of")
-        if (rerun["status"] != "completed" or original not in facts or status[original] != "completed"
-                or facts[original]["workflow"].get("version") != version):
+        if rerun["status"] != "completed":
+            continue
+        original = str(facts_of(rerun["run_id"]).get("rerun_of"))
+        if (original not in status or status[original] != "completed"
+                or facts_of(original)["workflow"].get("version") != version):
             continue
         verdict = compare(facts[original], facts[rerun["run_id"]])["verdict"]
         if verdict in REPRODUCED:
-            checked = verify_run(app, str(original)) + verify_run(app, str(rerun["run_id"]))
+            checked = verify_run(app, original) + verify_run(app, rerun["run_id"])
             return (f"run {original} {verdict} by rerun {rerun['run_id']}; their {checked} entries "
                     "verified")
         raise GovernanceError(f"the last rerun of {name} v{version} {verdict}: not promotable")

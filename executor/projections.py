@@ -42,9 +42,7 @@ def resolve_run(app: LedgerApp, runner: ProjectionRunner, reference: str) -> UUI
         return UUID(reference)
     except ValueError:
         pass
-    runner.ensure_tables()
-    runner.catch_up(["lineage"])
-    node = runner.read("lineage", lambda db: find_nodes(db, reference))[0]
+    node = runner.read_current("lineage", lambda db: find_nodes(db, reference))[0]
     position = runner.read("lineage", lambda db: db.rows(
         "SELECT position FROM {lineage_nodes} WHERE id = {p}", (node,)))[0]["position"]
     row = cast(StoreSource, app.source()).entry_at(int(position))

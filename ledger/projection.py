@@ -184,6 +184,13 @@ class ProjectionRunner:
         with self.writer.read_transaction() as cursor:
             return query(self._db(cursor, chosen))
 
+    def read_current(self, projection: str, query: Callable[[ProjectionDB], Any]) -> Any:
+        """``read`` once ``projection`` has caught up with the log (its tables made if missing):
+        what a command run against a store without a server following it needs."""
+        self.ensure_tables()
+        self.catch_up([projection])
+        return self.read(projection, query)
+
     def catch_up(self, names: Iterable[str] | None = None, *, stop: int | None = None,
                  progress: ProgressCallback | None = None) -> int:
         """Apply every entry after each projection's tracking position; entries applied (summed
