@@ -15,7 +15,15 @@ from uuid import UUID
 
 import typer
 
-from ledger.cli_common import StoreOption, fail, open_app, print_json, reported_errors
+from ledger.cli_common import (
+    StoreOption,
+    fail,
+    grpc_errors,
+    open_app,
+    parse_run_id,
+    print_json,
+    reported_errors,
+)
 
 if TYPE_CHECKING:
     from prov.model import ProvDocument
@@ -150,34 +158,24 @@ def _local_report(store: str | None, run: str, against: str | None) -> tuple[dic
     facts = []
     for text in (run, against):
         if text is not None:
-            facts.append(run_facts([state for _, state in _run_entries(app, _parse_run(text))]))
-    document = lineage_document(app.require_origin(), _run_entries(app, _parse_run(run)))
+            facts.append(run_facts([state for _, state in _run_entries(app, parse_run_id(text))]))
+    document = lineage_document(app.require_origin(), _run_entries(app, parse_run_id(run)))
     return report(facts[0], facts[1] if len(facts) > 1 else None), document
 
 
 def _remote_report(server: str, run: str, against: str | None, rerun: bool, principal: str
                    ) -> tuple[dict[str, Any], ProvDocument]:
-    import grpc
     from prov.model import ProvDocument
 
     from executor.client import remote_report, rerun_and_wait
     from ledger.keys import KeyStore
 
     key = KeyStore.default().load(principal)
-    try:
+    with grpc_errors():
         if rerun:
             against = rerun_and_wait(server, key, run)
         data, prov = remote_report(server, run, against, key)
-    except grpc.RpcError as exc:
-        raise fail(f"{exc.code().name}: {exc.details()}") from None
     return data, ProvDocument.deserialize(content=json.dumps(prov), format="json")
-
-
-def _parse_run(text: str) -> UUID:
-    try:
-        return UUID(text)
-    except ValueError:
-        raise fail(f"{text!r} is not a run id") from None
 
 
 # -- projections -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from opentelemetry import context, trace
+from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -78,11 +78,6 @@ def step_span(step: str, **attributes: Any) -> Iterator[trace.Span]:
             "qledger.run_id": run_id or "", "qledger.step": step,
             **{k: v for k, v in attributes.items() if v is not None}}) as span:
         yield span
-
-
-def detached() -> object:
-    """Run the following without the caller's span (a worker's loop is not a request's child)."""
-    return context.attach(context.Context())
 
 
 class RunContextFilter(logging.Filter):

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +17,7 @@ from ledger import admin
 from ledger.app import DEFAULT_ORIGIN
 from ledger.artifacts import ArchiveDirectory, ArtifactChecker, HotArtifacts, archive
 from ledger.checkpoint import parse_note
-from ledger.cli_common import StoreOption, fail, open_app, print_json, reported_errors
+from ledger.cli_common import StoreOption, fail, grpc_errors, open_app, print_json, reported_errors
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
 from ledger.source import LedgerSource
@@ -260,16 +258,6 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep the demo store 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect workflow runs on a server.")
 app.add_typer(runs_app, name="runs")
 ServerOption = Annotated[str, typer.Option("--server", help="host:port of a qledger server")]
-
-
-@contextmanager
-def grpc_errors() -> Iterator[None]:
-    import grpc
-
-    try:
-        yield
-    except grpc.RpcError as exc:
-        raise fail(f"{exc.code().name}: {exc.details()}") from None
 
 
 def _load_config(ctx: typer.Context, path: Path | None) -> Path | None:

@@ -33,6 +33,17 @@ def reported_errors() -> Iterator[None]:
         raise fail(exc.one_line()) from None
 
 
+@contextmanager
+def grpc_errors() -> Iterator[None]:
+    """A failed call to a server becomes ``STATUS: details`` and exit 2."""
+    import grpc
+
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise fail(f"{exc.code().name}: {exc.details()}") from None
+
+
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, sort_keys=True))
 
