@@ -36,7 +36,7 @@ from ledger.canonical import canonical_bytes, parse_canonical
 from ledger.checkpoint import parse_note
 from ledger.content import EntryContent
 from ledger.errors import NotFoundError, QledgerError
-from ledger.export_bundle import export_bundle, record_export
+from ledger.export_bundle import export_recorded
 from ledger.keys import SigningKey
 from ledger.projection import ProjectionRunner
 from ledger.source import EntryRow
@@ -324,8 +324,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             abort(context, grpc.StatusCode.FAILED_PRECONDITION,
                   "this server holds no export or checkpoint key; use `qledger export-bundle`")
         run_id = UUID(rows[0].originator_id or request.run_id)
-        data = export_bundle(self.app, run_id, self.export_key, self.checkpoint_key, lineage_json)
-        record_export(self.app, run_id, data, self.export_key)
+        data = export_recorded(self.app, run_id, self.export_key, self.checkpoint_key, lineage_json)
         return pb.Bundle(envelope=data)
 
     @store_errors_are_unavailable

@@ -200,6 +200,18 @@ class LedgerApp(Application[UUID]):
                 "leaf_hash": leaf.hex(), "root_hash": root.hex(),
                 "inclusion_path": [h.hex() for h in proof]}
 
+    def inclusion_paths(self, positions: Iterable[int], size: int) -> dict[int, list[bytes]]:
+        """The audit paths of several entries in the tree of ``size``, read in one transaction."""
+        with self.ledger.read_transaction() as cursor:
+            size = self._size_or_current(cursor, size)
+            fetch = self._fetch(cursor)
+            paths = {}
+            for position in positions:
+                if not 1 <= position <= size:
+                    raise ProofError(f"position {position} is outside a tree of size {size}")
+                paths[position] = merkle.inclusion_proof(position - 1, size, fetch)
+            return paths
+
     def consistency_proof(self, first: int, second: int) -> dict[str, Any]:
         with self.ledger.read_transaction() as cursor:
             second = self._size_or_current(cursor, second)

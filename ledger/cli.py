@@ -137,7 +137,7 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
     """Write the signed lineage bundle (in-toto Statement in DSSE) of the run, or of the run that
     generated the artifact, for offline verification."""
     from executor.projections import projection_runner, resolve_run
-    from ledger.export_bundle import export_bundle, record_export
+    from ledger.export_bundle import export_recorded
 
     with reported_errors():
         ledger = open_app(store)
@@ -147,8 +147,7 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
         from executor.lineage import lineage_json
 
         exporter = admin.export_key(ledger, keys)
-        data = export_bundle(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER), lineage_json)
-        record_export(ledger, stream_id, data, exporter)
+        data = export_recorded(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER), lineage_json)
         try:
             output.write_bytes(data)
         except OSError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, cast
 from uuid import UUID
 
@@ -32,19 +31,26 @@ class BundleExport(Aggregate):
         self.stream_id, self.bundle = stream_id, bundle
 
 
-def record_export(app: LedgerApp, stream_id: UUID, data: bytes, export_key: SigningKey) -> dict[str, Any]:
-    """Append the export's entry, signed by the export key, with the bundle's bytes; its ref."""
+def export_recorded(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_key: SigningKey,
+                    lineage_of: LineageOf | None = None) -> bytes:
+    """``export_bundle``, and an entry signed by the export key recording the export, with the
+    bundle's bytes as its artifact."""
+    data, size = _export(app, stream_id, export_key, checkpoint_key, lineage_of)
     bundle = StagedArtifacts(app.ledger).put(data, BUNDLE_MEDIA_TYPE)
-    statement = json.loads(dsse.parse(data).payload)
-    size = parse_note(statement["predicate"]["checkpoint"]).checkpoint.tree_size
     app.add_signer(export_key)
     app.save(BundleExport(principal=export_key.principal, stream_id=str(stream_id), checkpoint_size=size,
                           bundle=bundle))
-    return bundle
+    return data
 
 
 def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
                   checkpoint_key: SigningKey, lineage_of: LineageOf | None = None) -> bytes:
+    """The run's signed lineage bundle, proven against a checkpoint covering its last entry."""
+    return _export(app, stream_id, export_key, checkpoint_key, lineage_of)[0]
+
+
+def _export(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_key: SigningKey,
+            lineage_of: LineageOf | None) -> tuple[bytes, int]:
     source = cast(StoreSource, app.source())
     stream = source.stream_entries(stream_id, 0)
     if not stream:
@@ -54,12 +60,13 @@ def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
     keys = source.key_rows()
     key_positions = {k.registered_at for k in keys} | {k.revoked_at for k in keys if k.revoked_at}
     positions = sorted({p for p in key_positions if p <= size} | {r.position for r in stream})
+    stream_rows = {r.position: r for r in stream}
+    paths = app.inclusion_paths(positions, size)
     entries = []
     for position in positions:
-        row = source.entry_at(position)
+        row = stream_rows.get(position) or source.entry_at(position)
         assert row is not None and row.state is not None
-        proof = app.inclusion_proof(position, size)
-        entries.append(BundleEntry(position, row.state, [bytes.fromhex(h) for h in proof["inclusion_path"]]))
+        entries.append(BundleEntry(position, row.state, paths[position]))
     contents = [EntryContent.from_bytes(dsse.parse(r.state or b"").payload) for r in stream]
     records = {c.payload["step"]: c.payload["record"] for c in contents
                if "step" in c.payload and "record" in c.payload}
@@ -72,7 +79,7 @@ def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
               for k in keys if k.registered_at <= size],
         summary=_summary(contents, records), subjects=subjects,
         lineage=lineage_of(app.require_origin(), [(r.position, r.state or b"") for r in stream])
-        if lineage_of else None), export_key)
+        if lineage_of else None), export_key), size
 
 
 def _summary(contents: list[EntryContent], records: dict[str, dict[str, Any]]) -> dict[str, Any]:
