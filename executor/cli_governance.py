@@ -4,17 +4,20 @@ and the access/budget events the executors recorded."""
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from executor.governance import AUDIT_KINDS
 from ledger.cli_common import StoreOption, fail, open_app, print_json, reported_errors
 
 roles_app = typer.Typer(no_args_is_help=True, help="Grant and revoke roles (admin).")
 quota_app = typer.Typer(no_args_is_help=True, help="Per-project budgets (admin).")
 backends_app = typer.Typer(no_args_is_help=True, help="Mark backends restricted (admin).")
 canary_app = typer.Typer(no_args_is_help=True, help="Route a fraction of a workflow's runs (admin).")
+PAGE = 1000
 AsOption = Annotated[str, typer.Option("--as", help="Whose key signs the change")]
 ProjectOption = Annotated[str, typer.Option(help="Project, or * for all")]
 
@@ -139,26 +142,28 @@ def approve(workflow: Path, author: Annotated[str, typer.Option(help="Who wrote 
 
 
 def audit_events(store: StoreOption = None,
-                 kind: Annotated[str | None, typer.Option(help="access_denied, approval_required, "
-                                                         "budget_refused, budget_warning")] = None,
+                 kind: Annotated[str | None, typer.Option(help=", ".join(AUDIT_KINDS))] = None,
                  limit: Annotated[int, typer.Option(min=1, max=100000)] = 100) -> None:
-    """The access and budget events executors recorded (who, what, when), newest last."""
+    """The access and budget events executors recorded (who, what, when): the last LIMIT,
+    newest last."""
     from eventsourcing.utils import get_topic
 
     from executor.governance import AuditEvent
     from ledger import dsse
     from ledger.content import EntryContent
 
+    if kind is not None and kind not in AUDIT_KINDS:
+        raise fail(f"unknown kind {kind!r}; kinds are {', '.join(AUDIT_KINDS)}")
     topic = get_topic(AuditEvent.Observed)  # type: ignore[attr-defined]
+    events: deque[dict[str, Any]] = deque(maxlen=limit)  # memory stays at LIMIT events
     with reported_errors():
         app = open_app(store)
-        rows = app.recorder.select_notifications(start=None, limit=100000, topics=[topic])
-        events = []
-        for row in rows:
-            content = EntryContent.from_bytes(dsse.parse(row.state).payload)
-            if kind is None or content.payload["kind"] == kind:
-                events.append({"at": content.timestamp, "recorded_by": content.principal, **content.payload})
-        if not events and kind is not None and kind not in ("access_denied", "approval_required",
-                                                             "budget_refused", "budget_warning"):
-            raise fail(f"unknown kind {kind!r}")
-    typer.echo(json.dumps(events[-limit:], indent=2, sort_keys=True))
+        start: int | None = None
+        while rows := app.recorder.select_notifications(start=start, limit=PAGE, topics=[topic]):
+            for row in rows:
+                content = EntryContent.from_bytes(dsse.parse(row.state).payload)
+                if kind is None or content.payload["kind"] == kind:
+                    events.append({"at": content.timestamp, "recorded_by": content.principal,
+                                   **content.payload})
+            start = rows[-1].id + 1
+    typer.echo(json.dumps(list(events), indent=2, sort_keys=True))

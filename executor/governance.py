@@ -21,6 +21,7 @@ ROLES = ("submitter", "approver", "auditor", "admin")
 ALL_PROJECTS = "*"
 DEFAULT_PROJECT = "default"
 ROOT = "root"  # the genesis admin: admin everywhere, whatever the role table says
+AUDIT_KINDS = ("access_denied", "approval_required", "budget_refused", "budget_warning")
 
 
 class GovernanceError(QledgerError):
