@@ -159,9 +159,9 @@ class Authorizer:
                 principal: str | None = None) -> str:
         """The caller's principal if it may call ``method`` in ``project``; else abort (and
         record the denial).  ``principal`` is the signer of a command the call carries."""
-        who = principal or self.identify(context, method)
         if not self.enabled:
-            return who or ""
+            return principal or ""  # no identity needed, so none is worked out
+        who = principal or self.identify(context, method)
         if who is None:
             self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, project, ANONYMOUS)
         if not self.allowed(who, method, project):
