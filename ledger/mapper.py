@@ -37,18 +37,24 @@ class SignedHere(StoredEvent):
     content: EntryContent | None = field(default=None, compare=False, repr=False)
 
 
+def column_mismatch(content: EntryContent, origin: str | None, stream_id: str | None,
+                    version: int | None, topic: str | None) -> str | None:
+    """How the columns the library reads disagree with the signed content, if they do: checked
+    when an entry is appended and again by the verifier.  ``None`` columns are not checked."""
+    if origin is not None and content.origin != origin:
+        return f"entry names ledger {content.origin!r}, not {origin!r}"
+    if topic is not None and (content.event_type != topic or content.stream_id != stream_id
+                              or content.stream_version != version):
+        return "stored event columns (id, version, topic) differ from the signed content"
+    return None
+
+
 def check_columns(content: EntryContent, stored: StoredEvent, origin: str | None) -> None:
     """The columns the library reads must say what the signed content says."""
-    if origin is not None and content.origin != origin:
-        raise ContentMismatchError(f"entry is for ledger {content.origin!r}, not {origin!r}")
-    if (
-        content.stream_id != str(stored.originator_id)
-        or content.stream_version != stored.originator_version
-        or content.event_type != stored.topic
-    ):
-        raise ContentMismatchError(
-            "stream id, version or type of the stored event differ from its signed content"
-        )
+    mismatch = column_mismatch(content, origin, str(stored.originator_id), stored.originator_version,
+                               stored.topic)
+    if mismatch:
+        raise ContentMismatchError(mismatch)
 
 
 class SigningMapper(Mapper[UUID]):

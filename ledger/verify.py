@@ -25,6 +25,7 @@ from ledger.errors import (
     UnknownKeyError,
 )
 from ledger.keys import PublicKey
+from ledger.mapper import column_mismatch
 from ledger.registry import KEY_EVENT_TYPES, KeyRegistry
 from ledger.source import EntryRow, LedgerSource
 
@@ -211,7 +212,8 @@ class Verifier:
             if check.problem is not None or check.content is None:
                 return Finding(pos, Tamper.PAYLOAD_ALTERED, check.problem or "unreadable")
             content = check.content
-            mismatch = self._column_mismatch(p, row, content)
+            mismatch = column_mismatch(content, p.origin, row.originator_id, row.originator_version,
+                                       row.topic)
             if mismatch:
                 return Finding(pos, Tamper.PAYLOAD_ALTERED, mismatch)
             expected_chain = chain_hash(p.chain, leaf)
@@ -235,18 +237,6 @@ class Verifier:
                 if finding:
                     return finding
             p.expected += 1
-        return None
-
-    @staticmethod
-    def _column_mismatch(p: _Pass, row: EntryRow, content: EntryContent) -> str | None:
-        if p.origin is not None and content.origin != p.origin:
-            return f"entry names ledger {content.origin!r}, not {p.origin!r}"
-        if row.topic is not None and (
-            row.topic != content.event_type
-            or row.originator_id != content.stream_id
-            or row.originator_version != content.stream_version
-        ):
-            return "stored event columns (id, version, topic) differ from the signed content"
         return None
 
     @staticmethod
