@@ -9,14 +9,13 @@ and the run's signed lineage bundle is exported and verified offline.
 from __future__ import annotations
 
 import tempfile
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from uuid import UUID
 
 from executor.api import qledger_pb2 as pb
 from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.commands import submit_command
+from executor.client import submit_and_watch
 from executor.demo_workflow import BELL
 from executor.governance import ALL_PROJECTS, DEFAULT_PROJECT
 from executor.lineage import lineage_json
@@ -25,7 +24,6 @@ from executor.server import client_channel, start_server
 from ledger import merkle
 from ledger.admin import CHECKPOINTER, EXPORTER, ROOT, add_key, export_key, init_store, open_admin_app
 from ledger.bundle import verify_bundle
-from ledger.checkpoint import parse_note
 from ledger.export_bundle import export_bundle
 from ledger.exportlog import LogFileSource, write_log
 from ledger.keys import KeyStore
@@ -49,20 +47,13 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
 
     running = start_server(app, executor_key, keys.load(CHECKPOINTER))
     try:
+        say(f"executor serving on {running.address}; demo-client submits {BELL['name']}, signed")
         # Every call is signed by demo-client's key: that, not a request field, is who calls.
+        run = submit_and_watch(running.address, client, BELL, None, True, lambda entry: say(
+            f"  position {entry.position}: {entry.event_type.rsplit('.', 1)[-1]}"))
+        say(f"run {run.run_id} {run.status}: steps {', '.join(run.steps)}")
         with client_channel(running.address, signer=client) as channel:
-            executor = pb_grpc.ExecutorStub(channel)
             ledger = pb_grpc.LedgerStub(channel)
-            say(f"executor serving on {running.address}")
-            origin = parse_note(ledger.GetCheckpoint(pb.GetCheckpointRequest()).note).checkpoint.origin
-            command = submit_command(client, origin, BELL, idempotency_key=str(uuid.uuid4()))
-            reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
-                command=pb.SignedEnvelope(envelope=command)), timeout=30)
-            say(f"submitted run {reply.run.run_id} ({BELL['name']}) signed by demo-client")
-            for entry in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=120):
-                say(f"  position {entry.position}: {entry.event_type.rsplit('.', 1)[-1]}")
-            run = executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id))
-            say(f"run {run.status}: steps {', '.join(run.steps)}")
             checkpoint = ledger.GetCheckpoint(pb.GetCheckpointRequest())
             last = ledger.GetEntry(pb.GetEntryRequest(position=checkpoint.tree_size))
             proof = ledger.GetInclusionProof(pb.GetInclusionProofRequest(
