@@ -21,17 +21,18 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from pythonjsonlogger.json import JsonFormatter
 
 tracer = trace.get_tracer("qledger")
 current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar("qledger_run_id", default=None)
 
 
-def configure_tracing(exporter: SpanExporter, service_name: str = "qledger") -> TracerProvider:
-    """Send spans to ``exporter`` (an OTLP exporter in production, in-memory in tests)."""
+def configure_tracing(exporter: SpanExporter, service_name: str = "qledger",
+                      batched: bool = False) -> TracerProvider:
+    """Send spans to ``exporter``: batched for a collector, one by one for an in-memory test."""
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(BatchSpanProcessor(exporter) if batched else SimpleSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 
@@ -42,13 +43,9 @@ def configure_tracing_from_environment() -> TracerProvider | None:
     if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return None
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get(
-        "OTEL_SERVICE_NAME", "qledger")}))
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    trace.set_tracer_provider(provider)
-    return provider
+    return configure_tracing(OTLPSpanExporter(), os.environ.get("OTEL_SERVICE_NAME", "qledger"),
+                             batched=True)
 
 
 def trace_parent() -> str | None:
