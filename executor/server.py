@@ -24,11 +24,12 @@ from executor.projections import projection_follower, projection_runner
 from executor.queue import RunQueue
 from executor.service import ExecutorService, LedgerService
 from executor.worker import Worker
-from ledger.app import LedgerApp
+from ledger.admin import SERVICE_ROLE, InitResult, init_store
+from ledger.app import DEFAULT_ORIGIN, LedgerApp
 from ledger.artifacts import HotArtifacts, StagedArtifacts
 from ledger.content import MAX_ENTRY_BYTES
 from ledger.follow import ProjectionFollower
-from ledger.keys import SigningKey
+from ledger.keys import KeyStore, SigningKey
 
 # A command is one signed entry; allow it with headroom, and refuse anything larger early.
 MAX_RECEIVE_BYTES = 2 * MAX_ENTRY_BYTES
@@ -114,6 +115,16 @@ class RunningServer:
             self.follower.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+
+
+def prepare_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
+                  service_role: str = SERVICE_ROLE) -> InitResult:
+    """Everything a server needs in a store, made by its owner (``qledger init``): the ledger's
+    tables, triggers, grants, genesis and keys, the projection tables and the run queue.  The
+    server itself, running as the service role, only creates what is missing."""
+    result = init_store(app, keys, origin, service_role, projection_runner(app))
+    RunQueue(app).create(service_role if app.store.is_postgres else None)
+    return result
 
 
 def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,

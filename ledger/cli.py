@@ -38,14 +38,11 @@ def init(store: StoreOption = None,
          service_role: Annotated[str, typer.Option(help="PostgreSQL role to grant INSERT, SELECT")]
          = admin.SERVICE_ROLE) -> None:
     """Create tables, triggers, grants, the genesis entry and the root and checkpoint keys."""
-    from executor.projections import projection_runner
-    from executor.queue import RunQueue
+    from executor.server import prepare_store
 
     with reported_errors():
         ledger = open_app(store)
-        result = admin.init_store(ledger, KeyStore.default(), origin, service_role,
-                                  projection_runner(ledger))
-        RunQueue(ledger).create(service_role if ledger.store.is_postgres else None)
+        result = prepare_store(ledger, KeyStore.default(), origin, service_role)
         typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
 
