@@ -7,7 +7,10 @@ It runs in two phases around the library's own insert:
 * ``chain`` (inside the library's transaction, after its table lock and insert): give each
   entry the next gapless position, check its key is valid *at that position* (so a
   concurrent revocation cannot slip through), and insert its leaf hash, chain hash and the
-  Merkle nodes it completes.
+  Merkle nodes it completes.  (``link`` is the pure part of this.  The PostgreSQL recorder
+  may run it before the lock, onto the head it wrote last, and send everything in one
+  round trip: if another writer appended meanwhile, the entries' primary key refuses the
+  taken position, the transaction rolls back and it chains again under the lock.)
 
 Any error raises before commit, so the library rolls the whole batch back: nothing written.
 """
@@ -17,7 +20,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from eventsourcing.persistence import StoredEvent
@@ -58,6 +61,15 @@ class ChainHead:
 
     def copy(self) -> ChainHead:
         return ChainHead(self.position, self.chain_hash, self.frontier.copy(), self.registry.copy())
+
+
+@dataclass
+class ChainLinks:
+    """The rows that chain a batch of entries onto a head, and the head after them."""
+
+    head: ChainHead
+    entry_rows: list[tuple[int, bytes, bytes, bytes]] = field(default_factory=list)  # position, hashes
+    key_rows: list[tuple[int, str, str, str, bytes, str]] = field(default_factory=list)
 
 
 def prepare_entry(stored: StoredEvent, origin: str | None) -> PreparedEntry:
@@ -222,6 +234,47 @@ class ChainWriter(ABC):
 
     # -- phase 2: inside the transaction, table lock held ----------------------------
 
+    def link(self, head: ChainHead) -> ChainLinks:
+        """Chain the prepared entries onto ``head`` (which this advances): no I/O."""
+        links = ChainLinks(head)
+        for entry in self._prepared:
+            position = head.position + 1
+            head.registry.check_signer(entry.envelope.key_id, entry.content, position)
+            record = head.registry.apply(position, entry.content)
+            if record is not None:
+                action = "revoke" if record.revoked_at == position else "register"
+                links.key_rows.append((position, record.key_id, action, record.principal,
+                                       record.public.raw, record.purpose))
+            head.chain_hash = chain_hash(head.chain_hash, entry.leaf_hash)
+            completed = head.frontier.append(entry.leaf_hash)
+            head.position = position
+            links.entry_rows.append((position, entry.leaf_hash, head.chain_hash, b"".join(completed)))
+        return links
+
+    def write_links(self, cursor: Any, links: ChainLinks, notification_ids: Sequence[int]) -> None:
+        """Insert the links' rows, each entry naming its event by the id the library gave it."""
+        cursor.executemany(
+            self.sql("INSERT INTO {entries} (position, notification_id, leaf_hash, chain_hash, "
+                     "subtree_hashes) VALUES ({p}, {p}, {p}, {p}, {p})"),
+            [(position, notification_id, *hashes) for (position, *hashes), notification_id
+             in zip(links.entry_rows, notification_ids, strict=True)],
+        )
+        self.write_key_and_artifact_rows(cursor, links)
+
+    def write_key_and_artifact_rows(self, cursor: Any, links: ChainLinks) -> None:
+        if links.key_rows:
+            cursor.executemany(
+                self.sql("INSERT INTO {keys} (position, key_id, action, principal, public_key, "
+                         "purpose) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"),
+                links.key_rows,
+            )
+        if self._artifacts:
+            cursor.executemany(
+                self.sql("INSERT INTO {artifacts} (sha256, media_type, size, data) "
+                         "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (sha256) DO NOTHING"),
+                self._artifacts,
+            )
+
     def chain(self, cursor: Any, notification_ids: Sequence[int], latest: int | None = None) -> None:
         """Chain the prepared entries; ``latest`` is the table's last position if already read."""
         head = self.load_head(cursor) if self._head is None else self._head.copy()
@@ -231,38 +284,7 @@ class ChainWriter(ABC):
                 latest = self.latest_position(cursor)
             if latest != head.position:
                 head = self.load_head(cursor)
-        entry_rows = []
-        key_rows = []
-        for entry, notification_id in zip(self._prepared, notification_ids, strict=True):
-            position = head.position + 1
-            head.registry.check_signer(entry.envelope.key_id, entry.content, position)
-            record = head.registry.apply(position, entry.content)
-            if record is not None:
-                action = "revoke" if record.revoked_at == position else "register"
-                key_rows.append((position, record.key_id, action, record.principal,
-                                 record.public.raw, record.purpose))
-            head.chain_hash = chain_hash(head.chain_hash, entry.leaf_hash)
-            completed = head.frontier.append(entry.leaf_hash)
-            head.position = position
-            entry_rows.append((position, notification_id, entry.leaf_hash, head.chain_hash,
-                               b"".join(completed)))
-        cursor.executemany(
-            self.sql("INSERT INTO {entries} (position, notification_id, leaf_hash, chain_hash, "
-                     "subtree_hashes) VALUES ({p}, {p}, {p}, {p}, {p})"),
-            entry_rows,
-        )
-        if key_rows:
-            cursor.executemany(
-                self.sql("INSERT INTO {keys} (position, key_id, action, principal, public_key, "
-                         "purpose) VALUES ({p}, {p}, {p}, {p}, {p}, {p})"),
-                key_rows,
-            )
-        if self._artifacts:
-            cursor.executemany(
-                self.sql("INSERT INTO {artifacts} (sha256, media_type, size, data) "
-                         "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (sha256) DO NOTHING"),
-                self._artifacts,
-            )
+        self.write_links(cursor, self.link(head), notification_ids)
         self._pending_head = head
 
     # -- around the library's insert ----------------------------------------------------

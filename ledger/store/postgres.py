@@ -6,12 +6,13 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from eventsourcing.persistence import InterfaceError, OperationalError, StoredEvent
+import psycopg
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
-from ledger.store.chain_writer import LATEST_POSITION, ChainWriter
+from ledger.store.chain_writer import LATEST_POSITION, ChainHead, ChainWriter
 from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
@@ -23,6 +24,7 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         self.init_chain_writer()
+        self._sole_writer = False
         schema = datastore.schema
         for ddl in TABLE_DDL:
             self.sql_create_statements.append(SQL(self.sql(ddl)))  # type: ignore[arg-type]
@@ -60,8 +62,49 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         # and re-raises them after COMMIT, so an entry refused by ``chain`` would still be
         # committed to the events table.  Here every exception leaves through
         # ``conn.transaction()``, which rolls back.
+        if self._head is not None and self._sole_writer:
+            try:
+                return self._insert_in_one_flight(stored_events, self._head.copy(), **kwargs)
+            except IntegrityError as exc:
+                if _constraint(exc) != f"{ENTRIES}_pkey":
+                    raise
+                # Another process appended since our last append: its entry holds the
+                # position we chained onto.  Everything rolled back; read the head this time.
+                self._sole_writer = False
+        return self._insert_reading_head(stored_events, **kwargs)
+
+    def _insert_in_one_flight(self, stored_events: Sequence[StoredEvent], head: ChainHead,
+                              **kwargs: Any) -> Sequence[int]:
+        """Chain onto the head we wrote last, sending lock, inserts and COMMIT in one round trip.
+
+        Positions are the entries' primary key and gapless, so if any other writer appended
+        since, position ``head.position + 1`` is taken and the insert fails: a stale head can
+        cost a retry, never a fork.  Each entry finds its event's notification id in SQL, by
+        the (stream, version) key the library just inserted, so nothing waits for RETURNING.
+        """
+        links = self.link(head)
+        entries_sql = self.sql(
+            "INSERT INTO {entries} (position, notification_id, leaf_hash, chain_hash, subtree_hashes) "
+            "VALUES ({p}, (SELECT notification_id FROM {events} WHERE originator_id = {p} "
+            "AND originator_version = {p}), {p}, {p}, {p})")
+        rows = [(position, stored.originator_id, stored.originator_version, *hashes)
+                for (position, *hashes), stored in zip(links.entry_rows, stored_events, strict=True)]
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            with conn.pipeline(), conn.transaction(), conn.cursor() as chained:
+                self._insert_events(curs, stored_events, **kwargs)
+                self._insert_stored_events(curs, stored_events, **kwargs)
+                chained.executemany(entries_sql, rows)
+                self.write_key_and_artifact_rows(chained, links)
+            notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        assert notification_ids is not None
+        self._pending_head = links.head
+        return notification_ids
+
+    def _insert_reading_head(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> Sequence[int]:
+        """Read the chain's head under the lock: the first append, and while others append too."""
         # Pipeline mode sends the lock, insert and chain statements without waiting for each
         # reply; the exception (if any) still leaves through conn.transaction().
+        known = None if self._head is None else self._head.position
         with (self.datastore.get_connection() as conn, conn.pipeline() as pipeline,
               conn.transaction(), conn.cursor() as curs):
             self._insert_events(curs, stored_events, **kwargs)
@@ -77,7 +120,14 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
             notification_ids = self._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
             assert notification_ids is not None
             self.chain(curs, notification_ids, latest)
+        # Nobody else appended since our last append: next time, chain without asking.
+        self._sole_writer = known == latest
         return notification_ids
+
+
+def _constraint(exc: BaseException) -> str | None:
+    cause = exc.__cause__
+    return cause.diag.constraint_name if isinstance(cause, psycopg.Error) else None
 
 
 def append_only_statements(schema: str, tables: Sequence[str]) -> list[Any]:

@@ -9,7 +9,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from ledger.admin import open_admin_app
 from ledger.app import LedgerApp
+from ledger.errors import RevokedKeyError
+from ledger.keys import KeyStore
 from ledger.verify import verify
 from tests.ledger.helpers import make_ledger, write_notes
 
@@ -64,3 +69,40 @@ def test_sigkill_mid_batch_leaves_no_partial_entry(store_url: str, qledger_home:
     write_notes(survivor, "alice", 1)
     report = verify(survivor.source())
     assert report.ok and report.tree_size == size + 2
+
+
+def second_writer(store_url: str, qledger_home: Path) -> LedgerApp:
+    """Another application on the same store, as another process would be, holding alice's key."""
+    keys = KeyStore(qledger_home)
+    app = open_admin_app(store_url, keys, create_tables=False)
+    app.add_signer(keys.load("alice"))
+    return app
+
+
+def test_writers_taking_turns_chain_onto_each_other(store_url: str, qledger_home: Path) -> None:
+    # A writer that was alone chains onto the head it wrote last without asking the table;
+    # when another writer appended meanwhile, that head is stale and must cost a retry, not a fork.
+    first, _ = make_ledger(store_url, qledger_home)
+    second = second_writer(store_url, qledger_home)
+    for turn in range(6):
+        write_notes(first if turn % 2 == 0 else second, "alice", 2, per_save=2 if turn % 3 else 1)
+        write_notes(first, "alice", 1)
+    expected = 3 + 6 * 2 * 2 + 6 * 2
+    assert positions(first) == list(range(1, expected + 1))
+    report = verify(first.source())
+    assert report.ok, report.finding
+    assert report.tree_size == expected
+
+
+def test_a_revocation_by_another_writer_binds_a_writer_with_a_stale_head(
+        store_url: str, qledger_home: Path) -> None:
+    first, alice = make_ledger(store_url, qledger_home)
+    write_notes(first, "alice", 2)
+    write_notes(first, "alice", 2)  # `first` now believes it is the only writer
+    admin = open_admin_app(store_url, KeyStore(qledger_home), create_tables=False)
+    admin.revoke_key("root", alice.key_id, "laptop lost")
+    size = first.tree_size()
+    with pytest.raises(RevokedKeyError):
+        write_notes(first, "alice", 1)
+    assert positions(first) == list(range(1, size + 1))
+    assert verify(first.source()).ok
