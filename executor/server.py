@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +27,9 @@ from executor.queue import RunQueue
 from executor.service import ExecutorService, LedgerService
 from executor.worker import Worker
 from ledger.admin import SERVICE_ROLE, InitResult, init_store
-from ledger.app import DEFAULT_ORIGIN, LedgerApp
+from ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
 from ledger.artifacts import HotArtifacts, StagedArtifacts
+from ledger.checkpoint import parse_note
 from ledger.content import MAX_ENTRY_BYTES
 from ledger.follow import ProjectionFollower
 from ledger.keys import KeyStore, SigningKey
@@ -87,6 +90,10 @@ class ExecutorSettings:
     metrics_port: int | None = None  # Prometheus endpoint (0: any free port)
     metrics_address: str = "127.0.0.1"  # a container sets 0.0.0.0 for its scraper
     projection_poll_seconds: float = 2.0  # PostgreSQL also wakes them by NOTIFY
+    # A signed checkpoint after this many new entries, or this long after an entry (if the
+    # server holds the checkpoint key); GetCheckpoint makes one on demand as well.
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 60.0
     # Every call authorised by role and project (governance entries); off only for harnesses
     # that test something else.
     authorize: bool = True
@@ -99,6 +106,7 @@ class RunningServer:
     worker: Worker
     metrics_server: Any = None
     follower: ProjectionFollower | None = None
+    checkpointer: Periodic | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -113,6 +121,8 @@ class RunningServer:
         self.worker.stop()
         if self.follower is not None:
             self.follower.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
 
@@ -135,6 +145,14 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         require_loopback(listen)
     settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
+    checkpointer = None
+    if checkpoint_key is not None:
+        policy = CheckpointPolicy(checkpoint_key, settings.checkpoint_every, settings.checkpoint_seconds)
+        latest = app.latest_checkpoint()  # count N from the last checkpoint, not from zero
+        policy.last_size = 0 if latest is None else parse_note(latest).checkpoint.tree_size
+        app.checkpoint_policy = policy
+        # Appends check the policy as they go; this covers the quiet after the last one.
+        checkpointer = Periodic(max(0.05, min(1.0, settings.checkpoint_seconds)), app.checkpoint_if_due)
     queue = RunQueue(app)
     queue.ensure()
     HotArtifacts(app.ledger).ensure_table()
@@ -169,7 +187,29 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     worker.start()
     metrics = (worker.metrics.serve(settings.metrics_port, settings.metrics_address)
                if settings.metrics_port is not None else None)
-    return RunningServer(server, port, worker, metrics, follower)
+    if checkpointer is not None:
+        checkpointer.start()
+    return RunningServer(server, port, worker, metrics, follower, checkpointer)
+
+
+class Periodic:
+    """Calls ``action`` every ``interval`` seconds on a daemon thread until stopped."""
+
+    def __init__(self, interval: float, action: Callable[[], object]) -> None:
+        self.interval, self.action = interval, action
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qledger-periodic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.action()
 
 
 def client_channel(address: str, root_ca: bytes | None = None, cert: bytes | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from typing import Any, cast
@@ -22,6 +23,8 @@ from ledger.store.reader import StoreSource
 from ledger.store.url import StoreURL, resolve_store
 
 DEFAULT_ORIGIN = "qledger.local/ledger"
+
+log = logging.getLogger("qledger.ledger")
 
 
 class CheckpointPolicy:
@@ -141,10 +144,27 @@ class LedgerApp(Application[UUID]):
 
     def _record(self, processing_event: Any) -> list[Recording[UUID]]:
         recordings = super()._record(processing_event)
-        policy = self.checkpoint_policy
-        if policy is not None and recordings and policy.due(self.tree_size()):
-            self.checkpoint(policy.key)
+        if recordings and self.checkpoint_policy is not None:
+            self.checkpoint_if_due(self.ledger.known_size())
         return recordings
+
+    def checkpoint_if_due(self, size: int | None = None) -> str | None:
+        """Checkpoint if the policy says it is time (``size``: the tree size, if known).
+
+        A failure is logged, not raised: the entries it would cover are committed already,
+        so their save succeeded, and the next due moment tries again.
+        """
+        policy = self.checkpoint_policy
+        if policy is None:
+            return None
+        try:
+            if not policy.due(self.tree_size() if size is None else size):
+                return None
+            return self.checkpoint(policy.key)
+        except PersistenceError as exc:
+            # e.g. another replica stored the checkpoint of this very size a moment ago.
+            log.warning("checkpoint not made: %s", exc)
+            return None
 
     def tree_size(self) -> int:
         with self.ledger.read_transaction() as cursor:

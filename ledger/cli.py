@@ -304,6 +304,12 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
           metrics_address: Annotated[str, typer.Option(envvar="QLEDGER_METRICS_ADDRESS",
                                                        help="Address the metrics endpoint binds")]
           = "127.0.0.1",
+          checkpoint_every: Annotated[int, typer.Option(min=1, envvar="QLEDGER_CHECKPOINT_EVERY",
+                                                        help="Sign a checkpoint after this many entries")]
+          = 1000,
+          checkpoint_seconds: Annotated[float, typer.Option(min=0.1, envvar="QLEDGER_CHECKPOINT_SECONDS",
+                                                            help="... or this long after an entry")]
+          = 60.0,
           authorize: Annotated[bool, typer.Option(envvar="QLEDGER_AUTHORIZE",
                                                   help="Authorise every call by role and project")]
           = True,
@@ -345,6 +351,8 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
             running = start_server(ledger, keys.load(executor), checkpointer, listen,
                                    ExecutorSettings(workers=workers, metrics_port=metrics_port,
                                                     metrics_address=metrics_address,
+                                                    checkpoint_every=checkpoint_every,
+                                                    checkpoint_seconds=checkpoint_seconds,
                                                     authorize=authorize), tls=tls,
                                    export_key=exporter)
         except OSError as exc:

@@ -213,6 +213,11 @@ class ChainWriter(ABC):
                 )
         return prepared
 
+    def known_size(self) -> int | None:
+        """The tree size after this process's last append, without asking the store."""
+        head = self._head
+        return None if head is None else head.position
+
     def key_record(self, key_id: str) -> KeyRecord | None:
         """The key as the ledger currently records it (re-read once if not known yet)."""
         for refresh in (False, True):

@@ -213,3 +213,23 @@ def test_checkpoints_are_made_every_n_entries(store_url: str, qledger_home: Path
     assert sizes == [5, 9, 13]
     report = verify(app.source())
     assert report.ok and report.checkpoints_checked == 3
+
+
+def test_a_failed_checkpoint_does_not_fail_the_save(store_url: str, qledger_home: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from eventsourcing.persistence import OperationalError
+
+    from ledger.app import CheckpointPolicy
+
+    app, _ = make_ledger(store_url, qledger_home)
+    app.checkpoint_policy = CheckpointPolicy(KeyStore(qledger_home).load("checkpointer"), every=1)
+
+    def unavailable(key: object) -> str:
+        raise OperationalError("checkpoint table locked")
+
+    monkeypatch.setattr(app, "checkpoint", unavailable)
+    entries, events = entry_count(app)
+    write_notes(app, "alice", 1)  # committed: the save must say so, whatever the checkpoint did
+    assert entry_count(app) == (entries + 2, events + 2)
+    assert "checkpoint not made: checkpoint table locked" in caplog.text
