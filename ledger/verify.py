@@ -8,6 +8,7 @@ Memory is one batch of entries, whatever the ledger's size.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from ledger.registry import KEY_EVENT_TYPES, KeyRegistry
 from ledger.source import EntryRow, LedgerSource
 
 BATCH = 4000
+AHEAD = 1  # batches handed to the workers beyond the one being settled
 
 
 class Tamper(StrEnum):
@@ -156,25 +158,22 @@ class Verifier:
                 return report
             p.checkpoints[size] = note
         pool = ProcessPoolExecutor(self.jobs) if self.jobs > 1 else None
+        # With workers, the next batches are read and handed out before this one's ordered
+        # pass, so reading and the ordered pass here overlap the workers' signature checks.
+        in_flight: deque[tuple[list[EntryRow], Callable[[], list[EnvelopeCheck | None]]]] = deque()
         try:
             for batch in _batches(self.source.entries(start, stop), BATCH):
-                checks = self._check_envelopes(batch, key_material, pool)
-                finding = self._ordered(p, batch, checks)
-                if finding is None and self.artifacts is not None:
-                    altered = self.artifacts([(row.position, check.content) for row, check
-                                              in zip(batch, checks, strict=True)
-                                              if check is not None and check.content is not None])
-                    if altered is not None:
-                        finding = Finding(altered[0], Tamper.ARTIFACT_ALTERED, altered[1])
-                report.entries_checked += len(batch) if finding is None else (
-                    finding.position - batch[0].position)
-                self.progress(len(batch))
-                if finding is not None:
-                    report.finding = finding
+                in_flight.append((batch, self._check_envelopes(batch, key_material, pool)))
+                if len(in_flight) > AHEAD:
+                    finding = self._settle(p, report, *in_flight.popleft())
+                    if finding is not None:
+                        return report
+            while in_flight:
+                if self._settle(p, report, *in_flight.popleft()) is not None:
                     return report
         finally:
             if pool is not None:
-                pool.shutdown()
+                pool.shutdown(cancel_futures=True)
         report.tree_size = p.expected - 1
         report.root_hash = p.frontier.root()
         report.checkpoints_checked = p.checked_notes
@@ -182,15 +181,34 @@ class Verifier:
             report.finding = self._tail(p)
         return report
 
+    def _settle(self, p: _Pass, report: VerifyReport, batch: list[EntryRow],
+                checks_of: Callable[[], list[EnvelopeCheck | None]]) -> Finding | None:
+        """The ordered pass over one batch whose envelope checks are done (or under way)."""
+        checks = checks_of()
+        finding = self._ordered(p, batch, checks)
+        if finding is None and self.artifacts is not None:
+            altered = self.artifacts([(row.position, check.content) for row, check
+                                      in zip(batch, checks, strict=True)
+                                      if check is not None and check.content is not None])
+            if altered is not None:
+                finding = Finding(altered[0], Tamper.ARTIFACT_ALTERED, altered[1])
+        report.entries_checked += len(batch) if finding is None else (
+            finding.position - batch[0].position)
+        self.progress(len(batch))
+        report.finding = finding
+        return finding
+
     def _check_envelopes(self, batch: Sequence[EntryRow], keys: dict[str, bytes],
-                         pool: ProcessPoolExecutor | None) -> list[EnvelopeCheck | None]:
+                         pool: ProcessPoolExecutor | None) -> Callable[[], list[EnvelopeCheck | None]]:
+        """Start checking ``batch``; the returned call waits for the results."""
         states = [row.state for row in batch]
         if pool is None:
-            return check_batch(states, keys)
+            checks = check_batch(states, keys)
+            return lambda: checks
         chunk = max(1, len(states) // (self.jobs * 2))
         parts = [pool.submit(check_batch, states[i:i + chunk], keys)
                  for i in range(0, len(states), chunk)]
-        return [check for part in parts for check in part.result()]
+        return lambda: [check for part in parts for check in part.result()]
 
     def _ordered(self, p: _Pass, batch: list[EntryRow],
                  checks: list[EnvelopeCheck | None]) -> Finding | None:
