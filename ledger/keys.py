@@ -10,6 +10,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -35,8 +36,8 @@ class PublicKey:
 
     raw: bytes
 
-    @property
-    def key_id(self) -> str:
+    @cached_property
+    def key_id(self) -> str:  # asked for several times per entry signed or checked
         return key_id_of(self.raw)
 
     def verify(self, signature: bytes, message: bytes) -> bool:
