@@ -29,7 +29,6 @@ from executor.worker import Worker
 from ledger.admin import SERVICE_ROLE, InitResult, init_store
 from ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
 from ledger.artifacts import HotArtifacts, StagedArtifacts
-from ledger.checkpoint import parse_note
 from ledger.content import MAX_ENTRY_BYTES
 from ledger.follow import ProjectionFollower
 from ledger.keys import KeyStore, SigningKey
@@ -147,10 +146,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     app.add_signer(executor_key)
     checkpointer = None
     if checkpoint_key is not None:
-        policy = CheckpointPolicy(checkpoint_key, settings.checkpoint_every, settings.checkpoint_seconds)
-        latest = app.latest_checkpoint()  # count N from the last checkpoint, not from zero
-        policy.last_size = 0 if latest is None else parse_note(latest).checkpoint.tree_size
-        app.checkpoint_policy = policy
+        app.use_checkpoint_policy(CheckpointPolicy(checkpoint_key, settings.checkpoint_every,
+                                                   settings.checkpoint_seconds))
         # Appends check the policy as they go; this covers the quiet after the last one.
         checkpointer = Periodic(max(0.05, min(1.0, settings.checkpoint_seconds)), app.checkpoint_if_due)
     queue = RunQueue(app)

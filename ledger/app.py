@@ -12,7 +12,7 @@ from eventsourcing.application import Application
 from eventsourcing.persistence import PersistenceError, Recording
 
 from ledger import merkle
-from ledger.checkpoint import Checkpoint
+from ledger.checkpoint import Checkpoint, parse_note
 from ledger.domain import GENESIS_TYPE, KeyRing
 from ledger.errors import ProofError, StoreNotInitialisedError, StoreUnavailableError
 from ledger.keys import PublicKey, SigningKey
@@ -147,6 +147,13 @@ class LedgerApp(Application[UUID]):
         if recordings and self.checkpoint_policy is not None:
             self.checkpoint_if_due(self.ledger.known_size())
         return recordings
+
+    def use_checkpoint_policy(self, policy: CheckpointPolicy) -> None:
+        """Checkpoint by ``policy`` from now on, counting its N entries from the last stored
+        checkpoint (a restarted server does not start again from zero)."""
+        latest = self.latest_checkpoint()
+        policy.last_size = 0 if latest is None else parse_note(latest).checkpoint.tree_size
+        self.checkpoint_policy = policy
 
     def checkpoint_if_due(self, size: int | None = None) -> str | None:
         """Checkpoint if the policy says it is time (``size``: the tree size, if known).
