@@ -127,9 +127,12 @@ def _group_commit_rate(url: str, home: str, events: int, writers: int, processes
     batching its writers' saves into group commits; wall time from the common start."""
     context = multiprocessing.get_context("spawn")
     ready, out = context.Barrier(processes), context.Queue()
+    # Spread writers and events evenly, so all ``writers`` run whatever the core count.
+    shares = [(writers // processes + (i < writers % processes),
+               events // processes + (i < events % processes)) for i in range(processes)]
     children = [context.Process(target=_group_commit_writers,
-                                args=(url, home, events // processes, writers // processes, ready, out))
-                for _ in range(processes)]
+                                args=(url, home, count, threads, ready, out))
+                for threads, count in shares]
     for child in children:
         child.start()
     results = [out.get(timeout=600) for _ in children]
