@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 
 from securesystemslib.dsse import Envelope
@@ -19,6 +20,18 @@ from ledger.errors import NonCanonicalEntryError
 from ledger.keys import PublicKey, SigningKey
 
 EVENT_PAYLOAD_TYPE = "application/vnd.qledger.event+json"
+
+# RFC 8785 escapes only '"', '\\' and U+0000..U+001F in strings and sorts keys, so an
+# envelope whose payloadType and keyid hold none of those (every envelope this ledger
+# writes) has exactly one canonical spelling: this template.  Writing and checking it here
+# skips a general JSON round trip per entry, the largest cost of verify beside the signature
+# maths; anything that does not fit the template goes through ``ledger.canonical``, and
+# tests/ledger/test_canonical_and_dsse.py checks both ways agree byte for byte.
+_PLAIN_STRING = re.compile(r'[^"\\\x00-\x1f]*')
+_PLAIN_ENVELOPE = re.compile(
+    rb'\{"payload":"([A-Za-z0-9+/]*={0,2})","payloadType":"([^"\\\x00-\x1f]*)",'
+    rb'"signatures":\[\{"keyid":"([^"\\\x00-\x1f]*)","sig":"([A-Za-z0-9+/]*={0,2})"\}\]\}')
+_PLAIN_TEMPLATE = b'{"payload":"%s","payloadType":"%s","signatures":[{"keyid":"%s","sig":"%s"}]}'
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -45,9 +58,20 @@ class SignedEnvelope:
 
 def sign(payload: bytes, key: SigningKey, payload_type: str = EVENT_PAYLOAD_TYPE) -> SignedEnvelope:
     signature = key.sign(pae(payload_type, payload))
-    envelope = Envelope(payload, payload_type, {key.key_id: Signature(key.key_id, signature.hex())})
-    canonical = canonical_bytes(envelope.to_dict())
-    return SignedEnvelope(payload, payload_type, key.key_id, signature, canonical)
+    return SignedEnvelope(payload, payload_type, key.key_id, signature,
+                          envelope_bytes(payload, payload_type, key.key_id, signature))
+
+
+def envelope_bytes(payload: bytes, payload_type: str, key_id: str, signature: bytes) -> bytes:
+    """The RFC 8785 bytes of the envelope ``securesystemslib.dsse.Envelope.to_dict()`` gives."""
+    if _PLAIN_STRING.fullmatch(payload_type) and _PLAIN_STRING.fullmatch(key_id):
+        try:
+            return _PLAIN_TEMPLATE % (base64.b64encode(payload), payload_type.encode(),
+                                      key_id.encode(), base64.b64encode(signature))
+        except UnicodeEncodeError:  # a lone surrogate: the general path refuses it with a reason
+            pass
+    envelope = Envelope(payload, payload_type, {key_id: Signature(key_id, signature.hex())})
+    return canonical_bytes(envelope.to_dict())
 
 
 def _b64(text: object, what: str) -> bytes:
@@ -59,8 +83,30 @@ def _b64(text: object, what: str) -> bytes:
         raise NonCanonicalEntryError(f"DSSE {what} is not valid base64") from exc
 
 
+def _parse_plain(data: bytes) -> SignedEnvelope | None:
+    """``parse`` for bytes in the plain template; None if they are not (let ``parse`` decide)."""
+    match = _PLAIN_ENVELOPE.fullmatch(data)
+    if match is None:
+        return None
+    payload_b64, payload_type, key_id, sig_b64 = match.groups()
+    try:
+        payload = base64.b64decode(payload_b64, validate=True)
+        signature = base64.b64decode(sig_b64, validate=True)
+        texts = payload_type.decode(), key_id.decode()  # strict UTF-8, as a JSON reader insists
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+    if base64.b64encode(payload) != payload_b64 or base64.b64encode(signature) != sig_b64:
+        return None
+    return SignedEnvelope(payload, texts[0], texts[1], signature, data)
+
+
 def parse(data: bytes) -> SignedEnvelope:
     """Parse canonical envelope bytes; anything else is refused, never repaired."""
+    return _parse_plain(data) or parse_general(data)
+
+
+def parse_general(data: bytes) -> SignedEnvelope:
+    """``parse`` through the general canonical JSON reader (the reference for ``_parse_plain``)."""
     value = parse_canonical(data)
     if not isinstance(value, dict) or set(value) != {"payload", "payloadType", "signatures"}:
         raise NonCanonicalEntryError("DSSE envelope must have payload, payloadType, signatures")

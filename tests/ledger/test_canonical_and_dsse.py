@@ -117,3 +117,63 @@ def test_plain_notation_floats_take_the_fast_path_correctly(x: float) -> None:
     value = {"ms": x, "nested": [x, -x]}
     assert canonical_bytes(value) == canonical_bytes_slow(value)
     assert parse_canonical(canonical_bytes_slow(value)) == value
+
+
+# --- the plain-envelope template against the general canonical path -------------------
+
+envelope_strings = st.one_of(st.just(dsse.EVENT_PAYLOAD_TYPE), st.text(max_size=12),
+                             st.text(alphabet='"\\\x00\x1f\x7f\u2028é\U0001f600ab/+=', max_size=6))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64), envelope_strings, envelope_strings, st.binary(max_size=64))
+def test_envelope_template_writes_what_rfc8785_writes(payload: bytes, payload_type: str, key_id: str,
+                                                      signature: bytes) -> None:
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import Signature
+
+    general = Envelope(payload, payload_type, {key_id: Signature(key_id, signature.hex())})
+    try:
+        reference = canonical_bytes_slow(general.to_dict())
+    except NonCanonicalEntryError:
+        with pytest.raises(NonCanonicalEntryError):
+            dsse.envelope_bytes(payload, payload_type, key_id, signature)
+        return
+    data = dsse.envelope_bytes(payload, payload_type, key_id, signature)
+    assert data == reference
+    assert dsse.parse(data) == dsse.parse_general(data)
+    assert dsse.parse(data).payload == payload and dsse.parse(data).signature == signature
+
+
+def _mutations(data: bytes, where: int, what: int) -> list[bytes]:
+    index = where % (len(data) + 1)
+    changed = bytearray(data)
+    if index < len(data):
+        changed[index] = what
+    return [bytes(changed), data[:index] + bytes([what]) + data[index:], data[:index] + data[index + 1:]]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=24), envelope_strings, st.integers(min_value=0), st.integers(0, 255))
+def test_envelope_fast_parse_accepts_only_what_the_general_parse_accepts(
+        payload: bytes, key_id: str, where: int, what: int) -> None:
+    # Tamper with one byte of a real envelope (overwrite, insert, delete): whatever the
+    # template reader accepts, the general reader accepts with the same fields; whatever
+    # it passes over is left to the general reader.
+    try:
+        data = dsse.envelope_bytes(payload, dsse.EVENT_PAYLOAD_TYPE, key_id, b"\x01" * 64)
+    except NonCanonicalEntryError:
+        return
+    for mutated in _mutations(data, where, what):
+        try:
+            general: dsse.SignedEnvelope | None = dsse.parse_general(mutated)
+        except NonCanonicalEntryError:
+            general = None
+        fast = dsse._parse_plain(mutated)
+        if fast is not None:
+            assert fast == general
+        if general is not None:
+            assert dsse.parse(mutated) == general
+        else:
+            with pytest.raises(NonCanonicalEntryError):
+                dsse.parse(mutated)
