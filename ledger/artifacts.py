@@ -24,7 +24,7 @@ from typing import Any
 from eventsourcing.persistence import PersistenceError
 from psycopg import DatabaseError
 
-from ledger.content import EntryContent, artifact_ref
+from ledger.content import artifact_ref
 from ledger.errors import QledgerError
 from ledger.store.chain_writer import ChainWriter
 from ledger.store.ledger_tables import ARTIFACTS_DDL
@@ -231,9 +231,9 @@ class ArtifactChecker:
         self.hot, self.archived = hot, archived
         self.result = ArtifactCheck()
 
-    def check(self, entries: Sequence[tuple[int, EntryContent]]) -> tuple[int, str] | None:
-        """The first (position, reason) whose artifact copy is altered, or None."""
-        wanted = [(pos, ref["sha256"]) for pos, content in entries for ref in artifact_refs(content.payload)]
+    def check(self, wanted: Sequence[tuple[int, str]]) -> tuple[int, str] | None:
+        """Given (position, sha256) of each reference: the first (position, reason) whose
+        artifact copy is altered, or None."""
         if not wanted:
             return None
         self.result.referenced += len(wanted)

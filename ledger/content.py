@@ -50,8 +50,8 @@ class EntryContent:
         if not isinstance(value, dict) or set(value) != set(_FIELDS):
             raise NonCanonicalEntryError(f"entry content must have exactly {sorted(_FIELDS)}")
         for name, kind in _FIELDS.items():
-            # bool is an int in Python; a version of `true` is not a version.
-            if not isinstance(value[name], kind) or isinstance(value[name], bool):
+            # The exact type: bool is an int in Python, but a version of `true` is not a version.
+            if type(value[name]) is not kind:
                 raise NonCanonicalEntryError(f"entry content field {name!r} must be {kind.__name__}")
         return cls(**value)
 

@@ -90,12 +90,15 @@ def _parse_plain(data: bytes) -> SignedEnvelope | None:
         return None
     payload_b64, payload_type, key_id, sig_b64 = match.groups()
     try:
-        payload = base64.b64decode(payload_b64, validate=True)
-        signature = base64.b64decode(sig_b64, validate=True)
+        # The pattern admits only the base64 alphabet, so binascii needs no validation pass
+        # of its own; encoding back rejects every spelling but the standard one.
+        payload = binascii.a2b_base64(payload_b64)
+        signature = binascii.a2b_base64(sig_b64)
         texts = payload_type.decode(), key_id.decode()  # strict UTF-8, as a JSON reader insists
     except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         return None
-    if base64.b64encode(payload) != payload_b64 or base64.b64encode(signature) != sig_b64:
+    if (binascii.b2a_base64(payload, newline=False) != payload_b64
+            or binascii.b2a_base64(signature, newline=False) != sig_b64):
         return None
     return SignedEnvelope(payload, texts[0], texts[1], signature, data)
 

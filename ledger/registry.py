@@ -71,39 +71,47 @@ class KeyRegistry:
 
     def check_signer(self, key_id: str, content: EntryContent, position: int) -> KeyRecord:
         """Check ``key_id`` may sign ``content`` at ``position`` (before applying it)."""
-        if content.event_type == GENESIS_TYPE:
-            if position != 1 or key_id != content.payload.get("key_id"):
+        return self.check_signer_of(key_id, position, content.event_type, content.principal,
+                                    content.payload)
+
+    def check_signer_of(self, key_id: str, position: int, event_type: str, principal: str,
+                        payload: dict[str, Any]) -> KeyRecord:
+        """``check_signer`` given the content's fields (the payload is read for genesis only)."""
+        if event_type == GENESIS_TYPE:
+            if position != 1 or key_id != payload.get("key_id"):
                 raise NotAuthorisedError("genesis must be position 1, self-signed by its key")
-            return KeyRecord(key_id, content.principal, _public_key_field(content.payload),
-                             ADMIN, 1)
+            return KeyRecord(key_id, principal, _public_key_field(payload), ADMIN, 1)
         if position == 1:
             raise ContentMismatchError("position 1 must be the genesis entry")
         record = self.signer_at(key_id, position)
-        if record.principal != content.principal:
+        if record.principal != principal:
             raise NotAuthorisedError(
                 f"key {key_id[:16]}… belongs to {record.principal!r}, "
-                f"not to {content.principal!r}"
+                f"not to {principal!r}"
             )
-        if content.event_type in KEY_EVENT_TYPES and record.purpose != ADMIN:
+        if event_type in KEY_EVENT_TYPES and record.purpose != ADMIN:
             raise NotAuthorisedError("key changes must be signed by an admin key")
         return record
 
     def apply(self, position: int, content: EntryContent) -> KeyRecord | None:
         """Apply a key event at ``position``; return the key it concerns (None if not a key event)."""
+        return self.apply_of(position, content.event_type, content.principal, content.payload)
+
+    def apply_of(self, position: int, event_type: str, principal: str,
+                 payload: dict[str, Any]) -> KeyRecord | None:
+        """``apply`` given the content's fields (the payload is read for key events only)."""
         self.last_position = max(self.last_position, position)
-        payload = content.payload
-        if content.event_type in (GENESIS_TYPE, KEY_REGISTERED_TYPE):
+        if event_type in (GENESIS_TYPE, KEY_REGISTERED_TYPE):
             public = _public_key_field(payload)
             if public.key_id in self.keys:
                 raise ContentMismatchError(f"key {public.key_id[:16]}… is already registered")
-            owner = content.principal if content.event_type == GENESIS_TYPE else payload.get(
-                "key_principal")
+            owner = principal if event_type == GENESIS_TYPE else payload.get("key_principal")
             if not isinstance(owner, str) or not owner:
                 raise NonCanonicalEntryError("key entry needs the key's principal")
             record = KeyRecord(public.key_id, owner, public, str(payload["purpose"]), position)
             self.keys[record.key_id] = record
             return record
-        if content.event_type == KEY_REVOKED_TYPE:
+        if event_type == KEY_REVOKED_TYPE:
             revoked = self.keys.get(str(payload.get("key_id")))
             if revoked is None or revoked.revoked_at is not None:
                 raise ContentMismatchError("can only revoke a registered, unrevoked key")

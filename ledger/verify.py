@@ -9,8 +9,8 @@ Memory is one batch of entries, whatever the ledger's size.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
@@ -18,20 +18,18 @@ from itertools import islice
 from ledger import dsse, merkle
 from ledger.chain import chain_hash
 from ledger.checkpoint import parse_note
-from ledger.content import EntryContent
 from ledger.errors import (
     LogFormatError,
     QledgerError,
     RevokedKeyError,
     UnknownKeyError,
 )
-from ledger.keys import PublicKey
-from ledger.mapper import column_mismatch
-from ledger.registry import KEY_EVENT_TYPES, KeyRegistry
-from ledger.source import EntryRow, LedgerSource
+from ledger.registry import KeyRegistry
+from ledger.source import EntryRow, LedgerSource, RangeReader
+from ledger.verify_entry import EntryVerdict, check_range, check_rows
 
-BATCH = 4000
-AHEAD = 1  # batches handed to the workers beyond the one being settled
+BATCH = 1000
+AHEAD = 1  # batches read here and handed to the workers beyond the one being settled
 
 
 class Tamper(StrEnum):
@@ -74,38 +72,6 @@ class VerifyReport:
         return self.finding is None
 
 
-# --- per-entry checks, run in workers --------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EnvelopeCheck:
-    problem: str | None = None
-    content: EntryContent | None = None
-    key_id: str = ""
-    signature_ok: bool = False
-    verified_with: bytes | None = None  # the public key the worker used, if it knew one
-
-
-def check_envelope(state: bytes, keys: dict[str, bytes]) -> EnvelopeCheck:
-    try:
-        envelope = dsse.parse(state)
-        if envelope.payload_type != dsse.EVENT_PAYLOAD_TYPE:
-            return EnvelopeCheck(problem=f"payloadType is {envelope.payload_type!r}")
-        content = EntryContent.from_bytes(envelope.payload)
-    except QledgerError as exc:
-        return EnvelopeCheck(problem=str(exc))
-    public_raw = keys.get(envelope.key_id)
-    if public_raw is None and content.event_type in KEY_EVENT_TYPES:
-        public_raw = bytes.fromhex(str(content.payload.get("public_key", "")))
-    ok = public_raw is not None and envelope.signature_valid(PublicKey(public_raw))
-    return EnvelopeCheck(content=content, key_id=envelope.key_id, signature_ok=ok,
-                         verified_with=public_raw)
-
-
-def check_batch(states: list[bytes | None], keys: dict[str, bytes]) -> list[EnvelopeCheck | None]:
-    return [None if s is None else check_envelope(s, keys) for s in states]
-
-
 # --- the ordered pass ------------------------------------------------------------------
 
 
@@ -127,8 +93,20 @@ def _batches(rows: Iterator[EntryRow], size: int) -> Iterator[list[EntryRow]]:
         yield batch
 
 
-# Given each verified batch as (position, content): the first (position, reason) of a problem.
-BatchCheck = Callable[[list[tuple[int, EntryContent]]], tuple[int, str] | None]
+def _ready(batch: list[EntryRow], verdicts: Verdicts) -> Checked:
+    return lambda: (batch, verdicts)
+
+
+def _gathered(batch: list[EntryRow], parts: list[Future[Verdicts]]) -> Checked:
+    return lambda: (batch, [verdict for part in parts for verdict in part.result()])
+
+
+# Given the (position, sha256) of each artifact a verified batch references: the first
+# (position, reason) of a problem.
+BatchCheck = Callable[[list[tuple[int, str]]], tuple[int, str] | None]
+Verdicts = list[EntryVerdict | None]
+Task = tuple[dict[str, bytes], str | None, bool]  # check_rows' arguments after the rows
+Checked = Callable[[], tuple[list[EntryRow], Verdicts]]  # waits for a batch and its verdicts
 
 
 class Verifier:
@@ -145,7 +123,9 @@ class Verifier:
         state = self.source.start_state(start)
         p = _Pass(self.source, self.source.origin(), state.chain_hash, state.frontier,
                   state.registry, start)
-        key_material = {k.key_id: k.public_key for k in self.source.key_rows()}
+        # The key table is only a hint for the workers; the ordered pass checks the key the
+        # entries themselves registered.
+        key_hint = {k.key_id: k.public_key for k in self.source.key_rows()}
         for note in self.source.checkpoint_notes():
             try:
                 size = parse_note(note).checkpoint.tree_size
@@ -158,18 +138,22 @@ class Verifier:
                 return report
             p.checkpoints[size] = note
         pool = ProcessPoolExecutor(self.jobs) if self.jobs > 1 else None
-        # With workers, the next batches are read and handed out before this one's ordered
-        # pass, so reading and the ordered pass here overlap the workers' signature checks.
-        in_flight: deque[tuple[list[EntryRow], Callable[[], list[EnvelopeCheck | None]]]] = deque()
+        task = (key_hint, p.origin, self.artifacts is not None)
+        self._reader = self.source.range_reader() if pool is not None else None
+        if pool is not None and self._reader is not None:
+            checked, ahead = self._checked_ranges(self._reader, start, stop, task, pool), self.jobs * 3
+        else:
+            checked, ahead = self._checked_batches(start, stop, task, pool), AHEAD
+        # Later batches are handed out before this one's ordered pass, so the ordered pass
+        # here overlaps the workers' checks.
+        in_flight: deque[Checked] = deque()
         try:
-            for batch in _batches(self.source.entries(start, stop), BATCH):
-                in_flight.append((batch, self._check_envelopes(batch, key_material, pool)))
-                if len(in_flight) > AHEAD:
-                    finding = self._settle(p, report, *in_flight.popleft())
-                    if finding is not None:
-                        return report
+            for batch in checked:
+                in_flight.append(batch)
+                if len(in_flight) > ahead and self._settle(p, report, in_flight.popleft()):
+                    return report
             while in_flight:
-                if self._settle(p, report, *in_flight.popleft()) is not None:
+                if self._settle(p, report, in_flight.popleft()):
                     return report
         finally:
             if pool is not None:
@@ -181,59 +165,70 @@ class Verifier:
             report.finding = self._tail(p)
         return report
 
-    def _settle(self, p: _Pass, report: VerifyReport, batch: list[EntryRow],
-                checks_of: Callable[[], list[EnvelopeCheck | None]]) -> Finding | None:
-        """The ordered pass over one batch whose envelope checks are done (or under way)."""
-        checks = checks_of()
-        finding = self._ordered(p, batch, checks)
+    def _settle(self, p: _Pass, report: VerifyReport, checked: Checked) -> Finding | None:
+        """The ordered pass over one batch whose entry checks are done (or under way)."""
+        batch, verdicts = checked()
+        first = p.expected
+        finding = self._ordered(p, batch, verdicts)
         if finding is None and self.artifacts is not None:
-            altered = self.artifacts([(row.position, check.content) for row, check
-                                      in zip(batch, checks, strict=True)
-                                      if check is not None and check.content is not None])
+            altered = self.artifacts([(row.position, sha)
+                                      for row, verdict in zip(batch, verdicts, strict=True)
+                                      if verdict is not None for sha in verdict.artifacts])
             if altered is not None:
                 finding = Finding(altered[0], Tamper.ARTIFACT_ALTERED, altered[1])
-        report.entries_checked += len(batch) if finding is None else (
-            finding.position - batch[0].position)
+        report.entries_checked += (p.expected if finding is None else finding.position) - first
         self.progress(len(batch))
         report.finding = finding
         return finding
 
-    def _check_envelopes(self, batch: Sequence[EntryRow], keys: dict[str, bytes],
-                         pool: ProcessPoolExecutor | None) -> Callable[[], list[EnvelopeCheck | None]]:
-        """Start checking ``batch``; the returned call waits for the results."""
-        states = [row.state for row in batch]
-        if pool is None:
-            checks = check_batch(states, keys)
-            return lambda: checks
-        chunk = max(1, len(states) // (self.jobs * 2))
-        parts = [pool.submit(check_batch, states[i:i + chunk], keys)
-                 for i in range(0, len(states), chunk)]
-        return lambda: [check for part in parts for check in part.result()]
+    def _checked_batches(self, start: int, stop: int | None, task: Task,
+                         pool: ProcessPoolExecutor | None) -> Iterator[Checked]:
+        """Batches read here, each checked here or split over the workers."""
+        for batch in _batches(self.source.entries(start, stop), BATCH):
+            if pool is None:
+                yield _ready(batch, check_rows(batch, *task))
+                continue
+            chunk = max(1, len(batch) // (self.jobs * 2))
+            yield _gathered(batch, [pool.submit(check_rows, batch[i:i + chunk], *task)
+                                    for i in range(0, len(batch), chunk)])
 
-    def _ordered(self, p: _Pass, batch: list[EntryRow],
-                 checks: list[EnvelopeCheck | None]) -> Finding | None:
-        for i, (row, check) in enumerate(zip(batch, checks, strict=True)):
+    def _checked_ranges(self, reader: RangeReader, start: int, stop: int | None, task: Task,
+                        pool: ProcessPoolExecutor) -> Iterator[Checked]:
+        """Windows of positions that each worker reads and checks by itself."""
+        last = min(stop if stop is not None else 2**62, self.source.tree_size())
+        for after in range(start - 1, last, BATCH):
+            future = pool.submit(check_range, reader, after, min(after + BATCH, last), *task)
+            yield future.result
+
+    def _stored_state(self, row: EntryRow) -> bytes:
+        """The envelope of ``row``, read again if a worker kept it."""
+        if row.state is not None or self._reader is None:
+            assert row.state is not None
+            return row.state
+        state = self._reader(row.position - 1, row.position)[0].state
+        assert state is not None
+        return state
+
+    def _ordered(self, p: _Pass, batch: list[EntryRow], verdicts: Verdicts) -> Finding | None:
+        for i, (row, verdict) in enumerate(zip(batch, verdicts, strict=True)):
             pos = p.expected
             if row.position != pos:
                 return Finding(pos, Tamper.MISSING_ENTRY,
                                f"no entry at position {pos} (next stored is {row.position})")
-            if row.state is None or check is None:
+            if verdict is None:
                 return Finding(pos, Tamper.MISSING_ENTRY, "the entry's stored event row is gone")
             if row.notification_id is not None:
                 if p.last_notification is not None and row.notification_id <= p.last_notification:
                     return Finding(pos, Tamper.REORDERED,
                                    "notification ids run backwards: entries were reordered")
                 p.last_notification = row.notification_id
-            leaf = merkle.leaf_hash(row.state)
-            if leaf != row.leaf_hash:
+            if not verdict.leaf_ok:
                 return Finding(pos, Tamper.PAYLOAD_ALTERED, "the stored envelope's hash changed")
-            if check.problem is not None or check.content is None:
-                return Finding(pos, Tamper.PAYLOAD_ALTERED, check.problem or "unreadable")
-            content = check.content
-            mismatch = column_mismatch(content, p.origin, row.originator_id, row.originator_version,
-                                       row.topic)
-            if mismatch:
-                return Finding(pos, Tamper.PAYLOAD_ALTERED, mismatch)
+            if verdict.problem is not None:
+                return Finding(pos, Tamper.PAYLOAD_ALTERED, verdict.problem)
+            if verdict.mismatch:
+                return Finding(pos, Tamper.PAYLOAD_ALTERED, verdict.mismatch)
+            leaf = row.leaf_hash  # the worker found it is the stored envelope's hash
             expected_chain = chain_hash(p.chain, leaf)
             if row.chain_hash != expected_chain:
                 if any(chain_hash(p.chain, later.leaf_hash) == later.chain_hash
@@ -241,7 +236,7 @@ class Verifier:
                     return Finding(pos, Tamper.REORDERED,
                                    "a later entry belongs here: entries were reordered")
                 return Finding(pos, Tamper.CHAIN_BROKEN, "chain hash does not follow its predecessor")
-            finding = self._signer(p, pos, check, content, row.state)
+            finding = self._signer(p, pos, verdict, row)
             if finding:
                 return finding
             p.chain = expected_chain
@@ -257,27 +252,27 @@ class Verifier:
             p.expected += 1
         return None
 
-    @staticmethod
-    def _signer(p: _Pass, pos: int, check: EnvelopeCheck, content: EntryContent,
-                state: bytes) -> Finding | None:
+    def _signer(self, p: _Pass, pos: int, verdict: EntryVerdict, row: EntryRow) -> Finding | None:
+        payload = verdict.key_payload or {}
         try:
-            record = p.registry.check_signer(check.key_id, content, pos)
+            record = p.registry.check_signer_of(verdict.key_id, pos, verdict.event_type,
+                                                verdict.principal, payload)
         except UnknownKeyError as exc:
             return Finding(pos, Tamper.UNKNOWN_KEY, str(exc))
         except RevokedKeyError as exc:
             return Finding(pos, Tamper.REVOKED_KEY, str(exc))
         except QledgerError as exc:
             return Finding(pos, Tamper.UNAUTHORISED_KEY, str(exc))
-        valid = check.signature_ok
-        if check.verified_with != record.public.raw:
+        valid = verdict.signature_ok
+        if verdict.verified_with != record.public.raw:
             # The worker used the key table, which is only a hint: the key that counts is
             # the one the entries themselves registered.  Rare, so checked here inline.
-            valid = dsse.parse(state).signature_valid(record.public)
+            valid = dsse.parse(self._stored_state(row)).signature_valid(record.public)
         if not valid:
             return Finding(pos, Tamper.BAD_SIGNATURE,
-                           f"signature does not verify with key {check.key_id[:16]}…")
+                           f"signature does not verify with key {verdict.key_id[:16]}…")
         try:
-            p.registry.apply(pos, content)
+            p.registry.apply_of(pos, verdict.event_type, verdict.principal, payload)
         except QledgerError as exc:
             return Finding(pos, Tamper.PAYLOAD_ALTERED, f"invalid key entry: {exc}")
         return None

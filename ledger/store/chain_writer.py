@@ -38,7 +38,9 @@ from ledger.errors import (
 from ledger.keys import PublicKey
 from ledger.mapper import SignedHere, check_columns
 from ledger.registry import KeyRecord, KeyRegistry
+from ledger.source import EntryRow
 from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS
+from ledger.store.range_reader import EntryRangeReader
 
 LATEST_POSITION = "SELECT MAX(position) AS p FROM {entries}"
 
@@ -135,6 +137,15 @@ class ChainWriter(ABC):
         return cached
 
     datastore: Any  # the library's SQLiteDatastore or PostgresDatastore
+
+    @abstractmethod
+    def fetch_entry_rows(self, cursor: Any, sql: str, params: Sequence[Any]) -> list[EntryRow]:
+        """Run ``sql``, whose columns are EntryRow's fields in order, and return its rows."""
+
+    @abstractmethod
+    def entry_reader(self, sql: str) -> EntryRangeReader | None:
+        """A reader running ``sql`` (windowed by after, up to) on a connection of its own, for
+        another process; None if no other process can open this store."""
 
     def read_transaction(self) -> Any:
         """A context manager yielding a cursor in a transaction that is rolled back."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import psycopg
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
@@ -12,8 +12,10 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Identifier, Literal
 
+from ledger.source import EntryRow
 from ledger.store.chain_writer import LATEST_POSITION, ChainHead, ChainWriter
 from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.range_reader import EntryRangeReader
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
 
@@ -49,6 +51,15 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
 
     def table(self, name: str) -> str:
         return f"{Identifier(self.datastore.schema).as_string()}.{Identifier(name).as_string()}"
+
+    def fetch_entry_rows(self, cursor: Any, sql: str, params: Sequence[Any]) -> list[EntryRow]:
+        return read_entry_rows(cursor.connection, sql, params)
+
+    def entry_reader(self, sql: str) -> EntryRangeReader | None:
+        settings = cast(dict[str, Any], self.datastore.pool.kwargs)
+        args = {name: settings[name] for name in ("dbname", "host", "port", "user", "password")}
+        return EntryRangeReader(psycopg.connect, (*sorted(args.items()), ("autocommit", True)),
+                                read_entry_rows, sql)
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -123,6 +134,17 @@ class LedgerPostgresRecorder(PostgresApplicationRecorder, ChainWriter):
         # Nobody else appended since our last append: next time, chain without asking.
         self._sole_writer = known == latest
         return notification_ids
+
+
+def _entry_row_maker(cursor: Any) -> Any:
+    return EntryRow._make
+
+
+def read_entry_rows(connection: Any, sql: str, params: Sequence[Any]) -> list[EntryRow]:
+    # Binary results: envelopes arrive as bytes, not as hex text for both sides to convert.
+    with connection.cursor(row_factory=_entry_row_maker, binary=True) as rows:
+        rows.execute(sql, params)
+        return rows.fetchall()  # type: ignore[no-any-return]
 
 
 def _constraint(exc: BaseException) -> str | None:

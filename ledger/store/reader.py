@@ -10,27 +10,20 @@ from ledger import merkle
 from ledger.registry import KeyRegistry
 from ledger.source import EntryRow, KeyRow, LedgerSource, StartState
 from ledger.store.chain_writer import ChainWriter
+from ledger.store.range_reader import EntryRangeReader
 
 PAGE = 2000
-
-
-def _stream_id(value: Any) -> str | None:
-    """SQLite keeps UUIDs as bare hex, PostgreSQL as uuid: compare them in one spelling."""
-    if value is None:
-        return None
-    try:
-        return str(UUID(str(value)))
-    except ValueError:
-        return str(value)
+_WINDOW = " WHERE e.position > {p} AND e.position <= {p} ORDER BY e.position"
 
 
 class StoreSource(LedgerSource):
     def __init__(self, recorder: ChainWriter, notification_column: str, owner: object = None) -> None:
         self.recorder = recorder
+        # Columns in EntryRow's order, so each row becomes an EntryRow without a lookup by name.
         self._joined = (
-            "SELECT e.position, e.notification_id, e.leaf_hash, e.chain_hash, e.subtree_hashes, "
-            "s.originator_id, s.originator_version, s.topic, s.state FROM {entries} e "
-            f"LEFT JOIN {{events}} s ON s.{notification_column} = e.notification_id")
+            "SELECT e.position, e.leaf_hash, e.chain_hash, s.state, e.notification_id, "
+            "e.subtree_hashes, CAST(s.originator_id AS TEXT), s.originator_version, s.topic "
+            f"FROM {{entries}} e LEFT JOIN {{events}} s ON s.{notification_column} = e.notification_id")
         # The application owns the connection pool and closes it when collected.
         self._owner = owner
         self.column = notification_column
@@ -55,31 +48,26 @@ class StoreSource(LedgerSource):
         stop = min(stop if stop is not None else 2**62, self.tree_size())
         while last < stop:
             upper = min(stop, last + PAGE)
-            rows = self._query(self._joined + " WHERE e.position > {p} AND e.position <= {p} "
-                               "ORDER BY e.position", (last, upper))
-            for r in rows:
-                yield self._row(r)
+            yield from self._entry_rows(_WINDOW, (last, upper))
             last = upper
 
-    def _row(self, r: Any) -> EntryRow:
-        return EntryRow(
-            position=int(r["position"]), leaf_hash=bytes(r["leaf_hash"]),
-            chain_hash=bytes(r["chain_hash"]),
-            state=None if r["state"] is None else bytes(r["state"]),
-            notification_id=int(r["notification_id"]), subtree_hashes=bytes(r["subtree_hashes"]),
-            originator_id=_stream_id(r["originator_id"]), originator_version=r["originator_version"],
-            topic=r["topic"])
+    def range_reader(self) -> EntryRangeReader | None:
+        return self.recorder.entry_reader(self.recorder.sql(self._joined + _WINDOW))
+
+    def _entry_rows(self, condition: str, params: tuple[Any, ...]) -> list[EntryRow]:
+        with self.recorder.read_transaction() as cursor:
+            return self.recorder.fetch_entry_rows(cursor, self.recorder.sql(self._joined + condition),
+                                                  params)
 
     def entry_at(self, position: int) -> EntryRow | None:
-        rows = self._query(self._joined + " WHERE e.position = {p}", (position,))
-        return self._row(rows[0]) if rows else None
+        rows = self._entry_rows(" WHERE e.position = {p}", (position,))
+        return rows[0] if rows else None
 
     def stream_entries(self, stream_id: UUID, after_version: int) -> list[EntryRow]:
         """The entries of one aggregate's stream after ``after_version``, in version order."""
         key: Any = stream_id.hex if self.column == "rowid" else stream_id
-        rows = self._query(self._joined + " WHERE s.originator_id = {p} AND s.originator_version > {p} "
-                           "ORDER BY s.originator_version", (key, after_version))
-        return [self._row(r) for r in rows]
+        return self._entry_rows(" WHERE s.originator_id = {p} AND s.originator_version > {p} "
+                                "ORDER BY s.originator_version", (key, after_version))
 
     def key_rows(self) -> list[KeyRow]:
         rows = self._query("SELECT position, key_id, action, principal, public_key, purpose "

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from typing import Any, ClassVar
+from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
+from ledger.source import EntryRow
 from ledger.store.chain_writer import ChainWriter
 from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from ledger.store.range_reader import EntryRangeReader
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
@@ -24,6 +28,16 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
 
     def table(self, name: str) -> str:
         return name
+
+    def fetch_entry_rows(self, cursor: Any, sql: str, params: Sequence[Any]) -> list[EntryRow]:
+        cursor.execute(sql, params)
+        return [_entry_row(row) for row in cursor.fetchall()]
+
+    def entry_reader(self, sql: str) -> EntryRangeReader | None:
+        pool = self.datastore.pool
+        if pool.is_sqlite_memory_mode:  # another process cannot open this database
+            return None
+        return EntryRangeReader(sqlite3.connect, (("database", pool.db_name),), read_entry_rows, sql)
 
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
@@ -53,3 +67,21 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
         assert notification_ids is not None
         self.chain(c, notification_ids)
         return notification_ids
+
+
+def read_entry_rows(connection: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[EntryRow]:
+    return [_entry_row(row) for row in connection.execute(sql, params).fetchall()]
+
+
+def _entry_row(row: Any) -> EntryRow:
+    return EntryRow(row[0], row[1], row[2], row[3], row[4], row[5], _dashed_uuid(row[6]), row[7], row[8])
+
+
+def _dashed_uuid(value: str | None) -> str | None:
+    """The library keeps stream ids as bare hex here, as uuid in PostgreSQL: compare one spelling."""
+    if value is None:
+        return None
+    try:
+        return str(UUID(value))
+    except ValueError:
+        return value

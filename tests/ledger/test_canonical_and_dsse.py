@@ -177,3 +177,43 @@ def test_envelope_fast_parse_accepts_only_what_the_general_parse_accepts(
         else:
             with pytest.raises(NonCanonicalEntryError):
                 dsse.parse(mutated)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["list", "dict"]))
+def test_only_the_rfc8785_spelling_of_a_number_is_accepted(x: float, container: str) -> None:
+    # The reader re-encodes what it decoded (with orjson) and compares: no other spelling of
+    # a number, whatever its magnitude (Python, orjson and ECMAScript switch to exponents at
+    # different places), may pass as canonical.
+    import orjson
+
+    try:
+        reference = canonical_bytes_slow(x)
+        parse_canonical(reference)  # e.g. 2.0**53 writes an integer RFC 8785 will not read
+    except NonCanonicalEntryError:
+        return
+    spellings = {reference, repr(x).encode(), orjson.dumps(x), f"{x:.17g}".encode(), f"{x:f}".encode(),
+                 f"{x:e}".encode(), json.dumps(x).encode()}
+    for spelling in spellings:
+        if float(spelling) != x:  # a rounded spelling is another number, with its own canonical form
+            continue
+        data = b"[" + spelling + b"]" if container == "list" else b'{"x":' + spelling + b"}"
+        if spelling == reference:
+            assert parse_canonical(data) == ([x] if container == "list" else {"x": x})
+        else:
+            with pytest.raises(NonCanonicalEntryError):
+                parse_canonical(data)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(), st.text(max_size=8))
+def test_integers_and_strings_outside_the_fast_path_are_judged_by_rfc8785(n: int, text: str) -> None:
+    value = {"n": n, "s": text, "t": [n, text]}
+    try:
+        reference = canonical_bytes_slow(value)
+    except NonCanonicalEntryError:
+        with pytest.raises(NonCanonicalEntryError):
+            parse_canonical(json.dumps(value, sort_keys=True, separators=(",", ":")).encode())
+        return
+    assert parse_canonical(reference) == value
+    assert canonical_bytes(value) == reference

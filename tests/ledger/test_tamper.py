@@ -126,14 +126,20 @@ CASES: dict[str, tuple[Callable[[RawStore], None], int, Tamper]] = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_verify_names_first_bad_position_and_kind(
-    ledger: tuple[LedgerApp, RawStore], case: str
+    ledger: tuple[LedgerApp, RawStore], case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ledger.verify as verifier
+
     app, raw = ledger
     tamper, position, kind = CASES[case]
     tamper(raw)
     report = verify(app.source())
     assert report.finding is not None, f"{case} went unnoticed"
     assert (report.finding.position, report.finding.kind) == (position, kind), report.finding
+    # In parallel, workers read windows of 4 positions themselves: the same first break.
+    assert app.source().range_reader() is not None
+    monkeypatch.setattr(verifier, "BATCH", 4)
+    assert verify(app.source(), jobs=2) == report
     # The same through the CLI: exit 1 with the position and kind on one line.
     result = CliRunner().invoke(cli, ["verify", "--store", raw.url])
     assert result.exit_code == 1

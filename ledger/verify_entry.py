@@ -1,0 +1,103 @@
+"""The verifier's per-entry checks: what one entry can show about itself, alone.
+
+These run in ``verify --jobs`` worker processes, so they answer with a small verdict rather
+than the parsed entry: pickling parsed contents back to the ordered pass cost as much as
+parsing them.  Everything that depends on order (positions, chain, tree, which keys are
+valid where, checkpoints) stays in ``ledger.verify``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ledger import dsse, merkle
+from ledger.artifacts import artifact_refs
+from ledger.content import EntryContent
+from ledger.errors import QledgerError
+from ledger.keys import PublicKey
+from ledger.mapper import column_mismatch
+from ledger.registry import KEY_EVENT_TYPES
+from ledger.source import EntryRow, RangeReader
+
+
+class EntryVerdict(NamedTuple):
+    leaf_ok: bool  # the stored leaf hash is the hash of the stored envelope
+    problem: str | None = None  # the envelope or its content is unreadable or malformed
+    mismatch: str | None = None  # the event row's columns differ from the signed content
+    key_id: str = ""
+    principal: str = ""
+    event_type: str = ""
+    key_payload: dict[str, Any] | None = None  # the payload of a key event, which the registry reads
+    signature_ok: bool = False
+    verified_with: bytes | None = None  # the public key the signature was checked with
+    artifacts: tuple[str, ...] = ()  # sha256 of each artifact the payload references
+
+
+class EntryChecker:
+    """Checks entries against a hint of the key table (the ordered pass confirms the key).
+
+    Public keys are parsed once per checker, not once per entry.
+    """
+
+    def __init__(self, keys: dict[str, bytes], origin: str | None, with_artifacts: bool) -> None:
+        self.keys = {key_id: PublicKey(raw) for key_id, raw in keys.items()}
+        self.origin = origin
+        self.with_artifacts = with_artifacts
+
+    def check(self, row: EntryRow) -> EntryVerdict | None:
+        """The verdict on ``row``; None if its event row is gone."""
+        state = row.state
+        if state is None:
+            return None
+        leaf_ok = merkle.leaf_hash(state) == row.leaf_hash
+        try:
+            envelope = dsse.parse(state)
+            if envelope.payload_type != dsse.EVENT_PAYLOAD_TYPE:
+                return EntryVerdict(leaf_ok, f"payloadType is {envelope.payload_type!r}")
+            content = EntryContent.from_bytes(envelope.payload)
+        except QledgerError as exc:
+            return EntryVerdict(leaf_ok, str(exc))
+        public = self.keys.get(envelope.key_id)
+        key_event = content.event_type in KEY_EVENT_TYPES
+        if public is None and key_event:
+            try:
+                public = PublicKey(bytes.fromhex(str(content.payload.get("public_key", ""))))
+            except ValueError:
+                public = None
+        signature_ok = public is not None and envelope.signature_valid(public)
+        return EntryVerdict(
+            leaf_ok, None,
+            column_mismatch(content, self.origin, row.originator_id, row.originator_version, row.topic),
+            envelope.key_id, content.principal, content.event_type,
+            content.payload if key_event else None,
+            signature_ok, public.raw if public is not None else None,
+            tuple(ref["sha256"] for ref in artifact_refs(content.payload)) if self.with_artifacts else ())
+
+
+def check_rows(rows: list[EntryRow], keys: dict[str, bytes], origin: str | None,
+               with_artifacts: bool) -> list[EntryVerdict | None]:
+    """One worker task: the verdicts on ``rows``, in order."""
+    checker = _checker(keys, origin, with_artifacts)
+    return [checker.check(row) for row in rows]
+
+
+def check_range(read: RangeReader, after: int, upto: int, keys: dict[str, bytes], origin: str | None,
+                with_artifacts: bool) -> tuple[list[EntryRow], list[EntryVerdict | None]]:
+    """One worker task that reads its own rows: the rows (without their envelopes, which
+    the ordered pass does not need) and the verdicts on them."""
+    rows = read(after, upto)
+    verdicts = check_rows(rows, keys, origin, with_artifacts)
+    return [EntryRow(r.position, r.leaf_hash, r.chain_hash, None, r.notification_id, r.subtree_hashes)
+            for r in rows], verdicts
+
+
+_cached: tuple[tuple[Any, ...], EntryChecker] | None = None
+
+
+def _checker(keys: dict[str, bytes], origin: str | None, with_artifacts: bool) -> EntryChecker:
+    # A worker gets the same key hint with every task of one run: parse the keys once.
+    global _cached
+    signature = (tuple(sorted(keys.items())), origin, with_artifacts)
+    if _cached is None or _cached[0] != signature:
+        _cached = (signature, EntryChecker(keys, origin, with_artifacts))
+    return _cached[1]
