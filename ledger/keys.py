@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -42,10 +43,22 @@ class PublicKey:
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         try:
-            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
-        except (InvalidSignature, ValueError):
+            return self.verifier()(signature, message)
+        except ValueError:  # not a valid Ed25519 public key
             return False
-        return True
+
+    def verifier(self) -> Callable[[bytes, bytes], bool]:
+        """``verify`` with the key parsed once, for checking many signatures by one key."""
+        loaded = Ed25519PublicKey.from_public_bytes(self.raw)
+
+        def verify(signature: bytes, message: bytes) -> bool:
+            try:
+                loaded.verify(signature, message)
+            except InvalidSignature:
+                return False
+            return True
+
+        return verify
 
 
 class SigningKey:

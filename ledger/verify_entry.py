@@ -8,6 +8,7 @@ valid where, checkpoints) stays in ``ledger.verify``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ledger import dsse, merkle
@@ -33,6 +34,14 @@ class EntryVerdict(NamedTuple):
     artifacts: tuple[str, ...] = ()  # sha256 of each artifact the payload references
 
 
+Verify = Callable[[bytes, bytes], bool]  # (signature, message) -> valid
+SignatureCheck = tuple[Verify, bytes, bytes]  # what checking one entry's signature takes
+
+
+def _never(signature: bytes, message: bytes) -> bool:
+    return False
+
+
 class EntryChecker:
     """Checks entries against a hint of the key table (the ordered pass confirms the key).
 
@@ -41,22 +50,33 @@ class EntryChecker:
 
     def __init__(self, keys: dict[str, bytes], origin: str | None, with_artifacts: bool) -> None:
         self.keys = {key_id: PublicKey(raw) for key_id, raw in keys.items()}
+        self.verifiers: dict[bytes, Verify] = {}
         self.origin = origin
         self.with_artifacts = with_artifacts
 
-    def check(self, row: EntryRow) -> EntryVerdict | None:
-        """The verdict on ``row``; None if its event row is gone."""
+    def _verifier(self, public: PublicKey) -> Verify:
+        verifier = self.verifiers.get(public.raw)
+        if verifier is None:
+            try:
+                verifier = public.verifier()
+            except ValueError:  # not an Ed25519 key: nothing verifies with it
+                verifier = _never
+            self.verifiers[public.raw] = verifier
+        return verifier
+
+    def parse(self, row: EntryRow) -> tuple[EntryVerdict | None, SignatureCheck | None]:
+        """The verdict on ``row`` but for its signature, and what checking that takes."""
         state = row.state
         if state is None:
-            return None
+            return None, None
         leaf_ok = merkle.leaf_hash(state) == row.leaf_hash
         try:
             envelope = dsse.parse(state)
             if envelope.payload_type != dsse.EVENT_PAYLOAD_TYPE:
-                return EntryVerdict(leaf_ok, f"payloadType is {envelope.payload_type!r}")
+                return EntryVerdict(leaf_ok, f"payloadType is {envelope.payload_type!r}"), None
             content = EntryContent.from_bytes(envelope.payload)
         except QledgerError as exc:
-            return EntryVerdict(leaf_ok, str(exc))
+            return EntryVerdict(leaf_ok, str(exc)), None
         public = self.keys.get(envelope.key_id)
         key_event = content.event_type in KEY_EVENT_TYPES
         if public is None and key_event:
@@ -64,21 +84,28 @@ class EntryChecker:
                 public = PublicKey(bytes.fromhex(str(content.payload.get("public_key", ""))))
             except ValueError:
                 public = None
-        signature_ok = public is not None and envelope.signature_valid(public)
         return EntryVerdict(
             leaf_ok, None,
             column_mismatch(content, self.origin, row.originator_id, row.originator_version, row.topic),
             envelope.key_id, content.principal, content.event_type,
             content.payload if key_event else None,
-            signature_ok, public.raw if public is not None else None,
-            tuple(ref["sha256"] for ref in artifact_refs(content.payload)) if self.with_artifacts else ())
+            False, public.raw if public is not None else None,
+            tuple(ref["sha256"] for ref in artifact_refs(content.payload)) if self.with_artifacts else (),
+        ), None if public is None else (self._verifier(public), envelope.signature,
+                                        dsse.pae(envelope.payload_type, envelope.payload))
 
 
 def check_rows(rows: list[EntryRow], keys: dict[str, bytes], origin: str | None,
                with_artifacts: bool) -> list[EntryVerdict | None]:
     """One worker task: the verdicts on ``rows``, in order."""
     checker = _checker(keys, origin, with_artifacts)
-    return [checker.check(row) for row in rows]
+    # All parsing first, then the signatures in one tight loop: interleaved with parsing,
+    # each Ed25519 check ran ~7% slower here (the parser evicts what the check keeps warm).
+    parsed = [checker.parse(row) for row in rows]
+    valid = [signature is not None and signature[0](signature[1], signature[2])
+             for _, signature in parsed]
+    return [verdict if verdict is None or not ok else verdict._replace(signature_ok=True)
+            for (verdict, _), ok in zip(parsed, valid, strict=True)]
 
 
 def check_range(read: RangeReader, after: int, upto: int, keys: dict[str, bytes], origin: str | None,
