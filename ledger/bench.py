@@ -173,6 +173,16 @@ def _raw_insert_rate(url: str, n: int, row_bytes: int) -> float:
     return _rate(n, time.perf_counter() - start)
 
 
+def _signing_cpu_per_event(app: LedgerApp, n: int) -> float:
+    """Seconds of CPU per event for the work no store can take away: creating the aggregate,
+    collecting its event, mapping and signing it (no database, no chain)."""
+    start = time.process_time()
+    for i in range(n):
+        for domain_event in BenchRecord(principal="alice", **_payload(i)).collect_events():
+            app.mapper.to_stored_event(domain_event)
+    return (time.process_time() - start) / n
+
+
 def _ed25519_verify_rate(seconds: float = 1.0) -> float:
     key = SigningKey.generate("bench")
     message = b"x" * 400
@@ -259,6 +269,10 @@ def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> N
 
         state_bytes = len(app.recorder.select_notifications(start=None, limit=4)[-1].state)
         d = _raw_insert_rate(url, events, state_bytes)
+        floor = _signing_cpu_per_event(app, min(events, 5000))
+        # An upper bound on (c): every event costs at least ``floor`` of CPU plus its event
+        # row at the raw ceiling (1/d; its entry row, the chain and IPC not even counted).
+        c_bound = processes / (floor + 1 / d)
 
         size = app.tree_size()
         start = time.perf_counter()
@@ -278,6 +292,8 @@ def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> N
         print(f"(c) ledger, 16 writers, group commit  {c:10.0f} events/s   c/d = {c / d:.2f} (target >= 0.4; "
               f"c target >= 10000; writers in {processes} processes)")
         print(f"(d) raw batched INSERT ceiling        {d:10.0f} rows/s")
+        print(f"    bound on (c): create+map+sign {floor * 1e6:.1f} us CPU/event with no database, plus "
+              f"1/d for its row: <= {c_bound:.0f} events/s on {processes} cores, c/d <= {c_bound / d:.2f}")
         print(f"(e) verify --jobs {cores}                   {e:10.0f} entries/s  e/(cores*f) = "
               f"{e / (cores * f):.2f} (target >= 0.8)")
         print(f"    chain-only recompute              {e_chain:10.0f} entries/s")

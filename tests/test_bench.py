@@ -43,6 +43,13 @@ def test_bench_ledger(store_url: str, tmp_path: Path) -> None:
     # (c) ran its writers in several processes, all through group commits, and they all landed.
     assert figures(ledger, r"\(c\) ledger, 16 writers, group commit +([\d.]+) events/s")[0] > 0
     assert figures(ledger, r"verify` over (\d+) entries")[0] >= 200 + 192  # (b) and (c) all landed
+    # The bound on (c) is what its own figures say: cores / (CPU per event + 1/d).
+    found = re.search(r"create\+map\+sign ([\d.]+) us CPU/event.*<= (\d+) events/s on \d+ cores, "
+                      r"c/d <= ([\d.]+)", ledger)
+    assert found is not None, ledger
+    floor_us, bound, ratio = map(float, found.groups())
+    d = figures(ledger, r"\(d\) raw batched INSERT ceiling +([\d.]+) rows/s")[0]
+    assert floor_us > 0 and abs(ratio - bound / d) < 0.01
 
 
 def test_bench_executor(tmp_path: Path) -> None:
