@@ -105,11 +105,13 @@ def _group_commit_writers(url: str, home: str, count: int, writers: int, ready: 
     app = LedgerApp(url, [keys.load("alice")], create_tables=False)
     app.save(BenchRecord(principal="alice", **_payload(0)))  # connections and caches warm
     committer = GroupCommitter(app)
-    per_writer = count // writers
+    # Every event of ``count`` is written: the first count % writers writers take one more.
+    shares = [count // writers + (w < count % writers) for w in range(writers)]
+    firsts = [sum(shares[:w]) for w in range(writers)]
 
     def writer(w: int) -> None:
-        futures = [committer.submit(BenchRecord(principal="alice", **_payload(w * per_writer + i)))
-                   for i in range(per_writer)]
+        futures = [committer.submit(BenchRecord(principal="alice", **_payload(firsts[w] + i)))
+                   for i in range(shares[w])]
         for f in futures:
             f.result()
 
@@ -117,7 +119,7 @@ def _group_commit_writers(url: str, home: str, count: int, writers: int, ready: 
     start = time.monotonic()
     with ThreadPoolExecutor(writers) as pool:
         list(pool.map(writer, range(writers)))
-    out.put((start, time.monotonic(), per_writer * writers))
+    out.put((start, time.monotonic(), count))
     committer.close()
 
 
@@ -251,7 +253,17 @@ def _verify_rss_kib(url: str, home: str) -> int:
     return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before)
 
 
-def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> None:
+def _verify_rate(app: LedgerApp, jobs: int) -> tuple[int, float]:
+    """(e): the ledger's size and verify's entries/s over all of it with ``jobs`` workers."""
+    size = app.tree_size()
+    start = time.perf_counter()
+    report = verify(app.source(), jobs=jobs)
+    rate = _rate(size, time.perf_counter() - start)
+    assert report.ok, report.finding
+    return size, rate
+
+
+def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int], grow_to: int = 0) -> None:
     cores = os.cpu_count() or 1
     kind = "PostgreSQL" if resolve_store(base).is_postgres else "SQLite"
     print(f"qledger bench ledger: {events} events per phase on {kind}, {cores} cores")
@@ -274,11 +286,7 @@ def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> N
         # row at the raw ceiling (1/d; its entry row, the chain and IPC not even counted).
         c_bound = processes / (floor + 1 / d)
 
-        size = app.tree_size()
-        start = time.perf_counter()
-        report = verify(app.source(), jobs=cores)
-        e = _rate(size, time.perf_counter() - start)
-        assert report.ok, report.finding
+        size, e = _verify_rate(app, cores)
         start = time.perf_counter()
         previous = GENESIS_CHAIN_HASH
         for row in app.source().entries(1, None):
@@ -309,3 +317,11 @@ def run_ledger_bench(base: str | None, events: int, proof_sizes: list[int]) -> N
                   f"(target <= 5 ms at 1M)")
         print(f"(h) peak RSS of `qledger verify` over {size} entries: {rss / 1024:.1f} MiB "
               f"(target <= 150 MiB)")
+        if grow_to > size:
+            # (e) and (h) again on a ledger grown (by group commit) to grow_to entries.
+            _group_commit_rate(url, home, grow_to - size, writers=16, processes=processes)
+            size, e = _verify_rate(app, cores)
+            print(f"(e) verify --jobs {cores} over {size} entries {e:10.0f} entries/s  e/(cores*f) = "
+                  f"{e / (cores * f):.2f}")
+            print(f"(h) peak RSS of `qledger verify` over {size} entries: "
+                  f"{_verify_rss_kib(url, home) / 1024:.1f} MiB (target <= 150 MiB)")

@@ -453,12 +453,15 @@ def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051",
 def bench_ledger(store: StoreOption = None,
                  events: Annotated[int, typer.Option(min=100)] = 5000,
                  proof_sizes: Annotated[str, typer.Option(help="Comma-separated tree sizes")]
-                 = "100000,1000000") -> None:
+                 = "100000,1000000",
+                 grow_to: Annotated[int, typer.Option(
+                     min=0, help="Then grow the ledger to this many entries and measure (e) and (h) "
+                                 "again")] = 0) -> None:
     """Throughput of plain eventsourcing vs ledger appends, verify, Ed25519, proofs, verify RSS."""
     from ledger.bench import run_ledger_bench
 
     with reported_errors():
-        run_ledger_bench(store, events, [int(s) for s in proof_sizes.split(",") if s])
+        run_ledger_bench(store, events, [int(s) for s in proof_sizes.split(",") if s], grow_to)
 
 
 @bench_app.command("executor")

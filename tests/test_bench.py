@@ -36,7 +36,8 @@ def test_bench_projections(store_url: str, tmp_path: Path) -> None:
 
 def test_bench_ledger(store_url: str, tmp_path: Path) -> None:
     base = store_url.split("?")[0] if store_url.startswith("postgresql") else f"sqlite:///{tmp_path}/bench.db"
-    ledger = bench(tmp_path, "ledger", "--store", base, "--events", "200", "--proof-sizes", "1000")
+    ledger = bench(tmp_path, "ledger", "--store", base, "--events", "200", "--proof-sizes", "1000",
+                   "--grow-to", "700")
     for label in ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)", "(g)", "(h)"):
         assert label in ledger
     assert figures(ledger, r"b/a = ([\d.]+)")[0] > 0
@@ -50,6 +51,9 @@ def test_bench_ledger(store_url: str, tmp_path: Path) -> None:
     floor_us, bound, ratio = map(float, found.groups())
     d = figures(ledger, r"\(d\) raw batched INSERT ceiling +([\d.]+) rows/s")[0]
     assert floor_us > 0 and abs(ratio - bound / d) < 0.01
+    # --grow-to: (e) and (h) again once the ledger has grown to at least 700 entries.
+    assert figures(ledger, r"\(e\) verify --jobs \d+ over (\d+) entries")[0] >= 700
+    assert max(figures(ledger, r"verify` over (\d+) entries")) >= 700
 
 
 def test_bench_executor(tmp_path: Path) -> None:
