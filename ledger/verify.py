@@ -93,20 +93,20 @@ def _batches(rows: Iterator[EntryRow], size: int) -> Iterator[list[EntryRow]]:
         yield batch
 
 
-def _ready(batch: list[EntryRow], verdicts: Verdicts) -> Checked:
-    return lambda: (batch, verdicts)
-
-
-def _gathered(batch: list[EntryRow], parts: list[Future[Verdicts]]) -> Checked:
-    return lambda: (batch, [verdict for part in parts for verdict in part.result()])
-
-
 # Given the (position, sha256) of each artifact a verified batch references: the first
 # (position, reason) of a problem.
 BatchCheck = Callable[[list[tuple[int, str]]], tuple[int, str] | None]
 Verdicts = list[EntryVerdict | None]
 Task = tuple[dict[str, bytes], str | None, bool]  # check_rows' arguments after the rows
 Checked = Callable[[], tuple[list[EntryRow], Verdicts]]  # waits for a batch and its verdicts
+
+
+def _ready(batch: list[EntryRow], verdicts: Verdicts) -> Checked:
+    return lambda: (batch, verdicts)
+
+
+def _gathered(batch: list[EntryRow], parts: list[Future[Verdicts]]) -> Checked:
+    return lambda: (batch, [verdict for part in parts for verdict in part.result()])
 
 
 class Verifier:
@@ -116,6 +116,7 @@ class Verifier:
         self.artifacts = artifacts
         self.source = source
         self.jobs = max(1, jobs)
+        self._reader: RangeReader | None = None  # set while a run's workers read for themselves
         self.progress = progress or (lambda n: None)
 
     def run(self, start: int = 1, stop: int | None = None) -> VerifyReport:
@@ -202,12 +203,11 @@ class Verifier:
 
     def _stored_state(self, row: EntryRow) -> bytes:
         """The envelope of ``row``, read again if a worker kept it."""
-        if row.state is not None or self._reader is None:
-            assert row.state is not None
-            return row.state
-        state = self._reader(row.position - 1, row.position)[0].state
-        assert state is not None
-        return state
+        if row.state is None:
+            assert self._reader is not None  # only rows a worker read come without it
+            row = self._reader(row.position - 1, row.position)[0]
+        assert row.state is not None  # the worker's verdict says the event row is there
+        return row.state
 
     def _ordered(self, p: _Pass, batch: list[EntryRow], verdicts: Verdicts) -> Finding | None:
         for i, (row, verdict) in enumerate(zip(batch, verdicts, strict=True)):

@@ -121,6 +121,12 @@ CASES: dict[str, tuple[Callable[[RawStore], None], int, Tamper]] = {
         18, Tamper.UNCHAINED_EVENT),
     "key table altered": (lambda r: r.execute("UPDATE {keys} SET purpose = 'admin' WHERE position = 3"),
                           3, Tamper.KEY_TABLE_ALTERED),
+    # The key table is only a hint to whoever checks signatures: with a wrong public key in it,
+    # every signature by that key is checked again with the key its entry registered (read
+    # again from the store in parallel verify), and the table itself is reported.
+    "key table public key altered": (lambda r: r.execute(
+        "UPDATE {keys} SET public_key = (SELECT public_key FROM {keys} WHERE position = 2) "
+        "WHERE position = 3"), 3, Tamper.KEY_TABLE_ALTERED),
 }
 
 
