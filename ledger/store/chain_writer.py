@@ -147,6 +147,11 @@ class ChainWriter(ABC):
         """A reader running ``sql`` (windowed by after, up to) on a connection of its own, for
         another process; None if no other process can open this store."""
 
+    @abstractmethod
+    def plan_windows(self, cursor: Any) -> None:
+        """Make the rest of this read transaction read windows of entries by position with the
+        plan such a window wants, whatever the statistics."""
+
     def read_transaction(self) -> Any:
         """A context manager yielding a cursor in a transaction that is rolled back."""
         return self.datastore.transaction(commit=False)

@@ -48,14 +48,17 @@ class StoreSource(LedgerSource):
         stop = min(stop if stop is not None else 2**62, self.tree_size())
         while last < stop:
             upper = min(stop, last + PAGE)
-            yield from self._entry_rows(_WINDOW, (last, upper))
+            yield from self._entry_rows(_WINDOW, (last, upper), windowed=True)
             last = upper
 
     def range_reader(self) -> EntryRangeReader | None:
         return self.recorder.entry_reader(self.recorder.sql(self._joined + _WINDOW))
 
-    def _entry_rows(self, condition: str, params: tuple[Any, ...]) -> list[EntryRow]:
+    def _entry_rows(self, condition: str, params: tuple[Any, ...], windowed: bool = False
+                    ) -> list[EntryRow]:
         with self.recorder.read_transaction() as cursor:
+            if windowed:
+                self.recorder.plan_windows(cursor)
             return self.recorder.fetch_entry_rows(cursor, self.recorder.sql(self._joined + condition),
                                                   params)
 

@@ -39,6 +39,9 @@ class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):
             return None
         return EntryRangeReader(sqlite3.connect, (("database", pool.db_name),), read_entry_rows, sql)
 
+    def plan_windows(self, cursor: Any) -> None:
+        pass  # SQLite reads a range of an INTEGER PRIMARY KEY by that key without being told
+
     def construct_create_table_statements(self) -> list[str]:
         statements = super().construct_create_table_statements()
         statements += [self.format_sql(ddl) for ddl in TABLE_DDL]
