@@ -233,3 +233,33 @@ def test_a_failed_checkpoint_does_not_fail_the_save(store_url: str, qledger_home
     write_notes(app, "alice", 1)  # committed: the save must say so, whatever the checkpoint did
     assert entry_count(app) == (entries + 2, events + 2)
     assert "checkpoint not made: checkpoint table locked" in caplog.text
+
+
+def test_postgres_windows_use_the_index_plan_without_statistics(pg_store_url: str,
+                                                                  qledger_home: Path) -> None:
+    # A store that was never analysed (autovacuum off, or loaded since) has no statistics:
+    # the planner then scanned (and sorted) the whole entries table for every window that
+    # verify reads.  Both ways verify reads windows must get the ordered index plan.
+    from ledger.store.reader import StoreSource
+
+    app, _ = make_ledger(pg_store_url, qledger_home)
+    write_notes(app, "alice", 5)
+    source = app.source()
+    assert isinstance(source, StoreSource)
+    reader = source.range_reader()
+    assert reader is not None
+    explain = "EXPLAIN (COSTS OFF) " + reader.sql
+
+    def plan(rows: list[tuple[str]]) -> str:
+        return "\n".join(row[0] for row in rows)
+
+    with psycopg.connect(**dict(reader.connect_args)) as conn:  # as a worker connects
+        worker_plan = plan(conn.execute(explain, (0, 1000)).fetchall())
+    with app.ledger.read_transaction() as cursor:  # as `qledger verify` reads in-process
+        app.ledger.plan_windows(cursor)
+        cursor.execute(explain, (0, 1000))
+        own_plan = "\n".join(row["QUERY PLAN"] for row in cursor.fetchall())
+    for text in (worker_plan, own_plan):
+        assert "Index Scan using ledger_entries_pkey" in text, text
+        assert "Seq Scan" not in text and "Sort" not in text and "Gather" not in text, text
+    assert reader(0, 3) == list(source.entries(1, 3))
