@@ -217,3 +217,25 @@ def test_integers_and_strings_outside_the_fast_path_are_judged_by_rfc8785(n: int
         return
     assert parse_canonical(reference) == value
     assert canonical_bytes(value) == reference
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(alphabet="01", min_size=16, max_size=24),
+                       st.integers(0, 10**6), min_size=1, max_size=8))
+def test_long_digit_strings_stay_on_the_fast_path(counts: dict[str, int]) -> None:
+    # Counts of circuits of 16 qubits or more have keys of 16+ digits: only a real integer
+    # that long may send an entry to the slow rfc8785 package, never a string of digits.
+    import ledger.canonical as canonical
+
+    value = {"counts": counts, "shots": sum(counts.values())}
+    data = canonical_bytes_slow(value)
+
+    def refuse(_: object) -> bytes:
+        raise AssertionError("the slow path was taken")
+
+    original, canonical._rfc8785 = canonical._rfc8785, refuse
+    try:
+        assert canonical_bytes(value) == data
+        assert parse_canonical(data) == value
+    finally:
+        canonical._rfc8785 = original
