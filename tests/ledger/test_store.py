@@ -263,3 +263,17 @@ def test_postgres_windows_use_the_index_plan_without_statistics(pg_store_url: st
         assert "Index Scan using ledger_entries_pkey" in text, text
         assert "Seq Scan" not in text and "Sort" not in text and "Gather" not in text, text
     assert reader(0, 3) == list(source.entries(1, 3))
+
+
+def test_postgres_batches_go_in_binary(pg_store_url: str, qledger_home: Path) -> None:
+    # The library's own statement, with the array of events as a binary parameter: in text
+    # every envelope is spelt in hex and escaped by regular expressions.  If the library's
+    # statement changes shape, this says so instead of the speed quietly going.
+    from ledger.store.postgres import LedgerPostgresRecorder
+
+    app, _ = make_ledger(pg_store_url, qledger_home)
+    assert isinstance(app.ledger, LedgerPostgresRecorder)
+    statement = app.ledger.insert_events_statement.as_string(None)
+    assert "unnest(%b::" in statement and statement.endswith("RETURNING notification_id")
+    write_notes(app, "alice", 3, per_save=3)
+    assert verify(app.source()).ok
