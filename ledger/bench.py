@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, cast
 
@@ -102,15 +103,19 @@ def _save_rates(plain: Application[Any], ledger: LedgerApp, n: int, rounds: int 
 IN_FLIGHT = 64  # saves one writer of (c) has outstanding at most
 
 
+def _even_shares(total: int, parts: int) -> list[int]:
+    """``total`` split into ``parts`` counts that differ by one at most and add up to it."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 def _group_commit_writers(url: str, home: str, count: int, writers: int, ready: Any, out: Any) -> None:
     """One process of (c): ``writers`` threads saving through one group committer."""
     keys = KeyStore(Path(home))
     app = LedgerApp(url, [keys.load("alice")], create_tables=False)
     app.save(BenchRecord(principal="alice", **_payload(0)))  # connections and caches warm
     committer = GroupCommitter(app)
-    # Every event of ``count`` is written: the first count % writers writers take one more.
-    shares = [count // writers + (w < count % writers) for w in range(writers)]
-    firsts = [sum(shares[:w]) for w in range(writers)]
+    shares = _even_shares(count, writers)  # every one of ``count`` events is written
+    firsts = [0, *accumulate(shares)]
 
     def writer(w: int) -> None:
         # Up to IN_FLIGHT saves outstanding per writer, as a client waiting for its acks would.
@@ -137,11 +142,10 @@ def _group_commit_rate(url: str, home: str, events: int, writers: int, processes
     context = multiprocessing.get_context("spawn")
     ready, out = context.Barrier(processes), context.Queue()
     # Spread writers and events evenly, so all ``writers`` run whatever the core count.
-    shares = [(writers // processes + (i < writers % processes),
-               events // processes + (i < events % processes)) for i in range(processes)]
     children = [context.Process(target=_group_commit_writers,
                                 args=(url, home, count, threads, ready, out))
-                for threads, count in shares]
+                for threads, count in zip(_even_shares(writers, processes),
+                                          _even_shares(events, processes), strict=True)]
     for child in children:
         child.start()
     results = [out.get(timeout=600) for _ in children]
@@ -257,15 +261,16 @@ def _verify_rss_kib(url: str, home: str) -> int:
 
     wait4 reports that one process: RUSAGE_CHILDREN would report the largest child this
     benchmark ever waited for, such as a writer process of (c)."""
-    child = subprocess.Popen([sys.executable, "-m", "ledger.cli", "verify", "--store", url],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             env={**os.environ, "QLEDGER_HOME": home})
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    assert child.stderr is not None
-    if child.returncode != 0:
-        raise RuntimeError(f"qledger verify exited {child.returncode}: {child.stderr.read().decode()}")
-    child.stderr.close()
+    # Its stderr goes to a file, not a pipe: nothing reads a pipe while wait4 waits.
+    with tempfile.TemporaryFile() as errors:
+        child = subprocess.Popen([sys.executable, "-m", "ledger.cli", "verify", "--store", url],
+                                 stdout=subprocess.DEVNULL, stderr=errors,
+                                 env={**os.environ, "QLEDGER_HOME": home})
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if child.returncode != 0:
+            errors.seek(0)
+            raise RuntimeError(f"qledger verify exited {child.returncode}: {errors.read().decode()}")
     return usage.ru_maxrss
 
 

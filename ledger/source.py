@@ -68,6 +68,11 @@ class LedgerSource(ABC):
     def entries(self, start: int, stop: int | None) -> Iterator[EntryRow]:
         """Entries with start <= position <= stop, in position order, streamed."""
 
+    def last_position(self, stop: int | None) -> int:
+        """The last position a read up to ``stop`` (None: to the end) can find."""
+        size = self.tree_size()
+        return size if stop is None else min(stop, size)
+
     @abstractmethod
     def key_rows(self) -> list[KeyRow]: ...
 

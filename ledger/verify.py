@@ -196,7 +196,7 @@ class Verifier:
     def _checked_ranges(self, reader: RangeReader, start: int, stop: int | None, task: Task,
                         pool: ProcessPoolExecutor) -> Iterator[Checked]:
         """Windows of positions that each worker reads and checks by itself."""
-        last = min(stop if stop is not None else 2**62, self.source.tree_size())
+        last = self.source.last_position(stop)
         for after in range(start - 1, last, BATCH):
             future = pool.submit(check_range, reader, after, min(after + BATCH, last), *task)
             yield future.result

@@ -45,9 +45,9 @@ class StoreSource(LedgerSource):
         # one page.  A window, not LIMIT: PostgreSQL's planner, before statistics exist on a
         # freshly loaded table, sorted every remaining row to find each page's first PAGE.
         last = start - 1
-        stop = min(stop if stop is not None else 2**62, self.tree_size())
-        while last < stop:
-            upper = min(stop, last + PAGE)
+        end = self.last_position(stop)
+        while last < end:
+            upper = min(end, last + PAGE)
             yield from self._entry_rows(_WINDOW, (last, upper), windowed=True)
             last = upper
 
