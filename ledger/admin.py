@@ -7,12 +7,12 @@ from typing import Any, cast
 
 from psycopg.sql import SQL, Identifier
 
-from ledger.app import DEFAULT_ORIGIN, LedgerApp
-from ledger.artifacts import HotArtifacts
-from ledger.keys import KeyStore, SigningKey
-from ledger.projection import ProjectionRunner
-from ledger.store.ledger_tables import ARTIFACTS
-from ledger.store.postgres import LedgerPostgresRecorder, grant_statements
+from qledger.ledger.app import DEFAULT_ORIGIN, LedgerApp
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.projection import ProjectionRunner
+from qledger.ledger.store.artifacts import HotArtifacts
+from qledger.ledger.store.ledger_tables import ARTIFACTS
+from qledger.ledger.store.postgres import LedgerPostgresRecorder, grant_statements
 
 ROOT = "root"
 CHECKPOINTER = "checkpointer"

@@ -11,16 +11,16 @@ from uuid import UUID
 from eventsourcing.application import Application
 from eventsourcing.persistence import PersistenceError, Recording
 
-from ledger import merkle
-from ledger.checkpoint import Checkpoint, parse_note
-from ledger.domain import GENESIS_TYPE, KeyRing
-from ledger.errors import ProofError, StoreNotInitialisedError, StoreUnavailableError
-from ledger.keys import PublicKey, SigningKey
-from ledger.mapper import SigningMapper
-from ledger.source import LedgerSource
-from ledger.store.chain_writer import ChainWriter
-from ledger.store.reader import StoreSource
-from ledger.store.url import StoreURL, resolve_store
+from qledger.ledger import merkle
+from qledger.ledger.checkpoint import Checkpoint, parse_note
+from qledger.ledger.errors import ProofError, StoreNotInitialisedError, StoreUnavailableError, UnknownKeyError
+from qledger.ledger.keyring import GENESIS_TYPE, KeyRing
+from qledger.ledger.keys import PublicKey, SigningKey
+from qledger.ledger.mapper import SigningMapper
+from qledger.ledger.source import LedgerSource
+from qledger.ledger.store.chain_writer import ChainWriter
+from qledger.ledger.store.reader import StoreSource
+from qledger.ledger.store.url import StoreURL, resolve_store
 
 DEFAULT_ORIGIN = "qledger.local/ledger"
 
@@ -128,7 +128,7 @@ class LedgerApp(Application[UUID]):
     def revoke_key(self, admin: str, key_id: str, reason: str) -> None:
         ring = self.keyring()
         if key_id not in ring.keys:
-            raise ProofError(f"no key {key_id} in the key ring")
+            raise UnknownKeyError(f"no key {key_id} in the key ring")
         ring.revoke_key(principal=admin, key_id=key_id, reason=reason)
         self.save(ring)
 

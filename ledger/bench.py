@@ -22,14 +22,14 @@ import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
-from ledger import merkle
-from ledger.admin import add_key, init_store, open_admin_app
-from ledger.app import LedgerApp
-from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
-from ledger.group_commit import GroupCommitter
-from ledger.keys import KeyStore, SigningKey
-from ledger.store.url import parse_store_url, resolve_store
-from ledger.verify import verify
+from qledger.ledger import merkle
+from qledger.ledger.admin import add_key, init_store, open_admin_app
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.chain import GENESIS_CHAIN_HASH, chain_hash
+from qledger.ledger.group_commit import GroupCommitter
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.store.url import parse_store_url, resolve_store
+from qledger.ledger.verify import verify
 
 
 class BenchRecord(Aggregate):
@@ -263,7 +263,7 @@ def _verify_rss_kib(url: str, home: str) -> int:
     benchmark ever waited for, such as a writer process of (c)."""
     # Its stderr goes to a file, not a pipe: nothing reads a pipe while wait4 waits.
     with tempfile.TemporaryFile() as errors:
-        child = subprocess.Popen([sys.executable, "-m", "ledger.cli", "verify", "--store", url],
+        child = subprocess.Popen([sys.executable, "-m", "qledger.ledger", "verify", "--store", url],
                                  stdout=subprocess.DEVNULL, stderr=errors,
                                  env={**os.environ, "QLEDGER_HOME": home})
         _, status, usage = os.wait4(child.pid, 0)

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import rfc8785
 
-from ledger.errors import NonCanonicalEntryError
+from qledger.ledger.errors import NonCanonicalEntryError
 
 JSONValue = Any
 

@@ -12,8 +12,8 @@ import binascii
 import hashlib
 from dataclasses import dataclass
 
-from ledger.errors import LogFormatError
-from ledger.keys import PublicKey, SigningKey
+from qledger.ledger.errors import NoteFormatError
+from qledger.ledger.keys import PublicKey, SigningKey
 
 ED25519_ALGORITHM = b"\x01"
 SIGNATURE_PREFIX = "\u2014 "
@@ -70,19 +70,19 @@ class SignedNote:
 def parse_note(note: str) -> SignedNote:
     text, sep, sig_block = note.rpartition("\n\n")
     if not sep or not sig_block.endswith("\n"):
-        raise LogFormatError("signed note has no signature block")
+        raise NoteFormatError("signed note has no signature block")
     text += "\n"
     signatures = []
     for line in sig_block[:-1].split("\n"):
         if not line.startswith(SIGNATURE_PREFIX):
-            raise LogFormatError(f"malformed note signature line: {line!r}")
+            raise NoteFormatError(f"malformed note signature line: {line!r}")
         name, _, encoded = line[len(SIGNATURE_PREFIX) :].rpartition(" ")
         try:
             raw = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise LogFormatError("note signature is not base64") from exc
+            raise NoteFormatError("note signature is not base64") from exc
         if len(raw) != 4 + 64:
-            raise LogFormatError("note signature has the wrong length for Ed25519")
+            raise NoteFormatError("note signature has the wrong length for Ed25519")
         signatures.append(NoteSignature(name, raw[:4], raw[4:]))
     lines = text.split("\n")
     try:
@@ -90,7 +90,7 @@ def parse_note(note: str) -> SignedNote:
         tree_size = int(size_text)
         root = base64.b64decode(root_text, validate=True)
     except (IndexError, ValueError, binascii.Error) as exc:
-        raise LogFormatError("checkpoint body must be origin, tree size, base64 root") from exc
+        raise NoteFormatError("checkpoint body must be origin, tree size, base64 root") from exc
     if str(tree_size) != size_text or tree_size < 0 or len(root) != 32:
-        raise LogFormatError("checkpoint tree size or root hash malformed")
+        raise NoteFormatError("checkpoint tree size or root hash malformed")
     return SignedNote(text, tuple(signatures), Checkpoint(origin, tree_size, root))

@@ -10,10 +10,10 @@ from uuid import UUID
 
 import typer
 
-from ledger import admin
-from ledger.app import LedgerApp
-from ledger.errors import QledgerError
-from ledger.keys import KeyStore
+from qledger.ledger import admin
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.errors import QledgerError
+from qledger.ledger.keys import KeyStore
 
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="sqlite:///PATH or postgresql://USER@HOST/DB; default $QLEDGER_STORE, "
@@ -31,17 +31,6 @@ def reported_errors() -> Iterator[None]:
         yield
     except QledgerError as exc:
         raise fail(exc.one_line()) from None
-
-
-@contextmanager
-def grpc_errors() -> Iterator[None]:
-    """A failed call to a server becomes ``STATUS: details`` and exit 2."""
-    import grpc
-
-    try:
-        yield
-    except grpc.RpcError as exc:
-        raise fail(f"{exc.code().name}: {exc.details()}") from None
 
 
 def print_json(value: Any) -> None:

@@ -6,8 +6,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.canonical import canonical_bytes, parse_canonical
-from ledger.errors import NonCanonicalEntryError
+from qledger.ledger.canonical import canonical_bytes, parse_canonical
+from qledger.ledger.errors import NonCanonicalEntryError
 
 SCHEMA_VERSION = 1
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import Signature  # type: ignore[attr-defined]
 
-from ledger.canonical import canonical_bytes, parse_canonical
-from ledger.errors import NonCanonicalEntryError
-from ledger.keys import PublicKey, SigningKey
+from qledger.ledger.canonical import canonical_bytes, parse_canonical
+from qledger.ledger.errors import NonCanonicalEntryError
+from qledger.ledger.keys import PublicKey, SigningKey
 
 EVENT_PAYLOAD_TYPE = "application/vnd.qledger.event+json"
 

@@ -74,8 +74,24 @@ class ProofError(QledgerError):
     """A proof was requested for positions the tree does not have."""
 
 
-class LogFormatError(QledgerError):
-    """An exported log or bundle cannot be read."""
+class FormatError(QledgerError):
+    """Bytes that cannot be read as the format they claim to be."""
+
+
+class LogFormatError(FormatError):
+    """An exported log cannot be read."""
+
+    hint = "give a file written by `qledger export-log`"
+
+
+class NoteFormatError(FormatError):
+    """A signed note (a checkpoint) is malformed."""
+
+
+class BundleFormatError(FormatError):
+    """A file is not a qledger lineage bundle at all."""
+
+    hint = "give a file written by `qledger export-bundle`"
 
 
 class UnknownProjectionError(QledgerError):

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from ledger.canonical import canonical_bytes
-from ledger.errors import LogFormatError
-from ledger.source import EntryRow, KeyRow, LedgerSource
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.errors import LogFormatError
+from qledger.ledger.source import EntryRow, KeyRow, LedgerSource
 
 FORMAT = "qledger-log/1"
 

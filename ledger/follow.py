@@ -19,8 +19,8 @@ from typing import Any
 import psycopg
 from eventsourcing.persistence import PersistenceError
 
-from ledger.errors import QledgerError
-from ledger.projection import ProjectionRunner
+from qledger.ledger.errors import QledgerError
+from qledger.ledger.projection import ProjectionRunner
 
 log = logging.getLogger("qledger.projections")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from eventsourcing.domain import MutableOrImmutableAggregate
 
-from ledger.app import LedgerApp
+from qledger.ledger.app import LedgerApp
 
 _STOP = object()
 

@@ -16,10 +16,10 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import Mapper, StoredEvent
 from eventsourcing.utils import get_topic, resolve_topic
 
-from ledger import dsse
-from ledger.content import SCHEMA_VERSION, EntryContent
-from ledger.errors import ContentMismatchError, UnknownKeyError
-from ledger.keys import SigningKey
+from qledger.ledger import dsse
+from qledger.ledger.content import SCHEMA_VERSION, EntryContent
+from qledger.ledger.errors import ContentMismatchError, UnknownKeyError
+from qledger.ledger.keys import SigningKey
 
 _ENVELOPE_FIELDS = ("originator_id", "originator_version", "timestamp", "principal")
 

@@ -24,10 +24,10 @@ from typing import Any, ClassVar
 from eventsourcing.persistence import PersistenceError
 from psycopg import DatabaseError
 
-from ledger.content import EntryContent
-from ledger.errors import QledgerError, UnknownProjectionError
-from ledger.source import EntryRow, LedgerSource
-from ledger.store.chain_writer import ChainWriter
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import QledgerError, UnknownProjectionError
+from qledger.ledger.source import EntryRow, LedgerSource
+from qledger.ledger.store.chain_writer import ChainWriter
 
 TRACKING_TABLE = "qledger_projection_tracking"
 TRACKING_DDL = ("CREATE TABLE IF NOT EXISTS {tracking} (name TEXT PRIMARY KEY, "

@@ -11,16 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.content import EntryContent
-from ledger.domain import ADMIN, GENESIS_TYPE, KEY_PURPOSES, KEY_REGISTERED_TYPE, KEY_REVOKED_TYPE
-from ledger.errors import (
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import (
     ContentMismatchError,
     NonCanonicalEntryError,
     NotAuthorisedError,
     RevokedKeyError,
     UnknownKeyError,
 )
-from ledger.keys import PublicKey, key_id_of
+from qledger.ledger.keyring import ADMIN, GENESIS_TYPE, KEY_PURPOSES, KEY_REGISTERED_TYPE, KEY_REVOKED_TYPE
+from qledger.ledger.keys import PublicKey, key_id_of
 
 KEY_EVENT_TYPES = frozenset({GENESIS_TYPE, KEY_REGISTERED_TYPE, KEY_REVOKED_TYPE})
 

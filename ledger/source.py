@@ -7,9 +7,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ledger import merkle
-from ledger.chain import GENESIS_CHAIN_HASH
-from ledger.registry import KeyRegistry
+from qledger.ledger import merkle
+from qledger.ledger.chain import GENESIS_CHAIN_HASH
+from qledger.ledger.registry import KeyRegistry
 
 
 class EntryRow(NamedTuple):

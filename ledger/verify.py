@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
 
-from ledger import dsse, merkle
-from ledger.chain import chain_hash
-from ledger.checkpoint import parse_note
-from ledger.errors import (
-    LogFormatError,
+from qledger.ledger import dsse, merkle
+from qledger.ledger.chain import chain_hash
+from qledger.ledger.checkpoint import parse_note
+from qledger.ledger.errors import (
+    NoteFormatError,
     QledgerError,
     RevokedKeyError,
     UnknownKeyError,
 )
-from ledger.registry import KeyRegistry
-from ledger.source import EntryRow, LedgerSource, RangeReader
-from ledger.verify_entry import EntryVerdict, check_range, check_rows
+from qledger.ledger.registry import KeyRegistry
+from qledger.ledger.source import EntryRow, LedgerSource, RangeReader
+from qledger.ledger.verify_entry import EntryVerdict, check_range, check_rows
 
 BATCH = 1000
 AHEAD = 1  # batches read here and handed to the workers beyond the one being settled
@@ -130,7 +130,7 @@ class Verifier:
         for note in self.source.checkpoint_notes():
             try:
                 size = parse_note(note).checkpoint.tree_size
-            except LogFormatError as exc:
+            except NoteFormatError as exc:
                 report.finding = Finding(0, Tamper.CHECKPOINT_MISMATCH, f"unreadable note: {exc}")
                 return report
             if size in p.checkpoints:

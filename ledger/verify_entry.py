@@ -11,14 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ledger import dsse, merkle
-from ledger.artifacts import artifact_refs
-from ledger.content import EntryContent
-from ledger.errors import QledgerError
-from ledger.keys import PublicKey
-from ledger.mapper import column_mismatch
-from ledger.registry import KEY_EVENT_TYPES
-from ledger.source import EntryRow, RangeReader
+from qledger.ledger import dsse, merkle
+from qledger.ledger.artifacts import artifact_refs
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import QledgerError
+from qledger.ledger.keys import PublicKey
+from qledger.ledger.mapper import column_mismatch
+from qledger.ledger.registry import KEY_EVENT_TYPES
+from qledger.ledger.source import EntryRow, RangeReader
 
 
 class EntryVerdict(NamedTuple):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 def bench(tmp_path: Path, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "ledger.cli", "bench", *args], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "qledger.cli", "bench", *args], capture_output=True,
                           text=True, timeout=600, env={**os.environ, "QLEDGER_HOME": str(tmp_path)})
     assert done.returncode == 0, done.stderr
     return done.stdout

@@ -10,7 +10,7 @@ import typer
 import yaml
 from typer.testing import CliRunner
 
-from ledger.cli import app as cli
+from qledger.cli import app as cli
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -58,7 +58,7 @@ def test_compose_has_ledger_replicas_prometheus_grafana() -> None:
 
 
 def exported_metric_names() -> set[str]:
-    from executor.metrics import ExecutorMetrics
+    from qledger.ops.metrics import ExecutorMetrics
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
                 "gauge": ("",)}

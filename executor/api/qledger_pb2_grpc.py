@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from executor.api import qledger_pb2 as executor_dot_api_dot_qledger__pb2
+from qledger.api import qledger_pb2 as qledger_dot_api_dot_qledger__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in executor/api/qledger_pb2_grpc.py depends on'
+        + ' but the generated code in qledger/api/qledger_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,33 +36,33 @@ class ExecutorStub:
         """
         self.SubmitWorkflow = channel.unary_unary(
                 '/qledger.v1.Executor/SubmitWorkflow',
-                request_serializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
                 _registered_method=True)
         self.GetRun = channel.unary_unary(
                 '/qledger.v1.Executor/GetRun',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Run.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Run.FromString,
                 _registered_method=True)
         self.ListRuns = channel.unary_unary(
                 '/qledger.v1.Executor/ListRuns',
-                request_serializer=executor_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
                 _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/qledger.v1.Executor/WatchRun',
-                request_serializer=executor_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
                 '/qledger.v1.Executor/CancelRun',
-                request_serializer=executor_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Run.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Run.FromString,
                 _registered_method=True)
         self.RerunWorkflow = channel.unary_unary(
                 '/qledger.v1.Executor/RerunWorkflow',
-                request_serializer=executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
                 _registered_method=True)
 
 
@@ -110,33 +110,33 @@ def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'SubmitWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitWorkflow,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
             ),
             'GetRun': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRun,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetRunRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Run.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetRunRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Run.SerializeToString,
             ),
             'ListRuns': grpc.unary_unary_rpc_method_handler(
                     servicer.ListRuns,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.ListRunsRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.ListRunsResponse.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.ListRunsRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.ListRunsResponse.SerializeToString,
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.WatchRunRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.WatchRunRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelRun,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.CancelRunRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Run.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.CancelRunRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Run.SerializeToString,
             ),
             'RerunWorkflow': grpc.unary_unary_rpc_method_handler(
                     servicer.RerunWorkflow,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -164,8 +164,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/SubmitWorkflow',
-            executor_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+            qledger_dot_api_dot_qledger__pb2.SubmitWorkflowRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -191,8 +191,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/GetRun',
-            executor_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Run.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetRunRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,
@@ -218,8 +218,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/ListRuns',
-            executor_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
+            qledger_dot_api_dot_qledger__pb2.ListRunsRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.ListRunsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -245,8 +245,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/WatchRun',
-            executor_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+            qledger_dot_api_dot_qledger__pb2.WatchRunRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -272,8 +272,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/CancelRun',
-            executor_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Run.FromString,
+            qledger_dot_api_dot_qledger__pb2.CancelRunRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,
@@ -299,8 +299,8 @@ class Executor:
             request,
             target,
             '/qledger.v1.Executor/RerunWorkflow',
-            executor_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+            qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -323,43 +323,43 @@ class LedgerStub:
         """
         self.GetEntry = channel.unary_unary(
                 '/qledger.v1.Ledger/GetEntry',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetEntryRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
                 _registered_method=True)
         self.StreamEntries = channel.unary_stream(
                 '/qledger.v1.Ledger/StreamEntries',
-                request_serializer=executor_dot_api_dot_qledger__pb2.StreamEntriesRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.StreamEntriesRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
                 _registered_method=True)
         self.GetCheckpoint = channel.unary_unary(
                 '/qledger.v1.Ledger/GetCheckpoint',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetCheckpointRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Checkpoint.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Checkpoint.FromString,
                 _registered_method=True)
         self.GetInclusionProof = channel.unary_unary(
                 '/qledger.v1.Ledger/GetInclusionProof',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.InclusionProof.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.InclusionProof.FromString,
                 _registered_method=True)
         self.GetConsistencyProof = channel.unary_unary(
                 '/qledger.v1.Ledger/GetConsistencyProof',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
         self.ExportBundle = channel.unary_unary(
                 '/qledger.v1.Ledger/ExportBundle',
-                request_serializer=executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Bundle.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Bundle.FromString,
                 _registered_method=True)
         self.GetLineage = channel.unary_unary(
                 '/qledger.v1.Ledger/GetLineage',
-                request_serializer=executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Lineage.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Lineage.FromString,
                 _registered_method=True)
         self.GetReport = channel.unary_unary(
                 '/qledger.v1.Ledger/GetReport',
-                request_serializer=executor_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
-                response_deserializer=executor_dot_api_dot_qledger__pb2.Report.FromString,
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Report.FromString,
                 _registered_method=True)
 
 
@@ -419,43 +419,43 @@ def add_LedgerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetEntry': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEntry,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetEntryRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetEntryRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
             ),
             'StreamEntries': grpc.unary_stream_rpc_method_handler(
                     servicer.StreamEntries,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.StreamEntriesRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.StreamEntriesRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.LedgerEntry.SerializeToString,
             ),
             'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCheckpoint,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetCheckpointRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Checkpoint.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Checkpoint.SerializeToString,
             ),
             'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetInclusionProof,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetInclusionProofRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.InclusionProof.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.InclusionProof.SerializeToString,
             ),
             'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsistencyProof,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.ConsistencyProof.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.ConsistencyProof.SerializeToString,
             ),
             'ExportBundle': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportBundle,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.RunRef.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Bundle.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.RunRef.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Bundle.SerializeToString,
             ),
             'GetLineage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetLineage,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.RunRef.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Lineage.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.RunRef.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Lineage.SerializeToString,
             ),
             'GetReport': grpc.unary_unary_rpc_method_handler(
                     servicer.GetReport,
-                    request_deserializer=executor_dot_api_dot_qledger__pb2.GetReportRequest.FromString,
-                    response_serializer=executor_dot_api_dot_qledger__pb2.Report.SerializeToString,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetReportRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Report.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,8 +483,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetEntry',
-            executor_dot_api_dot_qledger__pb2.GetEntryRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetEntryRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -510,8 +510,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/StreamEntries',
-            executor_dot_api_dot_qledger__pb2.StreamEntriesRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
+            qledger_dot_api_dot_qledger__pb2.StreamEntriesRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.LedgerEntry.FromString,
             options,
             channel_credentials,
             insecure,
@@ -537,8 +537,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetCheckpoint',
-            executor_dot_api_dot_qledger__pb2.GetCheckpointRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Checkpoint.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetCheckpointRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Checkpoint.FromString,
             options,
             channel_credentials,
             insecure,
@@ -564,8 +564,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetInclusionProof',
-            executor_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.InclusionProof.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.InclusionProof.FromString,
             options,
             channel_credentials,
             insecure,
@@ -591,8 +591,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetConsistencyProof',
-            executor_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.ConsistencyProof.FromString,
             options,
             channel_credentials,
             insecure,
@@ -618,8 +618,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/ExportBundle',
-            executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Bundle.FromString,
+            qledger_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Bundle.FromString,
             options,
             channel_credentials,
             insecure,
@@ -645,8 +645,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetLineage',
-            executor_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Lineage.FromString,
+            qledger_dot_api_dot_qledger__pb2.RunRef.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Lineage.FromString,
             options,
             channel_credentials,
             insecure,
@@ -672,8 +672,8 @@ class Ledger:
             request,
             target,
             '/qledger.v1.Ledger/GetReport',
-            executor_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
-            executor_dot_api_dot_qledger__pb2.Report.FromString,
+            qledger_dot_api_dot_qledger__pb2.GetReportRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Report.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,22 +25,22 @@ from typing import Any, ClassVar
 
 from eventsourcing.persistence import StoredEvent
 
-from ledger import dsse, merkle
-from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
-from ledger.content import MAX_ENTRY_BYTES, EntryContent
-from ledger.domain import GENESIS_TYPE
-from ledger.errors import (
+from qledger.ledger import dsse, merkle
+from qledger.ledger.chain import GENESIS_CHAIN_HASH, chain_hash
+from qledger.ledger.content import MAX_ENTRY_BYTES, EntryContent
+from qledger.ledger.errors import (
     BadSignatureError,
     NonCanonicalEntryError,
     OversizedEntryError,
     UnknownKeyError,
 )
-from ledger.keys import PublicKey
-from ledger.mapper import SignedHere, check_columns
-from ledger.registry import KeyRecord, KeyRegistry
-from ledger.source import EntryRow
-from ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS
-from ledger.store.range_reader import EntryRangeReader
+from qledger.ledger.keyring import GENESIS_TYPE
+from qledger.ledger.keys import PublicKey
+from qledger.ledger.mapper import SignedHere, check_columns
+from qledger.ledger.registry import KeyRecord, KeyRegistry
+from qledger.ledger.source import EntryRow
+from qledger.ledger.store.ledger_tables import ARTIFACTS, CHECKPOINTS, ENTRIES, KEYS
+from qledger.ledger.store.range_reader import EntryRangeReader
 
 LATEST_POSITION = "SELECT MAX(position) AS p FROM {entries}"
 

@@ -12,10 +12,10 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.utils import retry
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
-from ledger.source import EntryRow
-from ledger.store.chain_writer import LATEST_POSITION, ChainHead, ChainWriter
-from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
-from ledger.store.range_reader import EntryRangeReader
+from qledger.ledger.source import EntryRow
+from qledger.ledger.store.chain_writer import LATEST_POSITION, ChainHead, ChainWriter
+from qledger.ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from qledger.ledger.store.range_reader import EntryRangeReader
 
 APPEND_ONLY_FUNCTION = "qledger_append_only"
 

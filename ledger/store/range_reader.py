@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.source import EntryRow
+from qledger.ledger.source import EntryRow
 
 # (connection, sql, params) -> rows: each dialect's way of turning a query into EntryRows.
 FetchRows = Callable[[Any, str, Sequence[Any]], list[EntryRow]]

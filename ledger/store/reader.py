@@ -6,11 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-from ledger import merkle
-from ledger.registry import KeyRegistry
-from ledger.source import EntryRow, KeyRow, LedgerSource, StartState
-from ledger.store.chain_writer import ChainWriter
-from ledger.store.range_reader import EntryRangeReader
+from qledger.ledger import merkle
+from qledger.ledger.registry import KeyRegistry
+from qledger.ledger.source import EntryRow, KeyRow, LedgerSource, StartState
+from qledger.ledger.store.chain_writer import ChainWriter
+from qledger.ledger.store.range_reader import EntryRangeReader
 
 PAGE = 2000
 _WINDOW = " WHERE e.position > {p} AND e.position <= {p} ORDER BY e.position"

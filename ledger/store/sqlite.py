@@ -10,10 +10,10 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
-from ledger.source import EntryRow
-from ledger.store.chain_writer import ChainWriter
-from ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
-from ledger.store.range_reader import EntryRangeReader
+from qledger.ledger.source import EntryRow
+from qledger.ledger.store.chain_writer import ChainWriter
+from qledger.ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
+from qledger.ledger.store.range_reader import EntryRangeReader
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
-from ledger.errors import StoreUnavailableError
+from qledger.ledger.errors import StoreUnavailableError
 
 DEFAULT_STORE = "sqlite:///./qledger.db"
 
@@ -43,7 +43,7 @@ def parse_store_url(url: str) -> StoreURL:
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": "30",
-            "APPLICATION_RECORDER_TOPIC": "ledger.store.sqlite:LedgerSQLiteRecorder",
+            "APPLICATION_RECORDER_TOPIC": "qledger.ledger.store.sqlite:LedgerSQLiteRecorder",
         })
     if parsed.scheme in ("postgresql", "postgres"):
         query = parse_qs(parsed.query)
@@ -63,7 +63,7 @@ def parse_store_url(url: str) -> StoreURL:
             "POSTGRES_POOL_SIZE": query.get("pool_size", ["2"])[0],
             "POSTGRES_MAX_OVERFLOW": "8",
             "POSTGRES_LOCK_TIMEOUT": "30",
-            "APPLICATION_RECORDER_TOPIC": "ledger.store.postgres:LedgerPostgresRecorder",
+            "APPLICATION_RECORDER_TOPIC": "qledger.ledger.store.postgres:LedgerPostgresRecorder",
         })
     raise StoreUnavailableError(
         f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")

@@ -11,14 +11,15 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.backends import BackendCatalog
-from executor.commands import submit_command
-from executor.server import ExecutorSettings, RunningServer, client_channel, start_server
-from ledger.admin import CHECKPOINTER, export_key
-from ledger.app import LedgerApp
-from ledger.keys import KeyStore, SigningKey
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.ledger.admin import CHECKPOINTER, export_key
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import ExecutorSettings, RunningServer, start_server
+from qledger.runs.backends import BackendCatalog
+from qledger.runs.commands import submit_command
 from tests.ledger.helpers import make_ledger
 
 

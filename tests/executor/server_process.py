@@ -10,11 +10,11 @@ import sys
 import threading
 from pathlib import Path
 
-from executor.backends import BackendCatalog, FaultConfig
-from executor.server import ExecutorSettings, start_server
-from ledger.admin import CHECKPOINTER
-from ledger.app import LedgerApp
-from ledger.keys import KeyStore
+from qledger.ledger.admin import CHECKPOINTER
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore
+from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.backends import BackendCatalog, FaultConfig
 
 
 def main() -> None:

@@ -13,12 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from executor.demo_workflow import BELL, GHZ_NOISY
-from ledger import dsse
-from ledger.artifacts import ArchiveDirectory, ArchiveError, HotArtifacts, StagedArtifacts, artifact_refs
-from ledger.cli import app as cli
-from ledger.content import artifact_ref
-from ledger.errors import QledgerError
+from qledger.cli import app as cli
+from qledger.ledger import dsse
+from qledger.ledger.artifacts import ArchiveDirectory, ArchiveError, artifact_refs
+from qledger.ledger.content import artifact_ref
+from qledger.ledger.errors import QledgerError
+from qledger.ledger.store.artifacts import HotArtifacts, StagedArtifacts
+from qledger.runs.reference_workflows import BELL, GHZ_NOISY
 from tests.executor.conftest import Service, step_records
 from tests.executor.test_reliability import payloads
 from tests.ledger.helpers import Note, RawStore, make_ledger

@@ -12,19 +12,20 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.authz import ACTIONS, call_metadata
-from executor.commands import cancel_command, submit_command
-from executor.demo_workflow import BELL
-from executor.governance import ALL_PROJECTS, AuditEvent
-from executor.policy_admin import grant_role
-from executor.server import client_channel
-from ledger import dsse
-from ledger.admin import ROOT, add_key
-from ledger.cli import app as cli
-from ledger.content import EntryContent
-from ledger.keys import KeyStore, SigningKey
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.cli import app as cli
+from qledger.governance.changes import grant_role
+from qledger.governance.policy import ALL_PROJECTS, AuditEvent
+from qledger.ledger import dsse
+from qledger.ledger.admin import ROOT, add_key
+from qledger.ledger.content import EntryContent
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.rpc.authz import ACTIONS
+from qledger.rpc.call_signing import call_metadata
+from qledger.rpc.channel import client_channel
+from qledger.runs.commands import cancel_command, submit_command
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import Service, ServiceFactory
 
 ALPHA = {**BELL, "project": "alpha"}

@@ -13,17 +13,17 @@ import pytest
 from securesystemslib.signer import SSlibKey
 from typer.testing import CliRunner
 
-from executor.demo_workflow import BELL
-from executor.lineage import lineage_json
-from ledger import dsse, merkle
-from ledger.admin import CHECKPOINTER, export_key
-from ledger.bundle import IN_TOTO_PAYLOAD_TYPE, BundleInvalidError, verify_bundle
-from ledger.canonical import canonical_bytes
-from ledger.checkpoint import Checkpoint, parse_note
-from ledger.cli import app as cli
-from ledger.errors import LogFormatError
-from ledger.export_bundle import export_bundle
-from ledger.keys import KeyStore, SigningKey
+from qledger.cli import app as cli
+from qledger.ledger import dsse, merkle
+from qledger.ledger.admin import CHECKPOINTER, export_key
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.checkpoint import Checkpoint, parse_note
+from qledger.ledger.errors import BundleFormatError
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.provenance.bundle import IN_TOTO_PAYLOAD_TYPE, BundleInvalidError, verify_bundle
+from qledger.provenance.bundle_export import export_bundle
+from qledger.provenance.lineage import lineage_json
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import Service, ServiceFactory
 
 
@@ -79,7 +79,7 @@ def test_any_changed_byte_fails(two_runs: tuple[Service, list[UUID], SigningKey]
     for offset in range(0, len(data), 89):
         tampered = bytearray(data)
         tampered[offset] = ord("A") if tampered[offset] != ord("A") else ord("B")
-        with pytest.raises((BundleInvalidError, LogFormatError)):
+        with pytest.raises((BundleInvalidError, BundleFormatError)):
             verify_bundle(bytes(tampered))
 
 
@@ -214,7 +214,7 @@ def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey],
 def test_ledger_rpcs_export_bundle_lineage_and_report(service_factory: ServiceFactory) -> None:
     import grpc
 
-    from executor.api import qledger_pb2 as pb
+    from qledger.api import qledger_pb2 as pb
     from tests.executor.test_grpc import code_of
 
     service = service_factory(export=True)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import itertools
 import time
 
-from executor.demo_workflow import BELL
-from ledger.checkpoint import parse_note
-from ledger.verify import verify
+from qledger.ledger.checkpoint import parse_note
+from qledger.ledger.verify import verify
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import ServiceFactory
 from tests.ledger.helpers import write_notes
 
 
 def checkpoint_sizes(service_app: object) -> list[int]:
-    from ledger.app import LedgerApp
+    from qledger.ledger.app import LedgerApp
 
     assert isinstance(service_app, LedgerApp)
     return [parse_note(n).checkpoint.tree_size for n in service_app.source().checkpoint_notes()]

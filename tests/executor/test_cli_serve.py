@@ -16,11 +16,11 @@ import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from typer.testing import CliRunner
 
-from executor.demo_workflow import WORKFLOWS
-from ledger.app import LedgerApp
-from ledger.cli import app as cli
-from ledger.keys import KeyStore
-from ledger.verify import verify
+from qledger.cli import app as cli
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore
+from qledger.ledger.verify import verify
+from qledger.runs.reference_workflows import WORKFLOWS
 from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
 
@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def qledger(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ledger.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "qledger.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(home)})
 
 
@@ -48,7 +48,7 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
     assert qledger(qledger_home, "keys", "add", "bob", "--store", sqlite_store_url).returncode == 0
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "ledger.cli", "serve", "--plaintext", "--store", sqlite_store_url,
+        [sys.executable, "-m", "qledger.cli", "serve", "--plaintext", "--store", sqlite_store_url,
          "--listen", f"127.0.0.1:{port}"],
         cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(qledger_home)},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -131,7 +131,7 @@ def test_serve_exports_traces_over_otlp(sqlite_store_url: str, qledger_home: Pat
     env = {**os.environ, "QLEDGER_HOME": str(qledger_home), "OTEL_EXPORTER_OTLP_ENDPOINT":
            f"http://127.0.0.1:{otlp_port}", "OTEL_EXPORTER_OTLP_INSECURE": "true",
            "OTEL_SERVICE_NAME": "qledger-test", "QLEDGER_LOG_FORMAT": "json"}
-    server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--plaintext",
+    server = subprocess.Popen([sys.executable, "-m", "qledger.cli", "serve", "--plaintext",
                                "--store", sqlite_store_url,
                                "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -163,7 +163,7 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
                       f'store = "{sqlite_store_url}"\n')
 
     def serving(env: dict[str, str]) -> str:
-        server = subprocess.Popen([sys.executable, "-m", "ledger.cli", "serve", "--config", str(config)],
+        server = subprocess.Popen([sys.executable, "-m", "qledger.cli", "serve", "--config", str(config)],
                                   cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(qledger_home), **env},
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

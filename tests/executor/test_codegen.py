@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from executor.codegen import GENERATED, ROOT, generate
+from qledger.rpc.codegen import GENERATED, ROOT, generate
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
@@ -13,4 +13,4 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     for path in fresh:
         committed = ROOT / "executor" / "api" / path.name
         assert committed.read_bytes() == path.read_bytes(), (
-            f"{committed} is stale: run `python -m executor.codegen` and commit the result")
+            f"{committed} is stale: run `python -m qledger.rpc.codegen` and commit the result")

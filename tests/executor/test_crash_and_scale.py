@@ -12,15 +12,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.commands import submit_command
-from executor.demo_workflow import BELL
-from executor.server import client_channel
-from ledger import dsse
-from ledger.app import LedgerApp
-from ledger.keys import KeyStore, SigningKey
-from ledger.verify import verify
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.ledger import dsse
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.verify import verify
+from qledger.rpc.channel import client_channel
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import RUN_KINDS, STEPS
 from tests.ledger.helpers import make_ledger
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from executor.dag import DagError, linear_steps, order_of, parse_steps
-from executor.demo_workflow import BELL
-from executor.workflow import WorkflowError, parse_workflow
+from qledger.runs.dag import DagError, linear_steps, order_of, parse_steps
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.workflow import WorkflowError, parse_workflow
 
 
 def steps_with(change: Any) -> list[dict[str, Any]]:

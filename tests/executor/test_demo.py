@@ -6,14 +6,14 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from executor.backends import BackendCatalog
-from executor.breaker import BreakerBoard
-from executor.demo_workflow import BELL
-from executor.pipeline import ExecutionContext, run_steps
-from executor.run import Run
-from executor.workflow import parse_workflow
-from ledger.app import LedgerApp
-from ledger.cli import app as cli
+from qledger.cli import app as cli
+from qledger.ledger.app import LedgerApp
+from qledger.runs.backends import BackendCatalog
+from qledger.runs.breaker import BreakerBoard
+from qledger.runs.pipeline import ExecutionContext, run_steps
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.run import Run
+from qledger.runs.workflow import parse_workflow
 
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:

@@ -12,20 +12,21 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.backends import BackendCatalog, FaultConfig
-from executor.commands import submit_command
-from executor.demo_workflow import BELL
-from executor.governance import DEFAULT_PROJECT, GovernanceError, canary_bucket
-from executor.operations import operation_rows, operations_view
-from executor.policy_admin import approve, grant_role, policy, restrict_backend, set_canary, set_quota
-from executor.projections import projection_runner
-from executor.server import client_channel
-from ledger import dsse
-from ledger.admin import ROOT, add_key
-from ledger.cli import app as cli
-from ledger.keys import KeyStore, SigningKey
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.cli import app as cli
+from qledger.governance.changes import approve, grant_role, policy, restrict_backend, set_canary, set_quota
+from qledger.governance.policy import GovernanceError, canary_bucket
+from qledger.ledger import dsse
+from qledger.ledger.admin import ROOT, add_key
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.provenance.operations import operation_rows, operations_view
+from qledger.provenance.projections import projection_runner
+from qledger.rpc.channel import client_channel
+from qledger.runs.backends import BackendCatalog, FaultConfig
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.workflow import DEFAULT_PROJECT
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_authz import audit_entries
 from tests.ledger.helpers import RawStore

@@ -12,16 +12,16 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from executor.api import qledger_pb2 as pb
-from executor.commands import submit_command
-from executor.demo_workflow import BELL, GHZ_NOISY
-from executor.errors import field_violations
-from executor.server import PlaintextRefusedError, start_server
-from ledger import dsse, merkle
-from ledger.canonical import canonical_bytes
-from ledger.content import EntryContent
-from ledger.keys import SigningKey
-from ledger.verify import verify
+from qledger.api import qledger_pb2 as pb
+from qledger.ledger import dsse, merkle
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.content import EntryContent
+from qledger.ledger.keys import SigningKey
+from qledger.ledger.verify import verify
+from qledger.rpc.server import PlaintextRefusedError, start_server
+from qledger.rpc.status import field_violations
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL, GHZ_NOISY
 from tests.executor.conftest import RUN_KINDS, STEPS, Service, step_records
 from tests.ledger.helpers import make_ledger
 
@@ -41,7 +41,7 @@ def on_backend(definition: dict[str, Any], backend: str) -> dict[str, Any]:
 @pytest.mark.parametrize("backend", ["aer_ideal", "aer_noisy"])
 @pytest.mark.parametrize("name", ["bell", "ghz_noisy", "qaoa_maxcut"])
 def test_every_reference_workflow_on_ideal_and_noisy_aer(service: Service, name: str, backend: str) -> None:
-    from executor.demo_workflow import load
+    from qledger.runs.reference_workflows import load
 
     reply = service.submit(on_backend(load(name), backend))
     entries = service.watch(reply.run.run_id)
@@ -193,7 +193,7 @@ def test_plaintext_only_on_loopback(sqlite_store_url: str, qledger_home: Path) -
 
 
 def test_qaoa_maxcut_hybrid_loop_against_brute_force(service: Service) -> None:
-    from executor.demo_workflow import load
+    from qledger.runs.reference_workflows import load
 
     reply = service.submit(load("qaoa_maxcut"))
     entries = service.watch(reply.run.run_id)

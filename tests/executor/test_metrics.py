@@ -7,9 +7,9 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from executor.backends import BackendCatalog, FaultConfig
-from executor.demo_workflow import BELL
-from executor.pipeline import RetryPolicy
+from qledger.runs.backends import BackendCatalog, FaultConfig
+from qledger.runs.pipeline import RetryPolicy
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import ServiceFactory
 
 

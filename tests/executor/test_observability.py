@@ -12,8 +12,8 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from executor.demo_workflow import GHZ_NOISY
-from executor.observability import configure_json_logging, configure_tracing
+from qledger.ops.tracing import configure_json_logging, configure_tracing
+from qledger.runs.reference_workflows import GHZ_NOISY
 from tests.executor.conftest import STEPS, ServiceFactory
 
 _EXPORTER = InMemorySpanExporter()

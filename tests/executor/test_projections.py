@@ -17,21 +17,21 @@ import pytest
 from prov.model import ProvDocument
 from typer.testing import CliRunner
 
-from executor.api import qledger_pb2 as pb
-from executor.backends import BackendCatalog, FaultConfig
-from executor.demo_workflow import BELL, GHZ_NOISY, load
-from executor.lineage import lineage_json
-from executor.lineage_index import RunFilter, artifact_lineage, find_nodes, find_runs, walk
-from executor.operations import OperationsProjection, operation_rows, operations_view
-from executor.pipeline import RetryPolicy
-from executor.projections import projection_follower, projection_runner
-from ledger.admin import EXPORTER
-from ledger.app import LedgerApp
-from ledger.bundle import verify_bundle
-from ledger.cli import app as cli
-from ledger.follow import LISTEN_APPLICATION_NAME
-from ledger.keys import KeyStore
-from ledger.projection import ProjectedEntry, ProjectionDB, ProjectionRunner
+from qledger.api import qledger_pb2 as pb
+from qledger.cli import app as cli
+from qledger.ledger.admin import EXPORTER
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.follow import LISTEN_APPLICATION_NAME
+from qledger.ledger.keys import KeyStore
+from qledger.ledger.projection import ProjectedEntry, ProjectionDB, ProjectionRunner
+from qledger.provenance.bundle import verify_bundle
+from qledger.provenance.lineage import lineage_json
+from qledger.provenance.lineage_index import RunFilter, artifact_lineage, find_nodes, find_runs, walk
+from qledger.provenance.operations import OperationsProjection, operation_rows, operations_view
+from qledger.provenance.projections import projection_follower, projection_runner
+from qledger.runs.backends import BackendCatalog, FaultConfig
+from qledger.runs.pipeline import RetryPolicy
+from qledger.runs.reference_workflows import BELL, GHZ_NOISY, load
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_grpc import code_of
 from tests.ledger.helpers import make_ledger, write_notes
@@ -52,7 +52,7 @@ def dumps(runner: ProjectionRunner) -> dict[str, Any]:
 
 
 def entries_of(service: Service, run_id: str) -> list[dict[str, Any]]:
-    from ledger import dsse
+    from qledger.ledger import dsse
 
     return [json.loads(dsse.parse(e.envelope).payload) for e in service.watch(run_id)]
 

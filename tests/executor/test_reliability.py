@@ -9,16 +9,17 @@ from typing import Any
 import grpc
 import pytest
 
-from executor.api import qledger_pb2 as pb
-from executor.backends import BackendCatalog, FaultConfig
-from executor.commands import cancel_command, submit_command
-from executor.demo_workflow import BELL
-from executor.errors import retry_delay
-from executor.pipeline import RetryPolicy
-from executor.run import BackendBreaker, run_id_for
-from ledger import dsse
-from ledger.keys import KeyStore, SigningKey
-from ledger.verify import verify
+from qledger.api import qledger_pb2 as pb
+from qledger.ledger import dsse
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.verify import verify
+from qledger.rpc.status import retry_delay
+from qledger.runs.backends import BackendCatalog, FaultConfig
+from qledger.runs.breaker import BackendBreaker
+from qledger.runs.commands import cancel_command, submit_command
+from qledger.runs.pipeline import RetryPolicy
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.run import run_id_for
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.test_grpc import code_of
 
@@ -153,7 +154,7 @@ def test_backpressure_is_resource_exhausted_with_retry_info(service_factory: Ser
 
 
 def test_quality_band_takes_more_shots_then_flags(service: Service) -> None:
-    from executor.demo_workflow import GHZ_NOISY
+    from qledger.runs.reference_workflows import GHZ_NOISY
 
     strict = {**GHZ_NOISY, "quality": {"max_tvd": 0.01, "max_shots": 4 * GHZ_NOISY["execute"]["shots"]}}
     run, entries = finished(service, strict)

@@ -11,10 +11,10 @@ from uuid import UUID
 import pytest
 from typer.testing import CliRunner
 
-from executor.demo_workflow import BELL
-from executor.report import report, run_facts, shot_noise_band
-from ledger import dsse
-from ledger.cli import app as cli
+from qledger.cli import app as cli
+from qledger.ledger import dsse
+from qledger.provenance.report import report, run_facts, shot_noise_band
+from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import Service
 
 

@@ -9,15 +9,16 @@ import grpc
 import psycopg
 import pytest
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.commands import submit_command
-from executor.demo_workflow import BELL
-from executor.server import ExecutorSettings, client_channel, start_server
-from ledger.admin import CHECKPOINTER
-from ledger.app import LedgerApp
-from ledger.keys import KeyStore
-from ledger.verify import verify
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.ledger.admin import CHECKPOINTER
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore
+from qledger.ledger.verify import verify
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL
 from tests.ledger.helpers import make_ledger
 
 

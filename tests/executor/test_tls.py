@@ -12,13 +12,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from executor.api import qledger_pb2 as pb
-from executor.api import qledger_pb2_grpc as pb_grpc
-from executor.governance import ALL_PROJECTS
-from executor.policy_admin import grant_role
-from executor.server import PlaintextRefusedError, TLSConfig, client_channel, start_server
-from ledger.admin import CHECKPOINTER, ROOT
-from ledger.keys import KeyStore
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.changes import grant_role
+from qledger.governance.policy import ALL_PROJECTS
+from qledger.ledger.admin import CHECKPOINTER, ROOT
+from qledger.ledger.keys import KeyStore
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import PlaintextRefusedError, TLSConfig, start_server
 from tests.ledger.helpers import make_ledger
 
 PEM = serialization.Encoding.PEM

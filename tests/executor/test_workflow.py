@@ -7,10 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from executor.client import read_workflow
-from executor.demo_workflow import BELL, GHZ_NOISY, WORKFLOWS, load
-from executor.workflow import WorkflowError, parse_workflow, workflow_sha256
-from ledger.errors import LogFormatError
+from qledger.runs.reference_workflows import BELL, GHZ_NOISY, WORKFLOWS, load
+from qledger.runs.workflow import (
+    WorkflowError,
+    WorkflowFileError,
+    parse_workflow,
+    read_workflow,
+    workflow_sha256,
+)
 
 
 def test_reference_workflows_round_trip() -> None:
@@ -44,7 +48,7 @@ def test_bad_definitions_name_the_field(change: object, field: str) -> None:
 def test_unreadable_files_are_reported(tmp_path: Path) -> None:
     bad = tmp_path / "w.yaml"
     bad.write_text("a: [unclosed")
-    with pytest.raises(LogFormatError, match="not YAML"):
+    with pytest.raises(WorkflowFileError, match="not YAML"):
         read_workflow(bad)
-    with pytest.raises(LogFormatError, match="cannot read"):
+    with pytest.raises(WorkflowFileError, match="cannot read"):
         read_workflow(tmp_path / "missing.json")

@@ -12,11 +12,11 @@ from urllib.parse import parse_qs, urlparse
 import psycopg
 from eventsourcing.domain import Aggregate, event
 
-from ledger import merkle
-from ledger.admin import add_key, init_store, open_admin_app
-from ledger.app import LedgerApp
-from ledger.chain import GENESIS_CHAIN_HASH, chain_hash
-from ledger.keys import KeyStore, SigningKey
+from qledger.ledger import merkle
+from qledger.ledger.admin import add_key, init_store, open_admin_app
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.chain import GENESIS_CHAIN_HASH, chain_hash
+from qledger.ledger.keys import KeyStore, SigningKey
 
 
 class Note(Aggregate):

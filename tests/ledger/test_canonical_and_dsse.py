@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.signer import SSlibKey
 
-from ledger import dsse
-from ledger.canonical import canonical_bytes, canonical_bytes_slow, parse_canonical
-from ledger.content import EntryContent
-from ledger.errors import NonCanonicalEntryError
-from ledger.keys import SigningKey
+from qledger.ledger import dsse
+from qledger.ledger.canonical import canonical_bytes, canonical_bytes_slow, parse_canonical
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import NonCanonicalEntryError
+from qledger.ledger.keys import SigningKey
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
@@ -225,7 +225,7 @@ def test_integers_and_strings_outside_the_fast_path_are_judged_by_rfc8785(n: int
 def test_long_digit_strings_stay_on_the_fast_path(counts: dict[str, int]) -> None:
     # Counts of circuits of 16 qubits or more have keys of 16+ digits: only a real integer
     # that long may send an entry to the slow rfc8785 package, never a string of digits.
-    import ledger.canonical as canonical
+    import qledger.ledger.canonical as canonical
 
     value = {"counts": counts, "shots": sum(counts.values())}
     data = canonical_bytes_slow(value)

@@ -4,9 +4,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.checkpoint import Checkpoint, parse_note
-from ledger.errors import LogFormatError
-from ledger.keys import SigningKey
+from qledger.ledger.checkpoint import Checkpoint, parse_note
+from qledger.ledger.errors import NoteFormatError
+from qledger.ledger.keys import SigningKey
 
 KEY = SigningKey.from_seed("checkpointer", bytes(32))
 OTHER = SigningKey.from_seed("checkpointer", bytes([1] * 32))
@@ -33,11 +33,11 @@ def test_any_changed_character_breaks_the_note(where: int) -> None:
     tampered = note[:index] + replacement + note[index + 1:]
     try:
         signed = parse_note(tampered)
-    except LogFormatError:
+    except NoteFormatError:
         return
     assert not signed.signed_by("example.com/log", KEY.public)
 
 
 def test_unsigned_note_is_refused() -> None:
-    with pytest.raises(LogFormatError):
+    with pytest.raises(NoteFormatError):
         parse_note("example.com/log\n1\nAAAA\n")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ledger import merkle
-from ledger.cli import app as cli
+from qledger.cli import app as cli
+from qledger.ledger import merkle
 
 runner = CliRunner()
 
@@ -107,7 +107,7 @@ def test_proofs_printed_verify(initialised: str) -> None:
 
 
 def test_console_script_runs(initialised: str, qledger_home: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "ledger.cli", "verify", "--store", initialised],
+    done = subprocess.run([sys.executable, "-m", "qledger.cli", "verify", "--store", initialised],
                           capture_output=True, text=True, env={"QLEDGER_HOME": str(qledger_home),
                                                               "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger.admin import open_admin_app
-from ledger.app import LedgerApp
-from ledger.errors import RevokedKeyError
-from ledger.keys import KeyStore
-from ledger.verify import verify
+from qledger.ledger.admin import open_admin_app
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.errors import RevokedKeyError
+from qledger.ledger.keys import KeyStore
+from qledger.ledger.verify import verify
 from tests.ledger.helpers import make_ledger, write_notes
 
 REPO = Path(__file__).resolve().parents[2]

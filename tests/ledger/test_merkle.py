@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymerkle import InmemoryTree
 
-from ledger import merkle
+from qledger.ledger import merkle
 
 
 def leaves(n: int) -> list[bytes]:

@@ -10,12 +10,12 @@ import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger import dsse
-from ledger.admin import add_key, init_store, open_admin_app
-from ledger.app import LedgerApp
-from ledger.canonical import canonical_bytes
-from ledger.content import SCHEMA_VERSION, EntryContent
-from ledger.errors import (
+from qledger.ledger import dsse
+from qledger.ledger.admin import add_key, init_store, open_admin_app
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.content import SCHEMA_VERSION, EntryContent
+from qledger.ledger.errors import (
     BadSignatureError,
     ContentMismatchError,
     NonCanonicalEntryError,
@@ -23,8 +23,8 @@ from ledger.errors import (
     RevokedKeyError,
     UnknownKeyError,
 )
-from ledger.keys import KeyStore, SigningKey
-from ledger.verify import verify
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.verify import verify
 from tests.ledger.helpers import Note, RawStore, make_ledger, write_notes
 
 
@@ -202,8 +202,8 @@ def test_add_key_via_admin_helper(store_url: str, qledger_home: Path) -> None:
 
 
 def test_checkpoints_are_made_every_n_entries(store_url: str, qledger_home: Path) -> None:
-    from ledger.app import CheckpointPolicy
-    from ledger.checkpoint import parse_note
+    from qledger.ledger.app import CheckpointPolicy
+    from qledger.ledger.checkpoint import parse_note
 
     app, _ = make_ledger(store_url, qledger_home)
     app.checkpoint_policy = CheckpointPolicy(KeyStore(qledger_home).load("checkpointer"),
@@ -220,7 +220,7 @@ def test_a_failed_checkpoint_does_not_fail_the_save(store_url: str, qledger_home
                                                     caplog: pytest.LogCaptureFixture) -> None:
     from eventsourcing.persistence import OperationalError
 
-    from ledger.app import CheckpointPolicy
+    from qledger.ledger.app import CheckpointPolicy
 
     app, _ = make_ledger(store_url, qledger_home)
     app.checkpoint_policy = CheckpointPolicy(KeyStore(qledger_home).load("checkpointer"), every=1)
@@ -240,7 +240,7 @@ def test_postgres_windows_use_the_index_plan_without_statistics(pg_store_url: st
     # A store that was never analysed (autovacuum off, or loaded since) has no statistics:
     # the planner then scanned (and sorted) the whole entries table for every window that
     # verify reads.  Both ways verify reads windows must get the ordered index plan.
-    from ledger.store.reader import StoreSource
+    from qledger.ledger.store.reader import StoreSource
 
     app, _ = make_ledger(pg_store_url, qledger_home)
     write_notes(app, "alice", 5)
@@ -269,7 +269,7 @@ def test_postgres_batches_go_in_binary(pg_store_url: str, qledger_home: Path) ->
     # The library's own statement, with the array of events as a binary parameter: in text
     # every envelope is spelt in hex and escaped by regular expressions.  If the library's
     # statement changes shape, this says so instead of the speed quietly going.
-    from ledger.store.postgres import LedgerPostgresRecorder
+    from qledger.ledger.store.postgres import LedgerPostgresRecorder
 
     app, _ = make_ledger(pg_store_url, qledger_home)
     assert isinstance(app.ledger, LedgerPostgresRecorder)

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ledger import dsse
-from ledger.app import LedgerApp
-from ledger.canonical import canonical_bytes
-from ledger.cli import app as cli
-from ledger.keys import KeyStore, SigningKey
-from ledger.verify import Tamper, verify
+from qledger.cli import app as cli
+from qledger.ledger import dsse
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.verify import Tamper, verify
 from tests.ledger.helpers import RawStore, make_ledger, write_notes
 
 
@@ -134,7 +134,7 @@ CASES: dict[str, tuple[Callable[[RawStore], None], int, Tamper]] = {
 def test_verify_names_first_bad_position_and_kind(
     ledger: tuple[LedgerApp, RawStore], case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ledger.verify as verifier
+    import qledger.ledger.verify as verifier
 
     app, raw = ledger
     tamper, position, kind = CASES[case]
@@ -176,7 +176,7 @@ def test_parallel_verify_over_many_batches_agrees_with_serial(
         tamper: Callable[[RawStore], None] | None) -> None:
     # Batches of 3 spread the 17 entries over 6 batches, so later batches are in the workers'
     # hands while an earlier one is settled: the first break must still be the one reported.
-    import ledger.verify as verifier
+    import qledger.ledger.verify as verifier
 
     app, raw = ledger
     if tamper is not None:

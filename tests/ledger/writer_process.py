@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from ledger.app import LedgerApp
-from ledger.keys import KeyStore
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore
 from tests.ledger.helpers import write_notes
 
 

@@ -1,0 +1,30 @@
+"""The ``qledger`` command: the one composition root, where the ledger's commands and the
+executor's are put together.  Nothing imports this package; each command imports what it
+needs when it runs, so ``qledger --help`` loads neither Qiskit nor gRPC.
+
+Exit codes: 0 success, 1 verification failed (or a run failed), 2 could not run, 3 intact but
+artifacts missing.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from qledger.cli import bench, bundles, governance, runs, service, views
+from qledger.ledger import cli as ledger_cli
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="qledger: a signed, hash-chained provenance ledger.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios to baselines.")
+app.add_typer(bench_app, name="bench")
+service.register(app)
+ledger_cli.register(app, bench_app)
+bundles.register(app)
+runs.register(app)
+views.register(app)
+governance.register(app)
+bench.register(bench_app)
+
+
+def main() -> None:
+    app()

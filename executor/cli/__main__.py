@@ -1,0 +1,5 @@
+"""``python -m qledger.cli``: the ``qledger`` command."""
+
+from qledger.cli import main
+
+main()

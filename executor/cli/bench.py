@@ -1,0 +1,32 @@
+"""``qledger bench executor`` and ``qledger bench projections`` (``bench ledger`` is the ledger's)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from qledger.ledger.cli_common import StoreOption, reported_errors
+
+
+def register(bench_app: typer.Typer) -> None:
+    bench_app.command("executor")(bench_executor)
+    bench_app.command("projections")(bench_projections)
+
+
+def bench_executor(store: StoreOption = None,
+                   runs: Annotated[int, typer.Option(min=5)] = 50) -> None:
+    """Raw Aer run() vs the same workflow through the service (p50/p99), and 16-client runs/s."""
+    from qledger.bench.executor_overhead import run_executor_bench
+
+    with reported_errors():
+        run_executor_bench(store, runs)
+
+
+def bench_projections(store: StoreOption = None,
+                      entries: Annotated[int, typer.Option(min=1000)] = 100_000) -> None:
+    """Rebuild entries/s per projection, lineage queries, one run's bundle export and verify."""
+    from qledger.bench.projections import run_projections_bench
+
+    with reported_errors():
+        run_projections_bench(store, entries)

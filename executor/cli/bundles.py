@@ -1,0 +1,69 @@
+"""``qledger export-bundle`` and ``qledger verify-bundle``: a run's signed lineage bundle, out of
+the store and checked offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from qledger.ledger import admin
+from qledger.ledger.cli_common import StoreOption, fail, open_app, reported_errors
+from qledger.ledger.keys import KeyStore
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export-bundle")(export_bundle_command)
+    app.command("verify-bundle")(verify_bundle_command)
+
+
+def export_bundle_command(run: Annotated[str, typer.Argument(
+                              help="Run id, or an artifact (node id or sha256) of the run")],
+                          output: Annotated[Path, typer.Option("-o", "--output")],
+                          store: StoreOption = None) -> None:
+    """Write the signed lineage bundle (in-toto Statement in DSSE) of the run, or of the run that
+    generated the artifact, for offline verification."""
+    from qledger.provenance.bundle_export import export_recorded
+    from qledger.provenance.lineage import lineage_json
+    from qledger.provenance.projections import projection_runner, resolve_run
+
+    with reported_errors():
+        ledger = open_app(store)
+        stream_id = resolve_run(ledger, projection_runner(ledger), run)
+        ledger.require_origin()
+        keys = KeyStore.default()
+        exporter = admin.export_key(ledger, keys)
+        data = export_recorded(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER), lineage_json)
+        try:
+            output.write_bytes(data)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}") from None
+    typer.echo(f"bundle for run {run}: {output} ({len(data)} bytes)")
+
+
+def verify_bundle_command(
+    bundle: Path,
+    trusted_key: Annotated[Path | None, typer.Option(help="File with the export key's public key (hex)")]
+    = None,
+) -> None:
+    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint."""
+    from qledger.ledger.keys import PublicKey
+    from qledger.provenance.bundle import BundleInvalidError, verify_bundle
+    from qledger.provenance.lineage import lineage_json
+
+    with reported_errors():
+        try:
+            data = bundle.read_bytes()
+            pinned = PublicKey(bytes.fromhex(trusted_key.read_text().strip())) if trusted_key else None
+        except OSError as exc:
+            raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+        except ValueError:
+            raise fail("--trusted-key must hold a hex Ed25519 public key") from None
+
+        try:
+            report = verify_bundle(data, pinned, lineage_json)
+        except BundleInvalidError as exc:
+            raise fail(f"INVALID: {exc}", 1) from None
+    typer.echo(f"VALID: run {report.stream_id}, {report.entries} entries proven against the checkpoint "
+               f"of size {report.tree_size}, {len(report.subjects)} subjects")

@@ -1,0 +1,72 @@
+"""Client-side helpers for the CLI: submit a workflow file, watch a run, fetch it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.ledger.checkpoint import parse_note
+from qledger.ledger.keys import SigningKey
+from qledger.rpc.channel import client_channel
+from qledger.runs.commands import submit_command
+
+
+def submit_and_watch(address: str, key: SigningKey, workflow: dict[str, Any], idempotency_key: str | None,
+                     wait: bool, on_entry: Callable[[pb.LedgerEntry], None]) -> pb.Run:
+    with client_channel(address, signer=key) as channel:
+        executor = pb_grpc.ExecutorStub(channel)
+        ledger = pb_grpc.LedgerStub(channel)
+        note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        origin = parse_note(note).checkpoint.origin
+        command = submit_command(key, origin, workflow, idempotency_key or str(uuid.uuid4()))
+        reply = executor.SubmitWorkflow(pb.SubmitWorkflowRequest(
+            command=pb.SignedEnvelope(envelope=command)), timeout=30)
+        if wait:
+            for entry in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id)):
+                on_entry(entry)
+        run: pb.Run = executor.GetRun(pb.GetRunRequest(run_id=reply.run.run_id), timeout=30)
+        return run
+
+
+def get_run(address: str, run_id: str, key: SigningKey | None = None) -> pb.Run:
+    with client_channel(address, signer=key) as channel:
+        run: pb.Run = pb_grpc.ExecutorStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+        return run
+
+
+def list_runs(address: str, limit: int, key: SigningKey | None = None) -> list[pb.Run]:
+    with client_channel(address, signer=key) as channel:
+        reply = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest(limit=limit), timeout=30)
+        return list(reply.runs)
+
+
+def rerun_and_wait(address: str, key: SigningKey, run_id: str) -> str:
+    """Replay RUN_ID's recorded workflow through RerunWorkflow, wait for it to end, return its id."""
+    with client_channel(address, signer=key) as channel:
+        executor = pb_grpc.ExecutorStub(channel)
+        ledger = pb_grpc.LedgerStub(channel)
+        note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        origin = parse_note(note).checkpoint.origin
+        recorded = executor.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+        workflow = json.loads(recorded.workflow_json)  # the definition as the ledger recorded it
+        command = submit_command(key, origin, workflow, str(uuid.uuid4()), rerun_of=run_id)
+        reply = executor.RerunWorkflow(pb.RerunWorkflowRequest(
+            run_id=run_id, command=pb.SignedEnvelope(envelope=command)), timeout=30)
+        for _ in executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id)):
+            pass
+        return str(reply.run.run_id)
+
+
+def remote_report(address: str, run_id: str, against: str | None, key: SigningKey | None = None
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The server's report JSON for RUN_ID (against another run) and the run's PROV-JSON."""
+    with client_channel(address, signer=key) as channel:
+        ledger = pb_grpc.LedgerStub(channel)
+        report = ledger.GetReport(pb.GetReportRequest(run_id=run_id, against_run_id=against or ""),
+                                  timeout=60)
+        lineage = ledger.GetLineage(pb.RunRef(run_id=run_id), timeout=60)
+        return json.loads(report.json), json.loads(lineage.prov_json)

@@ -1,0 +1,85 @@
+"""``qledger submit``, ``qledger runs list|show`` and ``qledger demo``: workflow runs from the
+command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from qledger.cli.calls import ServerOption, grpc_errors
+from qledger.ledger.cli_common import fail, print_json, reported_errors
+from qledger.ledger.keys import KeyStore
+
+runs_app = typer.Typer(no_args_is_help=True, help="Inspect workflow runs on a server.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("submit")(submit)
+    app.add_typer(runs_app, name="runs")
+    runs_app.command("list")(runs_list)
+    runs_app.command("show")(runs_show)
+    app.command("demo")(demo)
+
+
+def demo(workdir: Annotated[Path | None, typer.Option(help="Keep the demo store here")] = None) -> None:
+    """The main job: submit, execute on Qiskit Aer, verify, export and verify offline (SQLite)."""
+    from qledger.cli.demo import run_demo
+
+    with reported_errors():
+        if not run_demo(workdir, typer.echo):
+            raise fail("demo ledger did not verify", 1)
+
+
+def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
+           principal: Annotated[str, typer.Option("--as", help="Whose key signs the command")] = "client",
+           key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+           wait: Annotated[bool, typer.Option(help="Watch the run's entries until it ends")] = False) -> None:
+    """Sign and submit WORKFLOW (JSON); with --wait, show each step as it is recorded."""
+    from qledger.cli.remote import submit_and_watch
+    from qledger.runs.workflow import read_workflow
+
+    with reported_errors(), grpc_errors():
+        signer = KeyStore.default().load(principal)
+        body = read_workflow(workflow)
+
+        def show(entry: Any) -> None:
+            from qledger.ledger import dsse
+            from qledger.ledger.content import EntryContent
+
+            content = EntryContent.from_bytes(dsse.parse(entry.envelope).payload)
+            step = content.payload.get("step", "")
+            typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]:<13} {step:<20} "
+                       f"signed by {content.principal}")
+
+        run = submit_and_watch(server, signer, body, key, wait, show)
+    typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+    if run.status == "failed":
+        raise typer.Exit(1)
+
+
+AsCaller = Annotated[str, typer.Option("--as", help="Whose key signs the calls")]
+
+
+def runs_list(server: ServerOption = "127.0.0.1:50051",
+              limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+              principal: AsCaller = "client") -> None:
+    """The most recent runs you may see, newest first: id, status, workflow, submitter."""
+    from qledger.cli.remote import list_runs
+
+    with reported_errors(), grpc_errors():
+        runs = list_runs(server, limit, KeyStore.default().load(principal))
+    for run in runs:
+        typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by}")
+
+
+def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051",
+              principal: AsCaller = "client") -> None:
+    from qledger.cli.remote import get_run
+
+    with reported_errors(), grpc_errors():
+        run = get_run(server, run_id, KeyStore.default().load(principal))
+    print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
+                 "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
+                 "version": run.version})

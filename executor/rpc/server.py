@@ -1,0 +1,208 @@
+"""Assembling the gRPC server: services, health, reflection, explicit message limits."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import server_interceptor
+
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.ledger.admin import SERVICE_ROLE, InitResult, init_store
+from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
+from qledger.ledger.errors import QledgerError
+from qledger.ledger.follow import ProjectionFollower
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.store.artifacts import HotArtifacts, StagedArtifacts
+from qledger.provenance.projections import projection_follower, projection_runner
+from qledger.rpc.authz import Authorizer
+from qledger.rpc.channel import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
+from qledger.rpc.service import ExecutorService, LedgerService
+from qledger.runs.backends import BackendCatalog
+from qledger.runs.breaker import BreakerBoard
+from qledger.runs.pipeline import ExecutionContext, RetryPolicy
+from qledger.runs.queue import RunQueue
+from qledger.runs.worker import Worker
+
+SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+
+
+class PlaintextRefusedError(QledgerError):
+    """Plaintext gRPC was asked for on an address that is not loopback."""
+
+    hint = "serve TLS (--tls-cert, --tls-key), or listen on a loopback address"
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Server certificate and key (PEM); with ``client_ca``, clients must present a certificate
+    signed by it (mutual TLS)."""
+
+    cert: bytes
+    key: bytes
+    client_ca: bytes | None = None
+
+    @classmethod
+    def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> TLSConfig:
+        return cls(cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
+                                           require_client_auth=self.client_ca is not None)
+
+
+def require_loopback(listen: str) -> None:
+    """Plaintext is only for loopback; anything else needs TLS."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise PlaintextRefusedError(f"refusing plaintext gRPC on {listen}: use a loopback address")
+
+
+@dataclass
+class ExecutorSettings:
+    """Operational settings: none of them changes a result, only how runs are carried out."""
+
+    workers: int = 2
+    lease_seconds: float = 30.0
+    poll_seconds: float = 0.2
+    max_attempts: int = 3
+    max_pending: int = 1000
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    breaker_threshold: int = 3
+    breaker_cooldown: float = 10.0
+    metrics_port: int | None = None  # Prometheus endpoint (0: any free port)
+    metrics_address: str = "127.0.0.1"  # a container sets 0.0.0.0 for its scraper
+    projection_poll_seconds: float = 2.0  # PostgreSQL also wakes them by NOTIFY
+    # A signed checkpoint after this many new entries, or this long after an entry (if the
+    # server holds the checkpoint key); GetCheckpoint makes one on demand as well.
+    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 60.0
+    # Every call authorised by role and project (governance entries); off only for harnesses
+    # that test something else.
+    authorize: bool = True
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    worker: Worker
+    metrics_server: Any = None
+    follower: ProjectionFollower | None = None
+    checkpointer: Periodic | None = None
+
+    @property
+    def metrics_port(self) -> int | None:
+        return None if self.metrics_server is None else int(self.metrics_server.server_port)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.server.stop(grace).wait()
+        self.worker.stop()
+        if self.follower is not None:
+            self.follower.stop()
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+
+
+def prepare_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
+                  service_role: str = SERVICE_ROLE) -> InitResult:
+    """Everything a server needs in a store, made by its owner (``qledger init``): the ledger's
+    tables, triggers, grants, genesis and keys, the projection tables and the run queue.  The
+    server itself, running as the service role, only creates what is missing."""
+    result = init_store(app, keys, origin, service_role, projection_runner(app))
+    RunQueue(app).create(service_role if app.store.is_postgres else None)
+    return result
+
+
+def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: SigningKey | None,
+                 listen: str = "127.0.0.1:0", settings: ExecutorSettings | None = None,
+                 catalog: BackendCatalog | None = None, tls: TLSConfig | None = None,
+                 export_key: SigningKey | None = None) -> RunningServer:
+    if tls is None:
+        require_loopback(listen)
+    settings = settings or ExecutorSettings()
+    app.add_signer(executor_key)
+    checkpointer = None
+    if checkpoint_key is not None:
+        app.use_checkpoint_policy(CheckpointPolicy(checkpoint_key, settings.checkpoint_every,
+                                                   settings.checkpoint_seconds))
+        # Appends check the policy as they go; this covers the quiet after the last one.
+        checkpointer = Periodic(max(0.05, min(1.0, settings.checkpoint_seconds)), app.checkpoint_if_due)
+    queue = RunQueue(app)
+    queue.ensure()
+    HotArtifacts(app.ledger).ensure_table()
+    ctx = ExecutionContext(catalog or BackendCatalog(),
+                           BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),
+                           settings.retry, artifacts=StagedArtifacts(app.ledger))
+    worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
+                    lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
+                    max_attempts=settings.max_attempts)
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[server_interceptor()], options=[
+        ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
+    ])
+    authz = Authorizer(app, executor_key.principal, settings.authorize)
+    worker.policy = authz.policies.current
+    projections = projection_runner(app)
+    pb_grpc.add_ExecutorServicer_to_server(
+        ExecutorService(app, worker, queue, settings.max_pending, authz, projections), server)
+    pb_grpc.add_LedgerServicer_to_server(
+        LedgerService(app, checkpoint_key, authz, projections, export_key), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
+                                         health.SERVICE_NAME), server)
+    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    # Started first: it makes sure the projection tables exist before any call reads them.
+    follower = projection_follower(app, projections, settings.projection_poll_seconds).start()
+    worker.metrics.watch_projections(follower)
+    server.start()
+    worker.start()
+    metrics = (worker.metrics.serve(settings.metrics_port, settings.metrics_address)
+               if settings.metrics_port is not None else None)
+    if checkpointer is not None:
+        checkpointer.start()
+    return RunningServer(server, port, worker, metrics, follower, checkpointer)
+
+
+class Periodic:
+    """Calls ``action`` every ``interval`` seconds on a daemon thread until stopped."""
+
+    def __init__(self, interval: float, action: Callable[[], object]) -> None:
+        self.interval, self.action = interval, action
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="qledger-periodic", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.action()

@@ -1,0 +1,120 @@
+"""gRPC status codes with rich error details (google.rpc.Status) for qledger's errors."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar, cast
+
+import grpc
+from eventsourcing.persistence import PersistenceError
+from google.protobuf import any_pb2, duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from qledger.ledger.errors import (
+    BadSignatureError,
+    ContentMismatchError,
+    NonCanonicalEntryError,
+    NotAuthorisedError,
+    OversizedEntryError,
+    ProofError,
+    QledgerError,
+    RevokedKeyError,
+    StoreNotInitialisedError,
+    StoreUnavailableError,
+    UnknownKeyError,
+)
+
+_CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
+    (BadSignatureError, grpc.StatusCode.UNAUTHENTICATED),
+    (UnknownKeyError, grpc.StatusCode.UNAUTHENTICATED),
+    (RevokedKeyError, grpc.StatusCode.UNAUTHENTICATED),
+    (NotAuthorisedError, grpc.StatusCode.PERMISSION_DENIED),
+    (OversizedEntryError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NonCanonicalEntryError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ContentMismatchError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ProofError, grpc.StatusCode.OUT_OF_RANGE),
+    (StoreNotInitialisedError, grpc.StatusCode.FAILED_PRECONDITION),
+    (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+def status_for(error: QledgerError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
+          field: str | None = None) -> NoReturn:
+    """Abort with ``code``; name the offending request field in a BadRequest detail."""
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    if field is not None:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
+        status.details.append(detail)
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returns only by raising")
+
+
+def abort_exhausted(context: grpc.ServicerContext, message: str, retry_seconds: int) -> NoReturn:
+    """RESOURCE_EXHAUSTED with a RetryInfo detail telling the client when to try again."""
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
+    status.details.append(detail)
+    context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returns only by raising")
+
+
+def retry_delay(error: grpc.RpcError) -> float | None:
+    status = rpc_status.from_call(error)
+    for detail in status.details if status else []:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
+    return None
+
+
+def field_violations(error: grpc.RpcError) -> list[str]:
+    """The field names a rich error names (for clients and tests)."""
+    status = rpc_status.from_call(error)
+    fields: list[str] = []
+    for detail in status.details if status else []:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_errors_are_unavailable(method: F) -> F:
+    """Wrap an RPC method so a store outage is UNAVAILABLE, not an opaque UNKNOWN.
+
+    Works for unary methods and for server-streaming ones (generators).
+    """
+    def reason(exc: PersistenceError) -> str:
+        return f"ledger store unavailable, try again later: {type(exc).__name__}: {exc}"
+
+    if inspect.isgeneratorfunction(method):
+        @functools.wraps(method)
+        def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except PersistenceError as exc:
+                abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+        return cast(F, streaming)
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except PersistenceError as exc:
+            abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+    return cast(F, unary)

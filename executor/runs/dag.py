@@ -1,0 +1,119 @@
+"""A workflow's steps as a declared DAG: validated, then ordered topologically.
+
+Each step names its kind and the steps it ``needs``.  The data each kind consumes fixes
+which kinds must be upstream of it (a circuit cannot be transpiled before it exists);
+any DAG that respects those needs is accepted, and runs in a deterministic topological
+order (``graphlib``, ties broken by step id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
+
+from qledger.ledger.errors import QledgerError
+
+# kind -> kinds that must be upstream of it (transitively)
+REQUIRES: dict[str, frozenset[str]] = {
+    "data_preparation": frozenset(),
+    "circuit_synthesis": frozenset({"data_preparation"}),
+    "transpilation": frozenset({"circuit_synthesis"}),
+    "hybrid_optimisation": frozenset({"transpilation"}),
+    "execution": frozenset({"transpilation"}),
+    "post_processing": frozenset({"execution"}),
+    "report": frozenset({"post_processing"}),
+}
+HYBRID = "hybrid_optimisation"
+
+
+class DagError(QledgerError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.description = field, message
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    kind: str
+    needs: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "needs": list(self.needs)}
+
+
+def parse_steps(value: Any, hybrid: bool) -> tuple[Step, ...]:
+    """Validate the declared steps; ``hybrid`` says whether the template has a classical loop."""
+    if not isinstance(value, list) or not value:
+        raise DagError("steps", "must be a non-empty list")
+    steps: list[Step] = []
+    for i, raw in enumerate(value):
+        where = f"steps[{i}]"
+        if not isinstance(raw, dict) or set(raw) != {"id", "kind", "needs"}:
+            raise DagError(where, "a step has exactly id, kind and needs")
+        if not isinstance(raw["id"], str) or not raw["id"]:
+            raise DagError(f"{where}.id", "must be a non-empty string")
+        if raw["kind"] not in REQUIRES:
+            raise DagError(f"{where}.kind", f"unknown kind {raw['kind']!r}; known: {sorted(REQUIRES)}")
+        needs = raw["needs"]
+        if not isinstance(needs, list) or not all(isinstance(n, str) for n in needs):
+            raise DagError(f"{where}.needs", "must be a list of step ids")
+        steps.append(Step(raw["id"], raw["kind"], tuple(needs)))
+    ids = [s.id for s in steps]
+    if len(set(ids)) != len(ids):
+        raise DagError("steps", "step ids must be unique")
+    kinds = [s.kind for s in steps]
+    wanted = set(REQUIRES) - ({HYBRID} if not hybrid else set())
+    if sorted(kinds) != sorted(wanted):
+        raise DagError("steps", f"this template has exactly one step of each kind {sorted(wanted)}")
+    by_id = {s.id: s for s in steps}
+    for i, step in enumerate(steps):
+        for need in step.needs:
+            if need not in by_id:
+                raise DagError(f"steps[{i}].needs", f"no step {need!r}")
+    try:
+        order_of(steps)
+    except CycleError as exc:
+        raise DagError("steps", f"the steps form a cycle: {exc.args[1]}") from exc
+    for i, step in enumerate(steps):
+        upstream = _upstream_kinds(step, by_id)
+        missing = REQUIRES[step.kind] - upstream
+        if hybrid and step.kind == "execution":
+            missing |= {HYBRID} - upstream
+        if missing:
+            raise DagError(f"steps[{i}].needs", f"{step.kind} needs {sorted(missing)} upstream")
+    return tuple(steps)
+
+
+def _upstream_kinds(step: Step, by_id: dict[str, Step]) -> set[str]:
+    seen: set[str] = set()
+    stack = list(step.needs)
+    while stack:
+        current = by_id[stack.pop()]
+        if current.kind not in seen:
+            seen.add(current.kind)
+            stack.extend(current.needs)
+    return seen
+
+
+def order_of(steps: Sequence[Step]) -> list[Step]:
+    """A deterministic topological order: ready steps are taken by id."""
+    sorter: TopologicalSorter[str] = TopologicalSorter({s.id: s.needs for s in steps})
+    sorter.prepare()
+    by_id = {s.id: s for s in steps}
+    order: list[Step] = []
+    while sorter.is_active():
+        ready = sorted(sorter.get_ready())
+        for step_id in ready:
+            order.append(by_id[step_id])
+            sorter.done(step_id)
+    return order
+
+
+def linear_steps(hybrid: bool) -> list[dict[str, Any]]:
+    """The plain chain of steps, as a definition would declare it."""
+    kinds = ["data_preparation", "circuit_synthesis", "transpilation",
+             *([HYBRID] if hybrid else []), "execution", "post_processing", "report"]
+    return [{"id": k, "kind": k, "needs": [kinds[i - 1]] if i else []} for i, k in enumerate(kinds)]

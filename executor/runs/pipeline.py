@@ -1,0 +1,311 @@
+"""A run's steps, in order, each yielding the record the ledger keeps of it.
+
+Execution is where failures are classified: a deterministic failure (the circuit or the
+settings are wrong) fails the run at once; an environmental one (backend down, timeout,
+quota) is retried with exponential backoff and jitter (tenacity), then the run fails
+over to the workflow's fallback backend.  A backend whose breaker is open is not called;
+a low-priority run is routed to the ideal simulator instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from qiskit import QuantumCircuit, qasm3, transpile
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from qledger.ledger.artifacts import ArtifactStore
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.content import artifact_ref
+from qledger.ops.tracing import step_span
+from qledger.runs.backends import Backend, BackendCatalog, BackendError, BreakerOpenError
+from qledger.runs.breaker import BreakerBoard, Transition
+from qledger.runs.circuits import environment, ideal_distribution, sha256_text, synthesise
+from qledger.runs.dag import order_of
+from qledger.runs.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
+from qledger.runs.workflow import WorkflowSpec
+
+StepRecord = tuple[str, dict[str, Any]]
+SIMULATOR = "aer_ideal"
+QASM3 = "text/x-openqasm3"
+
+
+class StepFailedError(Exception):
+    """A step failed for good; ``diagnostics`` is what a person needs to find out why."""
+
+    def __init__(self, cause: BaseException, kind: str, diagnostics: dict[str, Any]) -> None:
+        super().__init__(str(cause))
+        self.cause, self.kind, self.diagnostics = cause, kind, diagnostics
+        self.step = ""  # the id of the step that failed, filled in by run_steps
+
+
+@dataclass
+class RetryPolicy:
+    attempts: int = 4
+    initial_wait: float = 0.05
+    max_wait: float = 1.0
+
+
+@dataclass
+class ExecutionContext:
+    catalog: BackendCatalog
+    breakers: BreakerBoard
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    on_breaker: Callable[[Transition], None] = lambda transition: None
+    # Where circuits and full counts go, by digest; None keeps only their digests.
+    artifacts: ArtifactStore | None = None
+
+    def keep(self, data: bytes, media_type: str) -> dict[str, Any]:
+        if self.artifacts is None:
+            return artifact_ref(data, media_type)
+        return self.artifacts.put(data, media_type)
+
+
+def _retryable(error: BaseException) -> bool:
+    return (isinstance(error, BackendError) and error.kind == "environmental"
+            and not isinstance(error, BreakerOpenError))
+
+
+def _call(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, spec: WorkflowSpec,
+          attempts: list[dict[str, Any]]) -> dict[str, int]:
+    breaker = ctx.breakers[backend.name]
+    for attempt in Retrying(stop=stop_after_attempt(ctx.retry.attempts),
+                            wait=wait_exponential_jitter(multiplier=ctx.retry.initial_wait,
+                                                         max=ctx.retry.max_wait),
+                            retry=retry_if_exception(_retryable), reraise=True):
+        with attempt:
+            allowed, transition = breaker.before_call()
+            if transition:
+                ctx.on_breaker(transition)
+            if not allowed:
+                raise BreakerOpenError(f"circuit breaker for {backend.name} is open")
+            try:
+                counts = backend.run(circuit, spec.shots, spec.seed_simulator)
+            except BackendError as exc:
+                attempts.append({"backend": backend.name, "error_class": type(exc).__name__,
+                                 "message": str(exc)})
+                if exc.kind == "environmental" and (transition := breaker.failure(str(exc))):
+                    ctx.on_breaker(transition)
+                raise
+            if transition := breaker.success():
+                ctx.on_breaker(transition)
+            return counts
+    raise AssertionError("tenacity either returns or re-raises")
+
+
+def execute(ctx: ExecutionContext, spec: WorkflowSpec, circuit: QuantumCircuit
+            ) -> tuple[dict[str, int], dict[str, Any]]:
+    requested = spec.backend
+    routed = None
+    if spec.priority == "low" and requested != SIMULATOR and ctx.breakers[requested].is_open():
+        routed = f"breaker for {requested} is open; low-priority run routed to {SIMULATOR}"
+        requested = SIMULATOR
+    candidates = [requested] + ([spec.fallback_backend] if spec.fallback_backend
+                                and spec.fallback_backend != requested else [])
+    attempts: list[dict[str, Any]] = []
+    last: BackendError | None = None
+    for name in candidates:
+        backend = ctx.catalog.get(name, spec.qubits, spec.noise_seed)
+        try:
+            counts = _call(ctx, backend, circuit, spec, attempts)
+        except BackendError as exc:
+            last = exc
+            if exc.kind == "deterministic":
+                break
+            continue
+        return counts, {"backend": backend.describe(), "requested_backend": spec.backend,
+                        "routed": routed, "failover": name != requested, "attempts": attempts}
+    assert last is not None
+    raise StepFailedError(last, last.kind, {"attempts": attempts, "candidates": candidates})
+
+
+def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
+    """Run the declared steps in topological order; each yields (step id, record)."""
+    state = _RunState(spec, ctx)
+    for step in order_of(spec.steps):
+        with step_span(step.id, **{"qledger.kind": step.kind, "qledger.workflow": spec.name}) as span:
+            try:
+                record = STAGES[step.kind](state)
+            except StepFailedError as failure:
+                failure.step = step.id
+                raise
+            for name, value in _span_facts(record).items():
+                span.set_attribute(name, value)
+        yield step.id, {"kind": step.kind, **record}
+
+
+def _span_facts(record: dict[str, Any]) -> dict[str, str]:
+    """What a trace shows of a step: its backend, the SDK versions, the datasets' hashes."""
+    facts = {}
+    if isinstance(record.get("backend"), dict):
+        facts["qledger.backend"] = str(record["backend"].get("name"))
+    if isinstance(record.get("environment"), dict):
+        facts["qledger.sdk"] = ", ".join(f"{k} {v}" for k, v in sorted(record["environment"].items())
+                                         if isinstance(v, str))
+    for name, dataset in sorted(record.get("datasets", {}).items()):
+        facts[f"qledger.dataset.{name}.sha256"] = str(dataset["sha256"])
+    return facts
+
+
+class _RunState:
+    """What steps hand to later steps: the circuit, its transpiled form, parameters, counts."""
+
+    def __init__(self, spec: WorkflowSpec, ctx: ExecutionContext) -> None:
+        self.spec, self.ctx = spec, ctx
+        self.circuit: QuantumCircuit | None = None
+        self.transpiled: QuantumCircuit | None = None
+        self.qasm = ""
+        self.parameters: list[float] = []
+        self.counts: dict[str, int] = {}
+        self.derived: dict[str, Any] = {}
+
+    def evaluate(self, circuit: QuantumCircuit, spec: WorkflowSpec | None = None
+                 ) -> tuple[dict[str, int], dict[str, Any]]:
+        try:
+            return execute(self.ctx, spec or self.spec, circuit)
+        except StepFailedError as failure:
+            failure.diagnostics.update({"circuit_qasm3": self.qasm, "settings": self.spec.to_json(),
+                                        "parameters": self.parameters})
+            raise
+
+
+def _data_preparation(st: _RunState) -> dict[str, Any]:
+    datasets = st.spec.datasets or {}
+    return {"datasets": {name: {"sha256": sha256_text(canonical_bytes(content).decode()),
+                                "bytes": len(canonical_bytes(content))}
+                         for name, content in sorted(datasets.items())}}
+
+
+def _circuit_synthesis(st: _RunState) -> dict[str, Any]:
+    spec = st.spec
+    if spec.template == "qaoa_maxcut":
+        st.circuit = qaoa_circuit(spec.qubits, spec.graph, spec.layers)
+        extra: dict[str, Any] = {"graph_dataset": spec.graph_dataset, "layers": spec.layers}
+    else:
+        st.circuit = synthesise(spec.template, spec.qubits)
+        extra = {}
+    qasm = qasm3.dumps(st.circuit)
+    return {"template": spec.template, "qubits": spec.qubits, **extra, "qasm3_sha256": sha256_text(qasm),
+            "artifacts": {"circuit_qasm3": st.ctx.keep(qasm.encode(), QASM3)}}
+
+
+def _transpilation(st: _RunState) -> dict[str, Any]:
+    assert st.circuit is not None
+    st.transpiled, st.qasm, record = _transpiled(st.spec, st.ctx, st.circuit)
+    return {**record, "artifacts": {"transpiled_qasm3": st.ctx.keep(st.qasm.encode(), QASM3)}}
+
+
+def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
+    """The hybrid loop: COBYLA proposes (gamma, beta); each proposal is a circuit evaluation."""
+    from scipy.optimize import minimize
+
+    spec, transpiled = st.spec, st.transpiled
+    assert spec.optimizer is not None and transpiled is not None
+    iterations: list[dict[str, Any]] = []
+
+    def objective(parameters: Sequence[float]) -> float:
+        st.parameters = [float(p) for p in parameters]
+        counts, _ = st.evaluate(transpiled.assign_parameters(st.parameters))
+        value = expected_cut(counts, spec.graph)
+        iterations.append({"parameters": [round(p, 12) for p in st.parameters],
+                           "expected_cut": round(value, 12)})
+        return -value
+
+    t0 = time.perf_counter()
+    result = minimize(objective, spec.optimizer["initial_parameters"], method="COBYLA",
+                      options={"maxiter": spec.optimizer["maxiter"]})
+    st.parameters = [round(float(p), 12) for p in result.x]
+    return {"optimizer": spec.optimizer, "evaluations": len(iterations), "iterations": iterations,
+            "best_parameters": st.parameters, "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
+
+
+def _execution(st: _RunState) -> dict[str, Any]:
+    spec, transpiled = st.spec, st.transpiled
+    assert transpiled is not None
+    bound = transpiled.assign_parameters(st.parameters) if st.parameters else transpiled
+    t0 = time.perf_counter()
+    counts, how = st.evaluate(bound)
+    shots = spec.shots
+    extra_rounds: list[dict[str, Any]] = []
+    if spec.quality is not None and spec.template != "qaoa_maxcut":
+        # Quality failures: outside the band, take more shots (doubling, the seed advanced by
+        # the round number, all recorded) up to the budget; still outside, the report flags it.
+        ideal = ideal_distribution(spec)
+        tvd = total_variation(counts, ideal)
+        while tvd > spec.quality["max_tvd"] and shots * 2 <= spec.quality["max_shots"]:
+            shots *= 2
+            seeded = replace(spec, shots=shots, seed_simulator=spec.seed_simulator + len(extra_rounds) + 1)
+            counts, how = st.evaluate(bound, seeded)
+            tvd = total_variation(counts, ideal)
+            extra_rounds.append({"shots": shots, "seed_simulator": seeded.seed_simulator,
+                                 "total_variation_distance": round(tvd, 6)})
+    st.counts = counts
+    return {**how, "parameters": st.parameters or None, "shots": shots,
+            "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
+            "counts": dict(sorted(counts.items())),
+            "artifacts": {"counts": st.ctx.keep(canonical_bytes(counts), "application/json")},
+            "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
+
+
+def _post_processing(st: _RunState) -> dict[str, Any]:
+    shots = sum(st.counts.values())
+    probabilities = {k: round(v / shots, 12) for k, v in sorted(st.counts.items())}
+    if st.spec.template == "qaoa_maxcut":
+        st.derived = {"expected_cut": round(expected_cut(st.counts, st.spec.graph), 12)}
+    else:
+        # <Z...Z>: the parity a GHZ state's correlations show.
+        parity = sum((-1) ** bits.count("1") * p for bits, p in probabilities.items())
+        st.derived = {"parity_expectation": round(parity, 12)}
+    return {"probabilities": probabilities, **st.derived}
+
+
+def _report(st: _RunState) -> dict[str, Any]:
+    spec, counts = st.spec, st.counts
+    if spec.template == "qaoa_maxcut":
+        optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
+        likeliest = max(counts, key=lambda bits: (counts[bits], bits))
+        value = expected_cut(counts, spec.graph)
+        return {"classical_baseline": {"method": "brute force", "max_cut": optimum,
+                                       "optimal_assignments": winners},
+                "expected_cut": round(value, 12), "approximation_ratio": round(value / optimum, 12),
+                "most_likely": likeliest, "most_likely_cut": cut_value(likeliest, spec.graph),
+                "sampled_optimum": max(cut_value(b, spec.graph) for b in counts)}
+    ideal = ideal_distribution(spec)
+    tvd = total_variation(counts, ideal)
+    verdict = None if spec.quality is None else (
+        "within band" if tvd <= spec.quality["max_tvd"] else "flagged: outside band at shot budget")
+    return {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6),
+            "parity_expectation": st.derived.get("parity_expectation"), "quality": verdict}
+
+
+STAGES: dict[str, Callable[[_RunState], dict[str, Any]]] = {
+    "data_preparation": _data_preparation,
+    "circuit_synthesis": _circuit_synthesis,
+    "transpilation": _transpilation,
+    "hybrid_optimisation": _hybrid_optimisation,
+    "execution": _execution,
+    "post_processing": _post_processing,
+    "report": _report,
+}
+
+
+def total_variation(counts: dict[str, int], ideal: dict[str, float]) -> float:
+    shots = sum(counts.values())
+    return 0.5 * sum(abs(counts.get(k, 0) / shots - ideal.get(k, 0.0)) for k in set(counts) | set(ideal))
+
+
+def _transpiled(spec: WorkflowSpec, ctx: ExecutionContext, circuit: QuantumCircuit
+                ) -> tuple[QuantumCircuit, str, dict[str, Any]]:
+    target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    t0 = time.perf_counter()
+    transpiled = transpile(circuit, target=target.transpile_target(),
+                           optimization_level=spec.optimization_level, seed_transpiler=spec.seed_transpiler)
+    qasm = qasm3.dumps(transpiled)
+    return transpiled, qasm, {
+        "optimization_level": spec.optimization_level, "seed_transpiler": spec.seed_transpiler,
+        "target": spec.backend, "qasm3_sha256": sha256_text(qasm), "depth": transpiled.depth(),
+        "gate_counts": dict(sorted(transpiled.count_ops().items())),
+        "transpile_ms": round(1000 * (time.perf_counter() - t0), 3)}

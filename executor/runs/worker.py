@@ -1,0 +1,278 @@
+"""Executor workers: claim runs from the queue, execute them, record every step.
+
+Crash safety: a run's steps are deterministic given its recorded seeds, so a worker that
+takes over a run whose executor died replays the already-recorded steps in memory
+(checking they reproduce what was recorded) and records only the missing ones.  Stream
+versions make a duplicated step impossible: a second writer of the same version is
+refused by the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from qledger.governance.policy import Policy, canary_choice
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import SigningKey
+from qledger.ops.metrics import ExecutorMetrics
+from qledger.ops.tracing import run_span, tracer
+from qledger.runs.breaker import BackendBreaker, Transition
+from qledger.runs.pipeline import SIMULATOR, ExecutionContext, StepFailedError, run_steps
+from qledger.runs.queue import RunQueue
+from qledger.runs.run import TERMINAL, Run
+from qledger.runs.workflow import WorkflowError, WorkflowSpec, parse_workflow
+
+log = logging.getLogger("qledger.executor")
+
+# Steps after which the recorded events are committed.  The steps between are cheap and
+# deterministic, so they are saved together with the next of these (one commit instead of
+# several); a crash before that commit just redoes them.  Everything before an expensive
+# step (optimiser loop, execution) is durable before it starts.
+DURABLE_AFTER = frozenset({"transpilation", "hybrid_optimisation", "execution"})
+
+# Fields of a step record that must come out the same when a step is replayed on resume.
+REPRODUCIBLE = ("qasm3_sha256", "counts")
+
+
+class LeaseLostError(Exception):
+    pass
+
+
+class Changes:
+    """Wakes in-process watchers the moment a run's entry is saved (other processes poll)."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._count = 0
+
+    def notify(self) -> None:
+        with self._condition:
+            self._count += 1
+            self._condition.notify_all()
+
+    def seen(self) -> int:
+        with self._condition:
+            return self._count
+
+    def wait(self, seen: int, timeout: float) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._count != seen, timeout)
+
+
+class Worker:
+    def __init__(self, app: LedgerApp, key: SigningKey, queue: RunQueue, ctx: ExecutionContext, *,
+                 threads: int = 2, lease_seconds: float = 30.0, poll_seconds: float = 0.2,
+                 max_attempts: int = 3, metrics: ExecutorMetrics | None = None) -> None:
+        self.app, self.key, self.queue, self.ctx = app, key, queue, ctx
+        self.metrics = metrics or ExecutorMetrics()
+        self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
+        self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
+        self.ctx.on_breaker = self.record_breaker
+        self.changes = Changes()
+        self.db_system = "postgresql" if app.store.is_postgres else "sqlite"
+        # The governance policy in force, for routing (canaries, experimental runs); set by the server.
+        self.policy: Callable[[], Policy] | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
+                         for i in range(threads)]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                claimed = self.queue.claim(self.name, self.lease)
+            except Exception:  # store briefly unavailable: try again after the poll interval
+                log.exception("claiming work failed")
+                claimed = None
+            if claimed is None:
+                self._wake.wait(self.poll)
+                self._wake.clear()
+                continue
+            run_id, attempt, parent = claimed
+            try:
+                self.execute(run_id, attempt, parent)
+                self.queue.finish(run_id, self.name)
+            except LeaseLostError:
+                log.warning("lease on run %s lost; another executor has it", run_id)
+            except Exception:
+                log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
+
+    def _route(self, spec: WorkflowSpec, run_id: str) -> tuple[WorkflowSpec, dict[str, Any]]:
+        """The run's backend after policy routing, and what to record of the choice: an
+        experimental run asking for a restricted backend runs on the ideal simulator; a canary
+        sends its fraction of a workflow's runs to the candidate backend."""
+        if self.policy is None:
+            return spec, {}
+        policy = self.policy()
+        if spec.priority == "experimental" and spec.backend in policy.restricted:
+            return replace(spec, backend=SIMULATOR, noise_seed=None, fallback_backend=None), {
+                "variant": "simulator", "requested_backend": spec.backend,
+                "reason": "experimental runs do not use restricted backends"}
+        candidate, fraction = canary_choice(policy, spec.name, run_id)
+        if fraction == 0.0:
+            return spec, {}
+        canary = policy.canaries[spec.name]
+        routing: dict[str, Any] = {
+            "fraction": fraction, "variant": "baseline", "baseline_backend": spec.backend,
+            "candidate_backend": canary["candidate_backend"],
+            "baseline_optimization_level": spec.optimization_level,
+            "candidate_optimization_level": canary.get("candidate_optimization_level")}
+        if candidate is None:
+            return spec, routing
+        changes: dict[str, Any] = {}
+        backend = candidate["candidate_backend"]
+        if backend is not None and backend in self.ctx.catalog.names():
+            # The noise model of a noisy candidate is seeded like the run, and recorded here.
+            changes["noise_seed"] = spec.noise_seed if spec.noise_seed is not None else spec.seed_simulator
+            changes["backend"] = backend
+            routing["noise_seed"] = changes["noise_seed"]
+        if candidate.get("candidate_optimization_level") is not None:
+            changes["optimization_level"] = int(candidate["candidate_optimization_level"])
+        if changes:
+            routing["variant"] = "candidate"
+            spec = replace(spec, **changes)
+        return spec, routing
+
+    def _load(self, run_id: UUID) -> Run:
+        return cast(Run, self.app.repository.get(run_id))
+
+    def execute(self, run_id: UUID, attempt: int = 1, trace_parent: str | None = None) -> None:
+        run = self._load(run_id)
+        with run_span(str(run_id), trace_parent, **{"qledger.workflow": str(run.workflow.get("name", "")),
+                                                     "qledger.attempt": attempt}):
+            status = self._execute(run_id, run, attempt)
+            log.info("run %s %s after attempt %d", run_id, status, attempt)
+
+    def _execute(self, run_id: UUID, run: Run, attempt: int) -> str:
+        """Run or resume ``run``; its status at the end."""
+        if run.status in TERMINAL:
+            return run.status
+        if attempt > self.max_attempts:
+            return self._fail(run, "ExecutorLost", f"run was claimed {attempt - 1} times without finishing",
+                              "executor", "environmental", {})
+        step = "workflow"
+        renew_after = time.monotonic() + self.lease / 2
+        try:
+            spec, routing = self._route(parse_workflow(run.workflow, self.ctx.catalog.names()), str(run_id))
+            for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
+                if index < len(run.steps):
+                    self._check_replay(run, index, step, record)
+                    continue
+                if index == 0:  # the queue time and the routing belong to the run's first step
+                    waited = datetime.now(UTC) - run.created_on
+                    record = {**record, "queue_ms": round(waited.total_seconds() * 1000, 3),
+                              **({"routing": routing} if routing else {})}
+                run.record_step(principal=self.key.principal, step=step, record=record)
+                if record.get("kind") not in DURABLE_AFTER:
+                    continue  # cheap to redo: saved together with the next durable step
+                run = self._save_steps(run, run_id)
+                if run.status in TERMINAL:
+                    return run.status
+                # Renew only when half the lease is gone: each renewal is a commit.
+                if time.monotonic() > renew_after:
+                    if not self.queue.renew(run_id, self.name, self.lease):
+                        raise LeaseLostError(str(run_id))
+                    renew_after = time.monotonic() + self.lease / 2
+            run.complete(principal=self.key.principal, summary={"steps": len(run.steps), "worker": self.name})
+            try:
+                self._save(run)
+            except IntegrityError:
+                recorded = self._load(run_id).status
+                if recorded in TERMINAL:
+                    return recorded
+                raise
+            self.changes.notify()
+            return run.status
+        except (LeaseLostError, IntegrityError):
+            raise
+        except StepFailedError as failure:
+            return self._fail(self._load(run_id), type(failure.cause).__name__, str(failure.cause),
+                              failure.step or step, failure.kind, failure.diagnostics)
+        except WorkflowError as exc:
+            return self._fail(self._load(run_id), type(exc).__name__, str(exc), step, "deterministic",
+                              {"settings": run.workflow})
+        except Exception as exc:  # unexpected: still recorded, with what was being done
+            return self._fail(self._load(run_id), type(exc).__name__, str(exc)[:2000], step, "internal",
+                              {"settings": run.workflow})
+
+    def _save(self, run: Run) -> None:
+        pending = len(run.pending_events)
+        with tracer.start_as_current_span("ledger.append", attributes={
+                "qledger.run_id": str(run.id), "qledger.entries": pending, "db.system": self.db_system}):
+            self.app.save(run)
+        self.metrics.entries.inc(pending)
+        if run.status in TERMINAL:
+            self.metrics.run_finished(str(run.workflow.get("name", "")), run.status, run.records,
+                                      run.created_on)
+
+    def _save_steps(self, run: Run, run_id: UUID) -> Run:
+        try:
+            self._save(run)
+        except IntegrityError:
+            # Someone appended to the run since we loaded it (a cancellation, or an executor
+            # that took the run over): what is recorded wins.
+            run = self._load(run_id)
+            if run.status in TERMINAL:
+                return run
+            raise LeaseLostError(str(run_id)) from None
+        self.changes.notify()
+        return run
+
+    def _check_replay(self, run: Run, index: int, step: str, record: dict[str, Any]) -> None:
+        recorded = run.records[index]
+        same = run.steps[index] == step and all(
+            recorded.get(f) == record.get(f) for f in REPRODUCIBLE if f in recorded)
+        if not same:
+            raise WorkflowError("workflow", f"resuming step {step!r} did not reproduce its record")
+
+    def _fail(self, run: Run, error_class: str, message: str, step: str, kind: str,
+              diagnostics: dict[str, Any]) -> str:
+        """Record the failure unless the run already ended; its status either way."""
+        if run.status in TERMINAL:
+            return run.status
+        run.fail(principal=self.key.principal, error_class=error_class, message=message, step=step,
+                 kind=kind, diagnostics=diagnostics)
+        self._save(run)
+        self.changes.notify()
+        return run.status
+
+    def record_breaker(self, transition: Transition) -> None:
+        self.metrics.breaker(transition)
+        for _ in range(3):  # another executor may record a change of the same breaker at once
+            try:
+                try:
+                    breaker = cast(BackendBreaker, self.app.repository.get(
+                        BackendBreaker.create_id(transition.backend)))
+                except AggregateNotFoundError:
+                    breaker = BackendBreaker(principal=self.key.principal, backend=transition.backend)
+                breaker.change(principal=self.key.principal, state=transition.state,
+                               reason=transition.reason)
+                self.app.save(breaker)
+                return
+            except IntegrityError:
+                continue
+        log.error("could not record breaker transition %s", transition)

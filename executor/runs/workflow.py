@@ -1,0 +1,244 @@
+"""Workflow definitions: versioned, validated, with every result-affecting setting explicit.
+
+Nothing that changes a result is defaulted: seeds, shots, optimisation level and backend
+must all be stated, so the recorded definition alone says how to reproduce the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.errors import FormatError, QledgerError
+from qledger.runs.dag import DagError, Step, parse_steps
+
+SCHEMA_VERSION = 1
+TEMPLATES = {"bell": 2, "ghz": None, "qaoa_maxcut": None}  # template -> fixed qubit count
+MAX_OPTIMIZER_ITERATIONS = 200
+BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
+# experimental: never touches a restricted backend; such a run goes to the ideal simulator.
+PRIORITIES = ("low", "normal", "experimental")
+MAX_SHOTS = 1_000_000
+MAX_QUBITS = 12
+PROJECT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
+DEFAULT_PROJECT = "default"
+
+
+class WorkflowFileError(FormatError):
+    """A workflow file cannot be read, or is not a JSON or YAML object."""
+
+    hint = "give a workflow definition as a JSON or YAML file"
+
+
+class WorkflowError(QledgerError):
+    """A definition is invalid; ``field`` names the offending field (a JSON path)."""
+
+    hint = "fix the named field of the workflow definition"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.description = message
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    version: int
+    template: str
+    qubits: int
+    shots: int
+    seed_transpiler: int
+    seed_simulator: int
+    optimization_level: int
+    backend: str
+    noise_seed: int | None
+    fallback_backend: str | None
+    priority: str
+    graph: tuple[tuple[int, int], ...] = ()  # qaoa_maxcut: the MaxCut instance's edges
+    graph_dataset: str = ""  # qaoa_maxcut: which dataset holds the graph
+    layers: int = 0  # qaoa_maxcut: QAOA depth p
+    optimizer: dict[str, Any] | None = None  # qaoa_maxcut: the classical loop's settings
+    quality: dict[str, Any] | None = None  # {max_tvd, max_shots}: the band and the shot budget
+    steps: tuple[Step, ...] = ()  # the declared DAG
+    datasets: dict[str, Any] | None = None  # named input data, recorded by content hash
+    project: str | None = None  # whose roles and budget apply; absent means "default"
+
+    def sha256(self) -> str:
+        return workflow_sha256(self.to_json())
+
+    def to_json(self) -> dict[str, Any]:
+        circuit: dict[str, Any] = {"template": self.template, "qubits": self.qubits}
+        extra: dict[str, Any] = {}
+        if self.template == "qaoa_maxcut":
+            circuit |= {"graph_dataset": self.graph_dataset, "layers": self.layers}
+            extra = {"optimizer": self.optimizer}
+        if self.project is not None:
+            extra["project"] = self.project
+        return {"schema_version": SCHEMA_VERSION, "name": self.name, "version": self.version, **extra,
+                "quality": self.quality, "datasets": self.datasets,
+                "steps": [step.to_json() for step in self.steps],
+                "circuit": circuit,
+                "transpile": {"optimization_level": self.optimization_level,
+                              "seed_transpiler": self.seed_transpiler},
+                "execute": {"backend": self.backend, "shots": self.shots,
+                            "seed_simulator": self.seed_simulator, "noise_seed": self.noise_seed,
+                            "fallback_backend": self.fallback_backend, "priority": self.priority}}
+
+
+def workflow_sha256(definition: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(definition)).hexdigest()
+
+
+def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int | None = None) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise WorkflowError(path, "is required")
+        value = value[part]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WorkflowError(path, f"must be {'an integer' if kind is int else 'a ' + kind.__name__}")
+    number = value if isinstance(value, int) else 0
+    if (low is not None and number < low) or (high is not None and number > high):
+        raise WorkflowError(path, f"must be between {low} and {high}")
+    return value
+
+
+def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> WorkflowSpec:
+    if not isinstance(definition, dict):
+        raise WorkflowError("workflow", "must be an object")
+    if definition.get("schema_version") != SCHEMA_VERSION:
+        raise WorkflowError("schema_version", f"must be {SCHEMA_VERSION}")
+    template = _get(definition, "circuit.template", str)
+    if template not in TEMPLATES:
+        raise WorkflowError("circuit.template", f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
+    qubits = _get(definition, "circuit.qubits", int, low=1, high=MAX_QUBITS)
+    if TEMPLATES[template] is not None and qubits != TEMPLATES[template]:
+        raise WorkflowError("circuit.qubits", f"template {template} has {TEMPLATES[template]} qubits")
+    backend = _get(definition, "execute.backend", str)
+    if backend not in backends:
+        raise WorkflowError("execute.backend", f"unknown backend {backend!r}; known: {sorted(backends)}")
+    execute = definition.get("execute", {})
+    noise_seed = execute.get("noise_seed")
+    if noise_seed is not None or backend == "aer_noisy":
+        noise_seed = _get(definition, "execute.noise_seed", int, low=0, high=2**31)
+    fallback = execute.get("fallback_backend")
+    if fallback is not None and (not isinstance(fallback, str) or fallback not in backends):
+        raise WorkflowError("execute.fallback_backend", f"must be null or one of {sorted(backends)}")
+    priority = _get(definition, "execute.priority", str)
+    if priority not in PRIORITIES:
+        raise WorkflowError("execute.priority", f"must be one of {list(PRIORITIES)}")
+    graph: tuple[tuple[int, int], ...] = ()
+    layers = 0
+    optimizer = None
+    graph_dataset = ""
+    if template == "qaoa_maxcut":
+        graph_dataset, graph, layers, optimizer = _qaoa_settings(definition, qubits)
+    if "quality" not in definition:
+        raise WorkflowError("quality", "is required (null for none)")
+    quality = definition["quality"]
+    if quality is not None:
+        max_tvd = _get(definition, "quality.max_tvd", float)
+        if not 0 < max_tvd < 1:
+            raise WorkflowError("quality.max_tvd", "must be between 0 and 1")
+        shots = definition.get("execute", {}).get("shots", 0)
+        _get(definition, "quality.max_shots", int, low=shots if isinstance(shots, int) else 1,
+             high=MAX_SHOTS)
+        if set(quality) != {"max_tvd", "max_shots"}:
+            raise WorkflowError("quality", "has exactly max_tvd and max_shots")
+    datasets = definition.get("datasets", "missing")
+    if datasets == "missing" or (datasets is not None and not isinstance(datasets, dict)):
+        raise WorkflowError("datasets", "is required: an object of named inline datasets, or null")
+    try:
+        steps = parse_steps(definition.get("steps"), hybrid=template == "qaoa_maxcut")
+    except DagError as exc:
+        raise WorkflowError(exc.field, exc.description) from exc
+    project = definition.get("project")
+    if project is not None and (not isinstance(project, str) or not PROJECT_NAME.fullmatch(project)):
+        raise WorkflowError("project", "must be 1-64 characters of a-z, 0-9, '-' and '_'")
+    spec = WorkflowSpec(
+        project=project,
+        name=_get(definition, "name", str), version=_get(definition, "version", int, low=1),
+        template=template, qubits=qubits,
+        shots=_get(definition, "execute.shots", int, low=1, high=MAX_SHOTS),
+        seed_transpiler=_get(definition, "transpile.seed_transpiler", int, low=0, high=2**31),
+        seed_simulator=_get(definition, "execute.seed_simulator", int, low=0, high=2**31),
+        optimization_level=_get(definition, "transpile.optimization_level", int, low=0, high=3),
+        backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
+        graph=graph, graph_dataset=graph_dataset, layers=layers, optimizer=optimizer, quality=quality,
+        steps=steps,
+        datasets=datasets,
+    )
+    if spec.to_json() != definition:
+        raise WorkflowError("workflow", "has fields this schema version does not define")
+    return spec
+
+
+def _qaoa_settings(definition: dict[str, Any], qubits: int
+                   ) -> tuple[str, tuple[tuple[int, int], ...], int, dict[str, Any]]:
+    name = _get(definition, "circuit.graph_dataset", str)
+    datasets = definition.get("datasets") or {}
+    if name not in datasets:
+        raise WorkflowError("circuit.graph_dataset", f"no dataset {name!r}")
+    edges = _get(datasets, f"{name}.edges", list)
+    graph = []
+    for i, edge in enumerate(edges):
+        if (not isinstance(edge, list) or len(edge) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < qubits for v in edge)
+                or edge[0] == edge[1]):
+            raise WorkflowError(f"datasets.{name}.edges[{i}]",
+                                f"an edge is two distinct vertices in 0..{qubits - 1}")
+        graph.append((edge[0], edge[1]))
+    if not graph:
+        raise WorkflowError(f"datasets.{name}.edges", "needs at least one edge")
+    layers = _get(definition, "circuit.layers", int, low=1, high=5)
+    method = _get(definition, "optimizer.method", str)
+    if method != "COBYLA":
+        raise WorkflowError("optimizer.method", "only COBYLA (deterministic from its start) is supported")
+    maxiter = _get(definition, "optimizer.maxiter", int, low=1, high=MAX_OPTIMIZER_ITERATIONS)
+    initial = _get(definition, "optimizer.initial_parameters", list)
+    if len(initial) != 2 * layers or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                             for x in initial):
+        raise WorkflowError("optimizer.initial_parameters", f"needs {2 * layers} numbers (gammas, betas)")
+    return name, tuple(graph), layers, {"method": method, "maxiter": maxiter,
+                                        "initial_parameters": initial}
+
+
+def reserved_shots(workflow: dict[str, Any]) -> int:
+    """The most shots a run of this definition can take: what a budget must have room for."""
+    shots = int(workflow["execute"]["shots"])
+    quality = workflow.get("quality")
+    if quality:
+        shots = max(shots, int(quality["max_shots"]))
+    optimizer = workflow.get("optimizer")
+    if optimizer:
+        shots *= int(optimizer["maxiter"]) + 2  # every evaluation of the loop, then the final run
+    return shots
+
+
+def project_of(workflow: dict[str, Any] | None) -> str:
+    return str((workflow or {}).get("project") or DEFAULT_PROJECT)
+
+
+def read_workflow(path: Path) -> dict[str, Any]:
+    """A workflow definition from JSON, or YAML (``.yaml``/``.yml``, safe loader)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise WorkflowFileError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        value = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkflowFileError(f"{path} is not JSON: {exc.msg} at line {exc.lineno}") from exc
+    except yaml.YAMLError as exc:
+        raise WorkflowFileError(f"{path} is not YAML: {exc}".splitlines()[0]) from exc
+    if not isinstance(value, dict):
+        raise WorkflowFileError(f"{path} must hold a JSON object")
+    return value
