@@ -17,7 +17,6 @@ from qledger.ledger.errors import ProofError, StoreNotInitialisedError, StoreUna
 from qledger.ledger.keyring import GENESIS_TYPE, KeyRing
 from qledger.ledger.keys import PublicKey, SigningKey
 from qledger.ledger.mapper import SigningMapper
-from qledger.ledger.source import LedgerSource
 from qledger.ledger.store.chain_writer import ChainWriter
 from qledger.ledger.store.reader import StoreSource
 from qledger.ledger.store.url import StoreURL, resolve_store
@@ -68,7 +67,7 @@ class LedgerApp(Application[UUID]):
     def ledger(self) -> ChainWriter:
         return cast(ChainWriter, self.recorder)
 
-    def source(self) -> LedgerSource:
+    def source(self) -> StoreSource:
         return StoreSource(self.ledger, cast(Any, self.recorder).notification_column, self)
 
     def add_signer(self, key: SigningKey) -> None:

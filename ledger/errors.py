@@ -100,7 +100,51 @@ class UnknownProjectionError(QledgerError):
     hint = "`qledger projections status` lists them"
 
 
-class NotFoundError(QledgerError):
+# -- refusals of a request, whatever transport carried it (rpc.status maps each to a code) ----
+
+class RequestRefusedError(QledgerError):
+    """A request was refused before anything of it was recorded; ``field`` names what was
+    wrong in it (a dotted path into the request), where one thing was."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class InvalidRequestError(RequestRefusedError):
+    """The request is malformed or its values are out of range."""
+
+
+class UnauthenticatedError(RequestRefusedError):
+    """The caller could not be identified, or its signature does not verify."""
+
+
+class PermissionDeniedError(RequestRefusedError):
+    """The caller is known but may not do this."""
+
+
+class AlreadyExistsError(RequestRefusedError):
+    """The request names something that exists already, differently."""
+
+
+class ExhaustedError(RequestRefusedError):
+    """A limit is reached (a budget, the queue); ``retry_seconds`` says when to try again, if
+    waiting helps."""
+
+    def __init__(self, message: str, field: str | None = None, retry_seconds: int | None = None) -> None:
+        super().__init__(message, field)
+        self.retry_seconds = retry_seconds
+
+
+class OutOfRangeError(RequestRefusedError):
+    """A position or size lies outside what the ledger has."""
+
+
+class PreconditionError(RequestRefusedError):
+    """The request is well-formed but this server cannot serve it as it is configured."""
+
+
+class NotFoundError(RequestRefusedError):
     """The run or artifact asked for is not in the ledger (or not in its projections yet)."""
 
     hint = "check the id; `qledger query runs` lists runs"

@@ -56,10 +56,10 @@ def _current(app: LedgerApp, projection: str, query: Callable[[ProjectionDB], An
 
 
 def _run_entries(app: LedgerApp, run_id: UUID) -> list[tuple[int, bytes]]:
-    rows = app.source().stream_entries(run_id, 0)  # type: ignore[attr-defined]
+    rows = app.source().stream_entries(run_id, 0)
     if not rows:
         raise fail(f"no run {run_id} in this ledger")
-    return [(r.position, r.state) for r in rows]
+    return [(r.position, r.state or b"") for r in rows]
 
 
 def _write(text: str, output: Path | None) -> None:

@@ -14,7 +14,6 @@ from qledger.ledger.app import LedgerApp
 from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import QledgerError
 from qledger.ledger.keys import PublicKey, SigningKey
-from qledger.ledger.store.reader import StoreSource
 from qledger.provenance.lineage_index import RunFilter, find_runs
 from qledger.provenance.projections import projection_runner
 from qledger.provenance.report import compare, run_facts
@@ -122,9 +121,9 @@ def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:
     def facts_of(run_id: str) -> dict[str, Any]:
         """A run's recorded facts, read once and only when needed (the newest runs usually decide)."""
         if run_id not in facts:
-            rows = source.stream_entries(UUID(run_id), 0)  # type: ignore[attr-defined]
+            rows = source.stream_entries(UUID(run_id), 0)
             try:
-                facts[run_id] = run_facts([r.state for r in rows])
+                facts[run_id] = run_facts([r.state or b"" for r in rows])
             except QledgerError as exc:
                 raise GovernanceError(f"run {run_id} does not verify ({exc}): not promotable "
                                       "(run `qledger verify`)") from exc
@@ -151,7 +150,7 @@ def verify_run(app: LedgerApp, run_id: str) -> int:
     """Check one run's entries as an auditor would: each hashes to its stored leaf, is signed by
     a key registered to its principal and valid at its position, and is included in the tree
     (an RFC 9162 proof against the current root).  The number of entries; GovernanceError if not."""
-    source = cast(StoreSource, app.source())
+    source = app.source()
     keys = {k.key_id: k for k in source.key_rows()}
     rows = source.stream_entries(UUID(run_id), 0)
     for row in rows:

@@ -13,7 +13,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from qledger.ledger.follow import ProjectionFollower
-from qledger.runs.breaker import OPEN, Transition
 
 
 class ExecutorMetrics:
@@ -54,8 +53,8 @@ class ExecutorMetrics:
         for name in follower.runner.projections:
             self.projection_lag.labels(name).set_function(lag_of(name))
 
-    def breaker(self, transition: Transition) -> None:
-        self.breaker_open.labels(transition.backend).set(1 if transition.state == OPEN else 0)
+    def breaker(self, backend: str, is_open: bool) -> None:
+        self.breaker_open.labels(backend).set(1 if is_open else 0)
 
     def run_finished(self, workflow: str, status: str, records: list[dict[str, Any]],
                      created_on: datetime) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
@@ -14,7 +14,6 @@ from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import NotFoundError
 from qledger.ledger.keys import SigningKey
 from qledger.ledger.store.artifacts import StagedArtifacts
-from qledger.ledger.store.reader import StoreSource
 from qledger.ledger.topics import wire_topics
 from qledger.provenance.bundle import BundleContents, BundleEntry, LineageOf, artifact_digest, sign_bundle
 
@@ -53,7 +52,7 @@ def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
 
 def _export(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_key: SigningKey,
             lineage_of: LineageOf | None) -> tuple[bytes, int]:
-    source = cast(StoreSource, app.source())
+    source = app.source()
     stream = source.stream_entries(stream_id, 0)
     if not stream:
         raise NotFoundError(f"no run or stream {stream_id} in this ledger")

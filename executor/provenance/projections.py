@@ -12,7 +12,6 @@ from qledger.ledger.app import LedgerApp
 from qledger.ledger.errors import NotFoundError
 from qledger.ledger.follow import ProjectionFollower
 from qledger.ledger.projection import ProjectionRunner
-from qledger.ledger.store.reader import StoreSource
 from qledger.provenance.lineage_index import LineageProjection, find_nodes
 from qledger.provenance.operations import OperationsProjection
 from qledger.provenance.usage import UsageProjection
@@ -45,7 +44,7 @@ def resolve_run(app: LedgerApp, runner: ProjectionRunner, reference: str) -> UUI
     node = runner.read_current("lineage", lambda db: find_nodes(db, reference))[0]
     position = runner.read("lineage", lambda db: db.rows(
         "SELECT position FROM {lineage_nodes} WHERE id = {p}", (node,)))[0]["position"]
-    row = cast(StoreSource, app.source()).entry_at(int(position))
+    row = app.source().entry_at(int(position))
     if row is None or row.originator_id is None:
         raise NotFoundError(f"the entry at position {position} that recorded {reference} is missing")
     return UUID(row.originator_id)

@@ -22,10 +22,10 @@ from eventsourcing.persistence import PersistenceError
 
 from qledger.governance.policy import ALL_PROJECTS, ROLES, ROOT, AuditEvent, Governance, Policy
 from qledger.ledger.app import LedgerApp
+from qledger.ledger.errors import PermissionDeniedError, RequestRefusedError, UnauthenticatedError
 from qledger.ledger.keys import PublicKey
 from qledger.ledger.registry import KeyRecord
 from qledger.rpc.call_signing import call_message, full_method
-from qledger.rpc.status import abort
 
 log = logging.getLogger("qledger.authz")
 MAX_CALL_SKEW_SECONDS = 300
@@ -115,10 +115,10 @@ class Authorizer:
             return principal or ""  # no identity needed, so none is worked out
         who = principal or self.identify(context, method)
         if who is None:
-            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, project, ANONYMOUS)
+            self._deny(UnauthenticatedError(ANONYMOUS), "anonymous", method, project)
         if not self.allowed(who, method, project):
-            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, who, method, project,
-                       f"{who} has no role that may {ACTIONS[method]} in project {project!r}")
+            self._deny(PermissionDeniedError(f"{who} has no role that may {ACTIONS[method]} in project "
+                                             f"{project!r}"), who, method, project)
         return who
 
     def allowed(self, who: str, method: str, project: str) -> bool:
@@ -134,12 +134,12 @@ class Authorizer:
             return None
         who = self.identify(context, method)
         if who is None:
-            self._deny(context, grpc.StatusCode.UNAUTHENTICATED, "anonymous", method, ALL_PROJECTS, ANONYMOUS)
+            self._deny(UnauthenticatedError(ANONYMOUS), "anonymous", method, ALL_PROJECTS)
         policy = self.policies.current()
         scopes = set().union(*(policy.projects_of(who, role) for role in ALLOWED[ACTIONS[method]]))
         if not scopes:
-            self._deny(context, grpc.StatusCode.PERMISSION_DENIED, who, method, ALL_PROJECTS,
-                       f"{who} has no role that may {ACTIONS[method]} in any project")
+            self._deny(PermissionDeniedError(f"{who} has no role that may {ACTIONS[method]} in any project"),
+                       who, method, ALL_PROJECTS)
         return None if ALL_PROJECTS in scopes else scopes
 
     def record(self, kind: str, subject: str, action: str, project: str, reason: str) -> None:
@@ -151,7 +151,6 @@ class Authorizer:
             # The caller still gets its status; a store outage has its own alarms.
             log.error("could not record %s of %s on %s: %s", kind, subject, action, exc)
 
-    def _deny(self, context: grpc.ServicerContext, code: grpc.StatusCode, who: str, method: str,
-              project: str, reason: str) -> NoReturn:
-        self.record("access_denied", who, method, project, reason)
-        abort(context, code, reason)
+    def _deny(self, error: RequestRefusedError, who: str, method: str, project: str) -> NoReturn:
+        self.record("access_denied", who, method, project, str(error))
+        raise error

@@ -17,6 +17,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.routing import route
 from qledger.ledger.admin import SERVICE_ROLE, InitResult, init_store
 from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
 from qledger.ledger.errors import QledgerError
@@ -26,7 +27,8 @@ from qledger.ledger.store.artifacts import HotArtifacts, StagedArtifacts
 from qledger.provenance.projections import projection_follower, projection_runner
 from qledger.rpc.authz import Authorizer
 from qledger.rpc.channel import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
-from qledger.rpc.service import ExecutorService, LedgerService
+from qledger.rpc.executor_service import ExecutorService
+from qledger.rpc.ledger_service import LedgerService
 from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
@@ -163,10 +165,12 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
     authz = Authorizer(app, executor_key.principal, settings.authorize)
-    worker.policy = authz.policies.current
+    backends = ctx.catalog.names()
+    worker.route = lambda spec, run_id: route(authz.policies.current(), spec, run_id, backends)
     projections = projection_runner(app)
     pb_grpc.add_ExecutorServicer_to_server(
-        ExecutorService(app, worker, queue, settings.max_pending, authz, projections), server)
+        ExecutorService(app, queue, settings.max_pending, authz, projections, backends, worker.changes,
+                        worker.wake, executor_key.principal), server)
     pb_grpc.add_LedgerServicer_to_server(
         LedgerService(app, checkpoint_key, authz, projections, export_key), server)
     health_servicer = health.HealthServicer()

@@ -1,4 +1,9 @@
-"""gRPC status codes with rich error details (google.rpc.Status) for qledger's errors."""
+"""qledger's errors as gRPC status codes with rich details (google.rpc.Status), in one place.
+
+Servicers raise the transport-neutral errors of ``ledger.errors`` (or let the domain raise
+them); ``rpc_method`` turns each into its code, with a BadRequest detail naming the field and
+a RetryInfo detail where waiting helps, and a store outage into UNAVAILABLE.
+"""
 
 from __future__ import annotations
 
@@ -14,20 +19,37 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from qledger.ledger.errors import (
+    AlreadyExistsError,
     BadSignatureError,
     ContentMismatchError,
+    ExhaustedError,
+    InvalidRequestError,
     NonCanonicalEntryError,
     NotAuthorisedError,
+    NotFoundError,
+    OutOfRangeError,
     OversizedEntryError,
+    PermissionDeniedError,
+    PreconditionError,
     ProofError,
     QledgerError,
+    RequestRefusedError,
     RevokedKeyError,
     StoreNotInitialisedError,
     StoreUnavailableError,
+    UnauthenticatedError,
     UnknownKeyError,
 )
 
 _CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
+    (InvalidRequestError, grpc.StatusCode.INVALID_ARGUMENT),
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
+    (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
+    (ExhaustedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (PreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+    (OutOfRangeError, grpc.StatusCode.OUT_OF_RANGE),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (BadSignatureError, grpc.StatusCode.UNAUTHENTICATED),
     (UnknownKeyError, grpc.StatusCode.UNAUTHENTICATED),
     (RevokedKeyError, grpc.StatusCode.UNAUTHENTICATED),
@@ -49,26 +71,28 @@ def status_for(error: QledgerError) -> grpc.StatusCode:
 
 
 def abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str,
-          field: str | None = None) -> NoReturn:
-    """Abort with ``code``; name the offending request field in a BadRequest detail."""
+          field: str | None = None, retry_seconds: int | None = None) -> NoReturn:
+    """Abort with ``code``; name the offending request field in a BadRequest detail, and say
+    when to try again in a RetryInfo detail."""
     status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
     if field is not None:
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
         status.details.append(detail)
+    if retry_seconds is not None:
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
+        status.details.append(detail)
     context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("abort_with_status returns only by raising")
 
 
-def abort_exhausted(context: grpc.ServicerContext, message: str, retry_seconds: int) -> NoReturn:
-    """RESOURCE_EXHAUSTED with a RetryInfo detail telling the client when to try again."""
-    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=retry_seconds)))
-    status.details.append(detail)
-    context.abort_with_status(rpc_status.to_status(status))
-    raise AssertionError("abort_with_status returns only by raising")
+def abort_for(context: grpc.ServicerContext, error: QledgerError) -> NoReturn:
+    field = error.field if isinstance(error, RequestRefusedError) else None
+    retry = error.retry_seconds if isinstance(error, ExhaustedError) else None
+    message = str(error) if isinstance(error, RequestRefusedError) else error.one_line()
+    abort(context, status_for(error), message, field, retry)
 
 
 def retry_delay(error: grpc.RpcError) -> float | None:
@@ -94,27 +118,30 @@ def field_violations(error: grpc.RpcError) -> list[str]:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def store_errors_are_unavailable(method: F) -> F:
-    """Wrap an RPC method so a store outage is UNAVAILABLE, not an opaque UNKNOWN.
+def _unavailable(exc: PersistenceError) -> str:
+    return f"ledger store unavailable, try again later: {type(exc).__name__}: {exc}"
 
-    Works for unary methods and for server-streaming ones (generators).
-    """
-    def reason(exc: PersistenceError) -> str:
-        return f"ledger store unavailable, try again later: {type(exc).__name__}: {exc}"
 
+def rpc_method(method: F) -> F:
+    """Wrap a servicer method so qledger's errors become their status codes and a store outage
+    is UNAVAILABLE, not an opaque UNKNOWN.  Works for unary and server-streaming methods."""
     if inspect.isgeneratorfunction(method):
         @functools.wraps(method)
         def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from method(self, request, context)
+            except QledgerError as exc:
+                abort_for(context, exc)
             except PersistenceError as exc:
-                abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+                abort(context, grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
         return cast(F, streaming)
 
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
             return method(self, request, context)
+        except QledgerError as exc:
+            abort_for(context, exc)
         except PersistenceError as exc:
-            abort(context, grpc.StatusCode.UNAVAILABLE, reason(exc))
+            abort(context, grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
     return cast(F, unary)

@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
@@ -22,13 +21,12 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
-from qledger.governance.policy import Policy, canary_choice
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.keys import SigningKey
 from qledger.ops.metrics import ExecutorMetrics
 from qledger.ops.tracing import run_span, tracer
-from qledger.runs.breaker import BackendBreaker, Transition
-from qledger.runs.pipeline import SIMULATOR, ExecutionContext, StepFailedError, run_steps
+from qledger.runs.breaker import OPEN, BackendBreaker, Transition
+from qledger.runs.pipeline import ExecutionContext, StepFailedError, run_steps
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import TERMINAL, Run
 from qledger.runs.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -43,6 +41,10 @@ DURABLE_AFTER = frozenset({"transpilation", "hybrid_optimisation", "execution"})
 
 # Fields of a step record that must come out the same when a step is replayed on resume.
 REPRODUCIBLE = ("qasm3_sha256", "counts")
+
+
+# (the run's settings, its id) -> (the settings it runs with, what to record of the choice)
+Router = Callable[[WorkflowSpec, str], tuple[WorkflowSpec, dict[str, Any]]]
 
 
 class LeaseLostError(Exception):
@@ -81,8 +83,9 @@ class Worker:
         self.ctx.on_breaker = self.record_breaker
         self.changes = Changes()
         self.db_system = "postgresql" if app.store.is_postgres else "sqlite"
-        # The governance policy in force, for routing (canaries, experimental runs); set by the server.
-        self.policy: Callable[[], Policy] | None = None
+        # Where policy sends a run (canaries, experimental runs), and what to record of it;
+        # set by the server, which knows the governance in force.  None: as defined.
+        self.route: Router | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -121,42 +124,6 @@ class Worker:
             except Exception:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
 
-    def _route(self, spec: WorkflowSpec, run_id: str) -> tuple[WorkflowSpec, dict[str, Any]]:
-        """The run's backend after policy routing, and what to record of the choice: an
-        experimental run asking for a restricted backend runs on the ideal simulator; a canary
-        sends its fraction of a workflow's runs to the candidate backend."""
-        if self.policy is None:
-            return spec, {}
-        policy = self.policy()
-        if spec.priority == "experimental" and spec.backend in policy.restricted:
-            return replace(spec, backend=SIMULATOR, noise_seed=None, fallback_backend=None), {
-                "variant": "simulator", "requested_backend": spec.backend,
-                "reason": "experimental runs do not use restricted backends"}
-        candidate, fraction = canary_choice(policy, spec.name, run_id)
-        if fraction == 0.0:
-            return spec, {}
-        canary = policy.canaries[spec.name]
-        routing: dict[str, Any] = {
-            "fraction": fraction, "variant": "baseline", "baseline_backend": spec.backend,
-            "candidate_backend": canary["candidate_backend"],
-            "baseline_optimization_level": spec.optimization_level,
-            "candidate_optimization_level": canary.get("candidate_optimization_level")}
-        if candidate is None:
-            return spec, routing
-        changes: dict[str, Any] = {}
-        backend = candidate["candidate_backend"]
-        if backend is not None and backend in self.ctx.catalog.names():
-            # The noise model of a noisy candidate is seeded like the run, and recorded here.
-            changes["noise_seed"] = spec.noise_seed if spec.noise_seed is not None else spec.seed_simulator
-            changes["backend"] = backend
-            routing["noise_seed"] = changes["noise_seed"]
-        if candidate.get("candidate_optimization_level") is not None:
-            changes["optimization_level"] = int(candidate["candidate_optimization_level"])
-        if changes:
-            routing["variant"] = "candidate"
-            spec = replace(spec, **changes)
-        return spec, routing
-
     def _load(self, run_id: UUID) -> Run:
         return cast(Run, self.app.repository.get(run_id))
 
@@ -177,7 +144,8 @@ class Worker:
         step = "workflow"
         renew_after = time.monotonic() + self.lease / 2
         try:
-            spec, routing = self._route(parse_workflow(run.workflow, self.ctx.catalog.names()), str(run_id))
+            spec = parse_workflow(run.workflow, self.ctx.catalog.names())
+            spec, routing = self.route(spec, str(run_id)) if self.route is not None else (spec, {})
             for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
                 if index < len(run.steps):
                     self._check_replay(run, index, step, record)
@@ -261,7 +229,7 @@ class Worker:
         return run.status
 
     def record_breaker(self, transition: Transition) -> None:
-        self.metrics.breaker(transition)
+        self.metrics.breaker(transition.backend, transition.state == OPEN)
         for _ in range(3):  # another executor may record a change of the same breaker at once
             try:
                 try:

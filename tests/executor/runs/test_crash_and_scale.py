@@ -24,7 +24,7 @@ from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import RUN_KINDS, STEPS
 from tests.ledger.helpers import make_ledger
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SLOW = {**BELL, "execute": {**BELL["execute"], "backend": "slow"}}
 
 
@@ -36,7 +36,7 @@ def prepare(store_url: str, home: Path) -> tuple[LedgerApp, SigningKey]:
 
 
 def spawn_server(store_url: str, home: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen([sys.executable, "-m", "tests.executor.server_process", store_url,
+    process = subprocess.Popen([sys.executable, "-m", "tests.executor.runs.server_process", store_url,
                                 str(home), str(latency)], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                env={**os.environ, "PYTHONPATH": str(REPO)})

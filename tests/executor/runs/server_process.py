@@ -1,6 +1,6 @@
 """An executor server in its own process, for crash and scale-out tests.
 
-``python -m tests.executor.server_process STORE HOME LATENCY`` serves on a free loopback
+``python -m tests.executor.runs.server_process STORE HOME LATENCY`` serves on a free loopback
 port, prints ``port N``, and offers a backend ``slow`` (aer_ideal plus LATENCY seconds).
 """
 

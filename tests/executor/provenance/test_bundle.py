@@ -215,7 +215,7 @@ def test_ledger_rpcs_export_bundle_lineage_and_report(service_factory: ServiceFa
     import grpc
 
     from qledger.api import qledger_pb2 as pb
-    from tests.executor.test_grpc import code_of
+    from tests.executor.rpc.test_grpc import code_of
 
     service = service_factory(export=True)
     runs = []

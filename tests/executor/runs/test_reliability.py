@@ -21,7 +21,7 @@ from qledger.runs.pipeline import RetryPolicy
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.run import run_id_for
 from tests.executor.conftest import Service, ServiceFactory, step_records
-from tests.executor.test_grpc import code_of
+from tests.executor.rpc.test_grpc import code_of
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 

@@ -24,7 +24,7 @@ from qledger.runs.reference_workflows import WORKFLOWS
 from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def free_port() -> int:

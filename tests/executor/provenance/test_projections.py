@@ -33,7 +33,7 @@ from qledger.runs.backends import BackendCatalog, FaultConfig
 from qledger.runs.pipeline import RetryPolicy
 from qledger.runs.reference_workflows import BELL, GHZ_NOISY, load
 from tests.executor.conftest import Service, ServiceFactory, step_records
-from tests.executor.test_grpc import code_of
+from tests.executor.rpc.test_grpc import code_of
 from tests.ledger.helpers import make_ledger, write_notes
 
 QAOA = load("qaoa_maxcut")

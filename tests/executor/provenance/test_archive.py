@@ -21,7 +21,7 @@ from qledger.ledger.errors import QledgerError
 from qledger.ledger.store.artifacts import HotArtifacts, StagedArtifacts
 from qledger.runs.reference_workflows import BELL, GHZ_NOISY
 from tests.executor.conftest import Service, step_records
-from tests.executor.test_reliability import payloads
+from tests.executor.runs.test_reliability import payloads
 from tests.ledger.helpers import Note, RawStore, make_ledger
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=5),

@@ -1,0 +1,182 @@
+"""The Executor gRPC service: commands in, runs out.  Thin: each method reads its request,
+asks who is calling, calls the rules (``runs.submission``, ``runs.cancellation``,
+``governance.admission``) and answers; errors become status codes in ``rpc.status``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import cast
+from uuid import UUID
+
+import grpc
+from eventsourcing.application import AggregateNotFoundError
+
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.admission import admit
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.canonical import canonical_bytes
+from qledger.ledger.errors import (
+    AlreadyExistsError,
+    ExhaustedError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnauthenticatedError,
+)
+from qledger.ledger.projection import ProjectionRunner
+from qledger.ops.tracing import trace_parent
+from qledger.provenance.usage import project_usage
+from qledger.rpc.authz import Authorizer
+from qledger.rpc.entries import entry_message
+from qledger.rpc.status import rpc_method
+from qledger.runs.cancellation import cancel, may_cancel, read_cancel
+from qledger.runs.queue import RunQueue
+from qledger.runs.run import TERMINAL, Run
+from qledger.runs.submission import check_submission, read_submission, record_submission
+from qledger.runs.worker import Changes
+from qledger.runs.workflow import project_of
+
+WATCH_POLL_SECONDS = 0.05
+WATCH_LIMIT_SECONDS = 600.0
+
+
+def run_message(run: Run) -> pb.Run:
+    return pb.Run(run_id=str(run.id), workflow=str(run.workflow.get("name", "")), status=run.status,
+                  steps=run.steps, submitted_by=run.submitted_by, error=run.error,
+                  version=run.version, workflow_json=canonical_bytes(run.workflow).decode(),
+                  rerun_of=run.rerun_of or "")
+
+
+class ExecutorService(pb_grpc.ExecutorServicer):
+    def __init__(self, app: LedgerApp, queue: RunQueue, max_pending: int, authz: Authorizer,
+                 projections: ProjectionRunner, backends: frozenset[str], changes: Changes,
+                 wake: Callable[[], None], executor_principal: str) -> None:
+        self.app, self.queue, self.max_pending = app, queue, max_pending
+        self.authz, self.projections = authz, projections
+        self.backends, self.changes, self.wake = backends, changes, wake
+        self.executor_principal = executor_principal
+        self.source = app.source()
+
+    def _run(self, run_id: UUID) -> Run | None:
+        try:
+            return cast(Run, self.app.repository.get(run_id))
+        except AggregateNotFoundError:
+            return None
+
+    def _run_named(self, run_id: str) -> Run:
+        try:
+            uuid = UUID(run_id)
+        except ValueError:
+            raise InvalidRequestError(f"{run_id!r} is not a run id", "run_id") from None
+        run = self._run(uuid)
+        if run is None:
+            raise NotFoundError(f"no run {run_id}", "run_id")
+        return run
+
+    @rpc_method
+    def SubmitWorkflow(self, request: pb.SubmitWorkflowRequest,
+                       context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
+        return self._submit(request.command.envelope, context, None)
+
+    @rpc_method
+    def RerunWorkflow(self, request: pb.RerunWorkflowRequest,
+                      context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
+        return self._submit(request.command.envelope, context, self._run_named(request.run_id))
+
+    def _submit(self, data: bytes, context: grpc.ServicerContext,
+                rerun_of: Run | None) -> pb.SubmitWorkflowResponse:
+        rpc = "RerunWorkflow" if rerun_of else "SubmitWorkflow"
+        signed = read_submission(data)
+        # The store checks the signature again as it appends: that check guards the ledger,
+        # this one decides who is asking (so it is skipped when nobody's identity matters).
+        signer = (self.authz.signer(signed.key_id, signed.signature_valid, signed.content.principal)
+                  if self.authz.enabled else None)
+        self.authz.require(context, rpc, signed.project, principal=signer.principal if signer else None)
+        submission = check_submission(signed, self.backends, rerun_of)
+        existing = self._run(submission.run_id)
+        if existing is None:
+            admission = admit(self.authz.policies.current(), submission.workflow, submission.workflow_sha256,
+                              submission.principal, self._usage)
+            if admission.refusal is not None:
+                self.authz.record(admission.refusal.kind, submission.principal, "SubmitWorkflow",
+                                  submission.project, str(admission.refusal.error))
+                raise admission.refusal.error
+            pending = self.queue.pending()
+            if pending >= self.max_pending:
+                raise ExhaustedError(f"{pending} runs are waiting; try again shortly", retry_seconds=2)
+            if record_submission(self.app, self.queue, submission, trace_parent()):
+                if admission.warning:
+                    self.authz.record("budget_warning", submission.principal, "SubmitWorkflow",
+                                      submission.project, admission.warning)
+                self.wake()
+                created = self._run(submission.run_id)
+                assert created is not None
+                return pb.SubmitWorkflowResponse(run=run_message(created), created=True)
+            existing = self._run(submission.run_id)  # a concurrent submission with the same key won
+        assert existing is not None
+        if existing.workflow_sha256 != submission.workflow_sha256:
+            raise AlreadyExistsError(f"idempotency key {submission.idempotency_key!r} already names run "
+                                     f"{submission.run_id} with another workflow", "idempotency_key")
+        return pb.SubmitWorkflowResponse(run=run_message(existing), created=False)
+
+    def _usage(self, project: str) -> dict[str, float]:
+        self.projections.catch_up(["usage"])
+        return cast(dict[str, float], self.projections.read("usage", lambda db: project_usage(db, project)))
+
+    @rpc_method
+    def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        command = read_cancel(request.command.envelope, self.app.origin)
+        key = self.authz.signer(command.key_id, command.signature_valid)
+        if key is None:
+            raise UnauthenticatedError("command signature does not verify with a registered, unrevoked key",
+                                       "command.envelope")
+        run = self._run_named(command.run_id)
+        project = project_of(run.workflow)
+        self.authz.require(context, "CancelRun", project, principal=key.principal)
+        roles = self.authz.policies.current().roles_of(key.principal, project)
+        if not may_cancel(key.principal, command, run.submitted_by, self.authz.enabled and "admin" in roles):
+            raise PermissionDeniedError(f"{key.principal} may not cancel a run submitted by "
+                                        f"{run.submitted_by}", "run_id")
+        ended = run.status in TERMINAL
+        run = cancel(self.app, run, self.executor_principal, key.principal, command)
+        if not ended:
+            self.changes.notify()
+        return run_message(run)
+
+    @rpc_method
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        run = self._run_named(request.run_id)
+        self.authz.require(context, "GetRun", project_of(run.workflow))
+        return run_message(run)
+
+    @rpc_method
+    def ListRuns(self, request: pb.ListRunsRequest, context: grpc.ServicerContext) -> pb.ListRunsResponse:
+        if not 0 <= request.limit <= 1000:
+            raise InvalidRequestError("limit must be 0..1000", "limit")
+        visible = self.authz.visible_projects(context, "ListRuns")
+        runs = [self._run(run_id) for run_id in self.queue.recent(request.limit or 50)]
+        return pb.ListRunsResponse(runs=[run_message(r) for r in runs if r is not None and (
+            visible is None or project_of(r.workflow) in visible)])
+
+    @rpc_method
+    def WatchRun(self, request: pb.WatchRunRequest,
+                 context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
+        run = self._run_named(request.run_id)
+        self.authz.require(context, "WatchRun", project_of(run.workflow))
+        after = request.after_version
+        deadline = time.monotonic() + WATCH_LIMIT_SECONDS
+        while context.is_active() and time.monotonic() < deadline:
+            seen = self.changes.seen()
+            rows = self.source.stream_entries(run.id, after)
+            for row in rows:
+                after = row.originator_version or after
+                if row.position > request.after_position:
+                    yield entry_message(row)
+            if not rows:
+                run = cast(Run, self.app.repository.get(run.id))
+                if run.status in TERMINAL and run.version <= after:
+                    return
+                # Woken at once by this process's workers; the timeout covers other executors.
+                self.changes.wait(seen, WATCH_POLL_SECONDS)

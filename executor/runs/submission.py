@@ -1,0 +1,123 @@
+"""A run's first entry, as a client signs it: reading it, checking every member of it, and
+recording it together with its place in the queue.
+
+Nothing here knows a transport: refusals are ``InvalidRequestError`` naming the field, and the
+gRPC edge turns them into status codes in one place (``rpc.status``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.persistence import IntegrityError, StoredEvent
+
+from qledger.ledger import dsse
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import InvalidRequestError, QledgerError
+from qledger.ledger.keys import PublicKey
+from qledger.runs.queue import RunQueue
+from qledger.runs.run import RUN_SUBMITTED_TYPE, Run, run_id_for
+from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
+
+MAX_IDEMPOTENCY_KEY = 128
+
+
+@dataclass(frozen=True)
+class SignedSubmission:
+    """A Submitted entry read from its envelope, its members not yet checked."""
+
+    data: bytes
+    key_id: str
+    signature_valid: Callable[[PublicKey], bool]
+    content: EntryContent
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        return self.content.payload
+
+    @property
+    def project(self) -> str:
+        """The project whose roles decide who may submit it (read before anything is checked)."""
+        workflow = self.payload.get("workflow")
+        return project_of(workflow if isinstance(workflow, dict) else {})
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A submission every member of which was checked: what the ledger will record."""
+
+    signed: SignedSubmission
+    run_id: UUID
+    idempotency_key: str
+    workflow: dict[str, Any]
+    workflow_sha256: str
+
+    @property
+    def principal(self) -> str:
+        return self.signed.content.principal
+
+    @property
+    def project(self) -> str:
+        return project_of(self.workflow)
+
+
+def read_submission(data: bytes) -> SignedSubmission:
+    """The envelope and content of a Submitted command; refused unless it is one."""
+    if not data:
+        raise InvalidRequestError("a signed command is required", "command.envelope")
+    try:
+        envelope = dsse.parse(data)
+        content = EntryContent.from_bytes(envelope.payload)
+    except QledgerError as exc:
+        raise InvalidRequestError(str(exc), "command.envelope") from exc
+    if content.event_type != RUN_SUBMITTED_TYPE or content.stream_version != 1:
+        raise InvalidRequestError(f"a submission is a {RUN_SUBMITTED_TYPE} entry at stream version 1",
+                                  "command.envelope")
+    return SignedSubmission(data, envelope.key_id, envelope.signature_valid, content)
+
+
+def check_submission(signed: SignedSubmission, backends: frozenset[str],
+                     rerun_of: Run | None = None) -> Submission:
+    """Every member of the command, checked before anything is appended."""
+    payload = signed.payload
+    key = payload.get("idempotency_key")
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequestError(f"idempotency_key must be 1..{MAX_IDEMPOTENCY_KEY} characters",
+                                  "idempotency_key")
+    run_id = run_id_for(signed.content.principal, key)
+    if signed.content.stream_id != str(run_id):
+        raise InvalidRequestError("stream id must be the run id derived from principal and idempotency key",
+                                  "command.envelope")
+    try:
+        parse_workflow(payload.get("workflow"), backends)
+    except WorkflowError as exc:
+        raise InvalidRequestError(str(exc), f"workflow.{exc.field}") from exc
+    workflow: dict[str, Any] = payload["workflow"]
+    sha = workflow_sha256(workflow)
+    if payload.get("workflow_sha256") != sha:
+        raise InvalidRequestError("workflow_sha256 does not match the workflow", "workflow_sha256")
+    if rerun_of is not None and (payload.get("rerun_of") != str(rerun_of.id)
+                                 or sha != rerun_of.workflow_sha256):
+        raise InvalidRequestError("a rerun must carry the recorded workflow and name the run it replays",
+                                  "command.envelope")
+    if rerun_of is None and payload.get("rerun_of") is not None:
+        raise InvalidRequestError("use RerunWorkflow to replay a run", "rerun_of")
+    return Submission(signed, run_id, key, workflow, sha)
+
+
+def record_submission(app: LedgerApp, queue: RunQueue, submission: Submission,
+                      trace_parent: str | None) -> bool:
+    """Append the client-signed entry as it was signed, then queue the run.  False when a
+    concurrent submission with the same key recorded it first (nothing is appended then)."""
+    signed = submission.signed
+    try:
+        app.recorder.insert_events([StoredEvent(submission.run_id, 1, signed.content.event_type,
+                                                signed.data)])
+    except IntegrityError:
+        return False
+    queue.enqueue(submission.run_id, trace_parent)
+    return True
