@@ -1,8 +1,9 @@
-"""qledger's ledger: signed, hash-chained, append-only events with RFC 9162 Merkle proofs.
+"""qledger's ledger (installed as ``qledger.ledger``): signed, hash-chained, append-only events
+with RFC 9162 Merkle proofs and C2SP checkpoints.  It imports nothing from the executor.
 
-Domain modules (no database): ``canonical``, ``keys``, ``dsse``, ``content``, ``merkle``,
-``chain``, ``checkpoint``, ``registry``, ``verify``, ``bundle``.  Infrastructure: ``store``
-(the eventsourcing recorders for SQLite and PostgreSQL, and the store reader), ``app`` (the
-eventsourcing application), ``exportlog`` and ``export_bundle`` (what leaves the store),
-``admin`` and ``cli`` (the ``qledger`` command), ``bench``.
+Pure modules (no database): ``canonical``, ``keys``, ``dsse``, ``content``, ``merkle``, ``chain``,
+``checkpoint``, ``keyring``, ``registry``, ``artifacts``, ``verify``.  Infrastructure: ``store``
+(the eventsourcing recorders for SQLite and PostgreSQL, the store reader, the hot artifact table),
+``app`` (the eventsourcing application), ``exportlog``, ``admin``, and ``cli`` (the ledger's
+commands).
 """

@@ -25,6 +25,20 @@ from qledger.ledger.keys import PublicKey, key_id_of
 KEY_EVENT_TYPES = frozenset({GENESIS_TYPE, KEY_REGISTERED_TYPE, KEY_REVOKED_TYPE})
 
 
+def valid_at(registered_at: int, revoked_at: int | None, position: int) -> bool:
+    """Whether a key signs validly at ``position``: registered before it (or pinned by the
+    genesis entry at 1) and not revoked before it.  The entry at ``revoked_at`` is the
+    revocation itself, so a key may sign its own revocation and nothing after it."""
+    registered = registered_at < position or registered_at == position == 1
+    return registered and (revoked_at is None or position <= revoked_at)
+
+
+def valid_for_checkpoint(registered_at: int, revoked_at: int | None, tree_size: int) -> bool:
+    """Whether a key may sign a checkpoint of ``tree_size`` entries: valid as the log stands
+    after the last of them, i.e. at the next position."""
+    return valid_at(registered_at, revoked_at, tree_size + 1)
+
+
 @dataclass
 class KeyRecord:
     key_id: str
@@ -35,8 +49,10 @@ class KeyRecord:
     revoked_at: int | None = None
 
     def valid_at(self, position: int) -> bool:
-        registered = self.registered_at < position or self.registered_at == position == 1
-        return registered and (self.revoked_at is None or self.revoked_at >= position)
+        return valid_at(self.registered_at, self.revoked_at, position)
+
+    def valid_for_checkpoint(self, tree_size: int) -> bool:
+        return valid_for_checkpoint(self.registered_at, self.revoked_at, tree_size)
 
 
 def _public_key_field(payload: dict[str, Any]) -> PublicKey:

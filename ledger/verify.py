@@ -14,6 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from itertools import islice
+from typing import Any
 
 from qledger.ledger import dsse, merkle
 from qledger.ledger.chain import chain_hash
@@ -24,8 +25,8 @@ from qledger.ledger.errors import (
     RevokedKeyError,
     UnknownKeyError,
 )
-from qledger.ledger.registry import KeyRegistry
-from qledger.ledger.source import EntryRow, LedgerSource, RangeReader
+from qledger.ledger.registry import KeyRegistry, valid_at
+from qledger.ledger.source import EntryRow, KeyRow, LedgerSource, RangeReader
 from qledger.ledger.verify_entry import EntryVerdict, check_range, check_rows
 
 BATCH = 1000
@@ -286,8 +287,7 @@ class Verifier:
         if p.origin is not None and signed.checkpoint.origin != p.origin:
             return Finding(pos, Tamper.CHECKPOINT_MISMATCH, "checkpoint names another origin")
         signers = [r for r in p.registry.keys.values()
-                   if r.purpose == "checkpoint" and r.registered_at <= pos
-                   and (r.revoked_at is None or r.revoked_at > pos)]
+                   if r.purpose == "checkpoint" and r.valid_for_checkpoint(pos)]
         if not any(signed.signed_by(signed.checkpoint.origin, r.public) for r in signers):
             return Finding(pos, Tamper.CHECKPOINT_MISMATCH,
                            f"checkpoint at size {pos} is not signed by a valid checkpoint key")
@@ -321,3 +321,40 @@ def verify(source: LedgerSource, start: int = 1, stop: int | None = None, jobs: 
            ) -> VerifyReport:
     return Verifier(source, jobs, progress, artifacts).run(start, stop)
 
+
+# --- one stream, as an auditor checks it ------------------------------------------------
+
+
+def check_stream(rows: list[EntryRow], keys: list[KeyRow], origin: str | None,
+                 inclusion: Callable[[int], dict[str, Any]]) -> Finding | None:
+    """One stream's entries (a run's), checked alone: each hashes to its stored leaf, is a
+    well-formed envelope that agrees with its event columns, is signed by a key registered to
+    its principal and valid at its position (``registry.valid_at``, the rule the whole-ledger
+    pass uses), and is included in the tree ``inclusion(position)`` proves it against.  The
+    first finding, or None."""
+    table = {key.key_id: key for key in keys}
+    verdicts = check_rows(rows, {k.key_id: k.public_key for k in keys}, origin, False)
+    for row, verdict in zip(rows, verdicts, strict=True):
+        position = row.position
+        if verdict is None:
+            return Finding(position, Tamper.MISSING_ENTRY, "the entry has no stored event")
+        if not verdict.leaf_ok:
+            return Finding(position, Tamper.PAYLOAD_ALTERED, "stored leaf hash does not match the envelope")
+        if verdict.problem or verdict.mismatch:
+            return Finding(position, Tamper.PAYLOAD_ALTERED, str(verdict.problem or verdict.mismatch))
+        key = table.get(verdict.key_id)
+        if key is None:
+            return Finding(position, Tamper.UNKNOWN_KEY, f"key {verdict.key_id[:16]}… is not registered")
+        if key.principal != verdict.principal:
+            return Finding(position, Tamper.UNAUTHORISED_KEY,
+                           f"key {key.key_id[:16]}… belongs to {key.principal!r}, not {verdict.principal!r}")
+        if not valid_at(key.registered_at, key.revoked_at, position):
+            return Finding(position, Tamper.REVOKED_KEY, f"key {key.key_id[:16]}… is not valid at {position}")
+        if not verdict.signature_ok:
+            return Finding(position, Tamper.BAD_SIGNATURE, "signature does not verify")
+        proof = inclusion(position)
+        if not merkle.verify_inclusion(proof["leaf_index"], proof["tree_size"], row.leaf_hash,
+                                       [bytes.fromhex(h) for h in proof["inclusion_path"]],
+                                       bytes.fromhex(proof["root_hash"])):
+            return Finding(position, Tamper.MERKLE_NODE_ALTERED, "not included in the current tree")
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from graphlib import CycleError, TopologicalSorter
@@ -120,3 +121,28 @@ def test_import_qledger_and_the_command_load_neither_qiskit_nor_grpc() -> None:
     for statement in ("import qledger", "import qledger.cli"):
         loaded = loaded_after(statement)
         assert not [m for m in loaded if m.split(".")[0] in ("qiskit", "qiskit_aer", "grpc")], statement
+
+
+def is_package_marker(path: Path) -> bool:
+    """An ``__init__.py`` that holds nothing but a docstring: it names a folder, not a module."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    return path.name == "__init__.py" and all(
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) for node in body)
+
+
+def test_the_readme_layout_names_every_module_once() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    listed: list[tuple[str, str]] = []
+    folder = ""
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or cells[1] in ("module", "---"):
+            continue
+        folder = cells[0].strip("`") or folder
+        listed += [(folder.rstrip("/"), name) for name in re.findall(r"`([\w.*]+\.py)`", cells[1])]
+    real = {(str(path.parent.relative_to(REPO)), path.name)
+            for top in ("ledger", "executor") for path in (REPO / top).rglob("*.py")
+            if path.parent.name != "api" and not is_package_marker(path)}
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert set(listed) - {("executor/api", "qledger_pb2*.py")} == real

@@ -27,7 +27,6 @@ from qledger.ledger.keys import KeyStore
 from qledger.ledger.projection import ProjectionRunner
 from qledger.provenance.bundle import verify_bundle
 from qledger.provenance.bundle_export import export_bundle
-from qledger.provenance.lineage import lineage_json
 from qledger.provenance.lineage_index import RunFilter, find_nodes, find_runs, walk
 from qledger.provenance.projections import projection_runner
 from qledger.runs.backends import BackendCatalog
@@ -67,8 +66,8 @@ def _fill(app: LedgerApp, records: list[tuple[str, dict[str, Any]]], until: int)
 
 def _bundle_times(app: LedgerApp, keys: KeyStore, run: UUID) -> tuple[float, float, int]:
     exporter = export_key(app, keys)
-    data, export_s = _timed(lambda: export_bundle(app, run, exporter, keys.load(CHECKPOINTER), lineage_json))
-    _, verify_s = _timed(lambda: verify_bundle(data, exporter.public, lineage_json))
+    data, export_s = _timed(lambda: export_bundle(app, run, exporter, keys.load(CHECKPOINTER)))
+    _, verify_s = _timed(lambda: verify_bundle(data, exporter.public))
     return export_s, verify_s, len(data)
 
 

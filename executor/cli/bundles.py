@@ -25,7 +25,6 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
     """Write the signed lineage bundle (in-toto Statement in DSSE) of the run, or of the run that
     generated the artifact, for offline verification."""
     from qledger.provenance.bundle_export import export_recorded
-    from qledger.provenance.lineage import lineage_json
     from qledger.provenance.projections import projection_runner, resolve_run
 
     with reported_errors():
@@ -34,7 +33,7 @@ def export_bundle_command(run: Annotated[str, typer.Argument(
         ledger.require_origin()
         keys = KeyStore.default()
         exporter = admin.export_key(ledger, keys)
-        data = export_recorded(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER), lineage_json)
+        data = export_recorded(ledger, stream_id, exporter, keys.load(admin.CHECKPOINTER))
         try:
             output.write_bytes(data)
         except OSError as exc:
@@ -50,7 +49,6 @@ def verify_bundle_command(
     """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint."""
     from qledger.ledger.keys import PublicKey
     from qledger.provenance.bundle import BundleInvalidError, verify_bundle
-    from qledger.provenance.lineage import lineage_json
 
     with reported_errors():
         try:
@@ -62,7 +60,7 @@ def verify_bundle_command(
             raise fail("--trusted-key must hold a hex Ed25519 public key") from None
 
         try:
-            report = verify_bundle(data, pinned, lineage_json)
+            report = verify_bundle(data, pinned)
         except BundleInvalidError as exc:
             raise fail(f"INVALID: {exc}", 1) from None
     typer.echo(f"VALID: run {report.stream_id}, {report.entries} entries proven against the checkpoint "

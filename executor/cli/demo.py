@@ -25,7 +25,6 @@ from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
 from qledger.provenance.bundle import verify_bundle
 from qledger.provenance.bundle_export import export_bundle
-from qledger.provenance.lineage import lineage_json
 from qledger.rpc.channel import client_channel
 from qledger.rpc.server import start_server
 from qledger.runs.reference_workflows import BELL
@@ -77,9 +76,9 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     say(f"root hash {offline.root_hash.hex()}")
     bundle_path = root / f"run-{run.run_id}.bundle.json"
     bundle_path.write_bytes(export_bundle(app, UUID(run.run_id), export_key(app, keys),
-                                          keys.load(CHECKPOINTER), lineage_json))
+                                          keys.load(CHECKPOINTER)))
     pinned = keys.load(EXPORTER).public
-    bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned, lineage_of=lineage_json)
+    bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned)
     say(f"lineage bundle {bundle_path}: VALID offline ({bundle.entries} entries proven against the "
         f"checkpoint of size {bundle.tree_size}, {len(bundle.subjects)} subjects)")
     return (run.status == "completed" and included and report.ok and offline.ok

@@ -9,11 +9,10 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from qledger.governance.policy import ALL_PROJECTS, ROLES, Governance, GovernanceError, Policy
-from qledger.ledger import dsse, merkle
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import QledgerError
-from qledger.ledger.keys import PublicKey, SigningKey
+from qledger.ledger.keys import SigningKey
+from qledger.ledger.verify import check_stream
 from qledger.provenance.lineage_index import RunFilter, find_runs
 from qledger.provenance.projections import projection_runner
 from qledger.provenance.report import compare, run_facts
@@ -151,22 +150,9 @@ def verify_run(app: LedgerApp, run_id: str) -> int:
     a key registered to its principal and valid at its position, and is included in the tree
     (an RFC 9162 proof against the current root).  The number of entries; GovernanceError if not."""
     source = app.source()
-    keys = {k.key_id: k for k in source.key_rows()}
     rows = source.stream_entries(UUID(run_id), 0)
-    for row in rows:
-        state = row.state or b""
-        envelope = dsse.parse(state)
-        content = EntryContent.from_bytes(envelope.payload)
-        key = keys.get(envelope.key_id)
-        valid_key = (key is not None and key.principal == content.principal
-                     and key.registered_at < row.position
-                     and (key.revoked_at is None or key.revoked_at > row.position))
-        proof = app.inclusion_proof(row.position)
-        included = merkle.verify_inclusion(
-            proof["leaf_index"], proof["tree_size"], merkle.leaf_hash(state),
-            [bytes.fromhex(h) for h in proof["inclusion_path"]], bytes.fromhex(proof["root_hash"]))
-        if not (merkle.leaf_hash(state) == row.leaf_hash and valid_key and key is not None
-                and envelope.signature_valid(PublicKey(key.public_key)) and included):
-            raise GovernanceError(f"run {run_id} does not verify at position {row.position}: "
-                                  "not promotable (run `qledger verify`)")
+    finding = check_stream(rows, source.key_rows(), app.origin, app.inclusion_proof)
+    if finding is not None:
+        raise GovernanceError(f"run {run_id} does not verify at position {finding.position} "
+                              f"({finding.kind.value}): not promotable (run `qledger verify`)")
     return len(rows)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +23,7 @@ from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import BundleFormatError, QledgerError
 from qledger.ledger.keys import PublicKey, SigningKey
 from qledger.ledger.registry import KEY_EVENT_TYPES, KeyRegistry
+from qledger.provenance.lineage import lineage_json
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://qledger.dev/lineage-bundle/v1"
@@ -100,24 +100,20 @@ def read_bundle(data: bytes) -> tuple[dsse.SignedEnvelope, dict[str, Any]]:
     return envelope, statement
 
 
-LineageOf = Callable[[str, list[tuple[int, bytes]]], dict[str, Any]]
-
-
-def verify_bundle(data: bytes, trusted_export_key: PublicKey | None = None,
-                  lineage_of: LineageOf | None = None) -> BundleReport:
-    """Check a bundle offline.  ``lineage_of`` rebuilds the PROV graph from the run's entries
-    so the bundle's graph can be compared with what the entries say."""
+def verify_bundle(data: bytes, trusted_export_key: PublicKey | None = None) -> BundleReport:
+    """Check a bundle offline, its PROV graph included: rebuilt from the run's entries, it must
+    be the graph the bundle carries."""
     envelope, statement = read_bundle(data)
     if envelope.payload_type != IN_TOTO_PAYLOAD_TYPE or statement.get("_type") != STATEMENT_TYPE:
         raise _fail("outer envelope is not an in-toto Statement v1")
     try:
-        return _verify(envelope, statement, trusted_export_key, lineage_of)
+        return _verify(envelope, statement, trusted_export_key)
     except (KeyError, TypeError, ValueError, binascii.Error) as exc:
         raise _fail(f"malformed bundle field: {exc!r}") from exc
 
 
 def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
-            trusted: PublicKey | None, lineage_of: LineageOf | None) -> BundleReport:
+            trusted: PublicKey | None) -> BundleReport:
     predicate = statement["predicate"]
     origin, stream_id = predicate["origin"], predicate["stream_id"]
     keys = {k["key_id"]: k for k in predicate["keys"]}
@@ -175,8 +171,8 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
         if record is None or record.public.raw.hex() != listed["public_key"] or (
                 record.purpose != listed["purpose"] or record.registered_at != listed["registered_at"]):
             raise _fail(f"key {key_id[:16]}… is not as the bundle's key entries register it")
-    checkpointers = [r for r in registry.keys.values() if r.purpose == "checkpoint"
-                     and r.registered_at <= size and (r.revoked_at is None or r.revoked_at > size)]
+    checkpointers = [r for r in registry.keys.values()
+                     if r.purpose == "checkpoint" and r.valid_for_checkpoint(size)]
     if not any(note.signed_by(origin, r.public) for r in checkpointers):
         raise _fail("checkpoint is not signed by a checkpoint key the bundle proves")
     exporter = registry.keys.get(envelope.key_id)
@@ -193,10 +189,11 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
         raise _fail(f"run {stream_id}: stream versions {versions} are not 1..n (an entry is missing)")
 
     # 5. The PROV graph says what the run's entries say.
-    if lineage_of is not None and predicate.get("lineage") is not None:
-        expected = lineage_of(origin, [(p, raw_envelopes[p]) for p, _ in stream])
-        if canonical_bytes(expected) != canonical_bytes(predicate["lineage"]):
-            raise _fail("the PROV lineage graph does not match the run's entries")
+    if predicate.get("lineage") is None:
+        raise _fail("the bundle carries no PROV lineage graph")
+    expected = lineage_json(origin, [(p, raw_envelopes[p]) for p, _ in stream])
+    if canonical_bytes(expected) != canonical_bytes(predicate["lineage"]):
+        raise _fail("the PROV lineage graph does not match the run's entries")
 
     # 6. Subjects: each digest is recomputed from the entries.
     artifacts = {f"run:{stream_id}/{c.payload['step']}": artifact_digest(c.payload["record"])

@@ -15,7 +15,8 @@ from qledger.ledger.errors import NotFoundError
 from qledger.ledger.keys import SigningKey
 from qledger.ledger.store.artifacts import StagedArtifacts
 from qledger.ledger.topics import wire_topics
-from qledger.provenance.bundle import BundleContents, BundleEntry, LineageOf, artifact_digest, sign_bundle
+from qledger.provenance.bundle import BundleContents, BundleEntry, artifact_digest, sign_bundle
+from qledger.provenance.lineage import lineage_json
 
 RESULT_KINDS = ("execution", "post_processing", "report")
 BUNDLE_MEDIA_TYPE = "application/vnd.in-toto+json"
@@ -32,11 +33,11 @@ class BundleExport(Aggregate):
         self.stream_id, self.bundle = stream_id, bundle
 
 
-def export_recorded(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_key: SigningKey,
-                    lineage_of: LineageOf | None = None) -> bytes:
+def export_recorded(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
+                    checkpoint_key: SigningKey) -> bytes:
     """``export_bundle``, and an entry signed by the export key recording the export, with the
     bundle's bytes as its artifact."""
-    data, size = _export(app, stream_id, export_key, checkpoint_key, lineage_of)
+    data, size = _export(app, stream_id, export_key, checkpoint_key)
     bundle = StagedArtifacts(app.ledger).put(data, BUNDLE_MEDIA_TYPE)
     app.add_signer(export_key)
     app.save(BundleExport(principal=export_key.principal, stream_id=str(stream_id), checkpoint_size=size,
@@ -45,13 +46,13 @@ def export_recorded(app: LedgerApp, stream_id: UUID, export_key: SigningKey, che
 
 
 def export_bundle(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
-                  checkpoint_key: SigningKey, lineage_of: LineageOf | None = None) -> bytes:
+                  checkpoint_key: SigningKey) -> bytes:
     """The run's signed lineage bundle, proven against a checkpoint covering its last entry."""
-    return _export(app, stream_id, export_key, checkpoint_key, lineage_of)[0]
+    return _export(app, stream_id, export_key, checkpoint_key)[0]
 
 
-def _export(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_key: SigningKey,
-            lineage_of: LineageOf | None) -> tuple[bytes, int]:
+def _export(app: LedgerApp, stream_id: UUID, export_key: SigningKey,
+            checkpoint_key: SigningKey) -> tuple[bytes, int]:
     source = app.source()
     stream = source.stream_entries(stream_id, 0)
     if not stream:
@@ -79,8 +80,8 @@ def _export(app: LedgerApp, stream_id: UUID, export_key: SigningKey, checkpoint_
                "purpose": k.purpose, "registered_at": k.registered_at, "revoked_at": k.revoked_at}
               for k in keys if k.registered_at <= size],
         summary=_summary(contents, records), subjects=subjects,
-        lineage=lineage_of(app.require_origin(), [(r.position, r.state or b"") for r in stream])
-        if lineage_of else None), export_key), size
+        lineage=lineage_json(app.require_origin(), [(r.position, r.state or b"") for r in stream])),
+        export_key), size
 
 
 def _summary(contents: list[EntryContent], records: dict[str, dict[str, Any]]) -> dict[str, Any]:

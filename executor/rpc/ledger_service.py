@@ -77,7 +77,7 @@ class LedgerService(pb_grpc.LedgerServicer):
             raise PreconditionError("this server holds no export or checkpoint key; "
                                     "use `qledger export-bundle`")
         run_id = UUID(rows[0].originator_id or request.run_id)
-        data = export_recorded(self.app, run_id, self.export_key, self.checkpoint_key, lineage_json)
+        data = export_recorded(self.app, run_id, self.export_key, self.checkpoint_key)
         return pb.Bundle(envelope=data)
 
     @rpc_method

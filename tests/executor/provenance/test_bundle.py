@@ -22,7 +22,6 @@ from qledger.ledger.errors import BundleFormatError
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.provenance.bundle import IN_TOTO_PAYLOAD_TYPE, BundleInvalidError, verify_bundle
 from qledger.provenance.bundle_export import export_bundle
-from qledger.provenance.lineage import lineage_json
 from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import Service, ServiceFactory
 
@@ -41,8 +40,7 @@ def two_runs(service_factory: ServiceFactory) -> tuple[Service, list[UUID], Sign
 
 
 def bundle_of(service: Service, run: UUID, exporter: SigningKey) -> bytes:
-    return export_bundle(service.app, run, exporter, KeyStore(service.home).load(CHECKPOINTER),
-                         lineage_json)
+    return export_bundle(service.app, run, exporter, KeyStore(service.home).load(CHECKPOINTER))
 
 
 def resigned(data: bytes, key: SigningKey, change: Callable[[dict[str, Any]], None]) -> bytes:
@@ -187,14 +185,17 @@ def test_prov_lineage_reads_back_and_is_checked(two_runs: tuple[Service, list[UU
     assert "qledger:backend/aer_ideal" in lineage["agent"] and "qledger:principal/alice" in lineage["agent"]
     assert all("qledger:ledger_position" in attrs for attrs in activities.values())
     assert len(lineage["wasGeneratedBy"]) == 6 and len(lineage["used"]) >= 6
-    verify_bundle(data, exporter.public, lineage_json)
+    verify_bundle(data, exporter.public)
 
     def alter(statement: dict[str, Any]) -> None:
         node = next(iter(statement["predicate"]["lineage"]["activity"].values()))
         node["qledger:ledger_position"] = 999
 
     with pytest.raises(BundleInvalidError, match="PROV lineage graph does not match"):
-        verify_bundle(resigned(data, exporter, alter), exporter.public, lineage_json)
+        verify_bundle(resigned(data, exporter, alter), exporter.public)
+    # The check cannot be skipped: a bundle without its graph is invalid, not unchecked.
+    with pytest.raises(BundleInvalidError, match="carries no PROV lineage"):
+        verify_bundle(resigned(data, exporter, lambda s: s["predicate"].pop("lineage")), exporter.public)
 
 
 def test_cli_lineage(two_runs: tuple[Service, list[UUID], SigningKey],
@@ -225,7 +226,7 @@ def test_ledger_rpcs_export_bundle_lineage_and_report(service_factory: ServiceFa
         runs.append(run_id)
     bundle = service.ledger.ExportBundle(pb.RunRef(run_id=runs[0]), timeout=30)
     exporter = KeyStore(service.home).load("exporter")
-    assert verify_bundle(bundle.envelope, exporter.public, lineage_json).stream_id == runs[0]
+    assert verify_bundle(bundle.envelope, exporter.public).stream_id == runs[0]
     lineage = json.loads(service.ledger.GetLineage(pb.RunRef(run_id=runs[0])).prov_json)
     assert lineage == json.loads(dsse.parse(bundle.envelope).payload)["predicate"]["lineage"]
     report = json.loads(service.ledger.GetReport(pb.GetReportRequest(run_id=runs[0], against_run_id=runs[1]))

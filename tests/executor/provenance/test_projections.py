@@ -25,7 +25,6 @@ from qledger.ledger.follow import LISTEN_APPLICATION_NAME
 from qledger.ledger.keys import KeyStore
 from qledger.ledger.projection import ProjectedEntry, ProjectionDB, ProjectionRunner
 from qledger.provenance.bundle import verify_bundle
-from qledger.provenance.lineage import lineage_json
 from qledger.provenance.lineage_index import RunFilter, artifact_lineage, find_nodes, find_runs, walk
 from qledger.provenance.operations import OperationsProjection, operation_rows, operations_view
 from qledger.provenance.projections import projection_follower, projection_runner
@@ -266,7 +265,7 @@ def test_get_lineage_of_an_artifact_over_grpc(ran: tuple[Service, dict[str, str]
     bundle = service.ledger.ExportBundle(pb.RunRef(artifact=f"qledger:report/{runs['qaoa']}/report"),
                                          timeout=30)
     exporter = KeyStore(service.home).load(EXPORTER).public
-    assert verify_bundle(bundle.envelope, exporter, lineage_json).stream_id == runs["qaoa"]
+    assert verify_bundle(bundle.envelope, exporter).stream_id == runs["qaoa"]
     for call, request, code in (
             (service.ledger.GetLineage, pb.RunRef(artifact="0" * 64), grpc.StatusCode.NOT_FOUND),
             (service.ledger.ExportBundle, pb.RunRef(artifact="qledger:nothing"), grpc.StatusCode.NOT_FOUND),
