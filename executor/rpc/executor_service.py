@@ -91,7 +91,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         signed = read_submission(data)
         # The store checks the signature again as it appends: that check guards the ledger,
         # this one decides who is asking (so it is skipped when nobody's identity matters).
-        signer = (self.authz.signer(signed.key_id, signed.signature_valid, signed.content.principal)
+        envelope = signed.envelope
+        signer = (self.authz.signer(envelope.key_id, envelope.signature_valid, signed.content.principal)
                   if self.authz.enabled else None)
         self.authz.require(context, rpc, signed.project, principal=signer.principal if signer else None)
         submission = check_submission(signed, self.backends, rerun_of)
@@ -128,7 +129,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     @rpc_method
     def CancelRun(self, request: pb.CancelRunRequest, context: grpc.ServicerContext) -> pb.Run:
         command = read_cancel(request.command.envelope, self.app.origin)
-        key = self.authz.signer(command.key_id, command.signature_valid)
+        key = self.authz.signer(command.envelope.key_id, command.envelope.signature_valid)
         if key is None:
             raise UnauthenticatedError("command signature does not verify with a registered, unrevoked key",
                                        "command.envelope")

@@ -4,7 +4,6 @@ that records it (the command's digest inside)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -15,7 +14,6 @@ from qledger.ledger import dsse
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.canonical import parse_canonical
 from qledger.ledger.errors import InvalidRequestError, QledgerError
-from qledger.ledger.keys import PublicKey
 from qledger.runs.commands import COMMAND_PAYLOAD_TYPE
 from qledger.runs.run import TERMINAL, Run
 
@@ -24,9 +22,8 @@ MAX_COMMAND_AGE = timedelta(minutes=10)
 
 @dataclass(frozen=True)
 class CancelCommand:
-    data: bytes
-    key_id: str
-    signature_valid: Callable[[PublicKey], bool]
+    data: bytes  # as received: its digest is recorded in the Cancelled entry
+    envelope: dsse.SignedEnvelope
     run_id: str
     principal: str  # who the body says is asking; must be the signer
     reason: str
@@ -50,7 +47,7 @@ def read_cancel(data: bytes, origin: str | None, now: datetime | None = None) ->
         raise InvalidRequestError("issued_at must state its time zone", "issued_at")
     if abs((now or datetime.now(UTC)) - issued) > MAX_COMMAND_AGE:
         raise InvalidRequestError("command is too old (or from the future)", "issued_at")
-    return CancelCommand(data, envelope.key_id, envelope.signature_valid, str(body.get("run_id")),
+    return CancelCommand(data, envelope, str(body.get("run_id")),
                          str(body.get("principal")), str(body.get("reason", "")))
 
 

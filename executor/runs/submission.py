@@ -7,7 +7,6 @@ gRPC edge turns them into status codes in one place (``rpc.status``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
@@ -18,7 +17,6 @@ from qledger.ledger import dsse
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import InvalidRequestError, QledgerError
-from qledger.ledger.keys import PublicKey
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import RUN_SUBMITTED_TYPE, Run, run_id_for
 from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
@@ -30,9 +28,8 @@ MAX_IDEMPOTENCY_KEY = 128
 class SignedSubmission:
     """A Submitted entry read from its envelope, its members not yet checked."""
 
-    data: bytes
-    key_id: str
-    signature_valid: Callable[[PublicKey], bool]
+    data: bytes  # as received: the bytes the ledger stores
+    envelope: dsse.SignedEnvelope
     content: EntryContent
 
     @property
@@ -77,7 +74,7 @@ def read_submission(data: bytes) -> SignedSubmission:
     if content.event_type != RUN_SUBMITTED_TYPE or content.stream_version != 1:
         raise InvalidRequestError(f"a submission is a {RUN_SUBMITTED_TYPE} entry at stream version 1",
                                   "command.envelope")
-    return SignedSubmission(data, envelope.key_id, envelope.signature_valid, content)
+    return SignedSubmission(data, envelope, content)
 
 
 def check_submission(signed: SignedSubmission, backends: frozenset[str],

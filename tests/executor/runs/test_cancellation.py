@@ -24,7 +24,7 @@ def signed(body: dict[str, object]) -> bytes:
 def test_a_fresh_command_for_this_ledger_is_read() -> None:
     command = read_cancel(cancel_command(KEY, "origin-a", RUN, "wrong data"), "origin-a")
     assert (command.run_id, command.principal, command.reason) == (RUN, "alice", "wrong data")
-    assert command.signature_valid(KEY.public)
+    assert command.envelope.signature_valid(KEY.public)
 
 
 def test_a_command_for_another_ledger_is_refused() -> None:

@@ -35,7 +35,7 @@ def test_a_well_formed_submission_is_accepted_whole() -> None:
     assert submission.run_id == run_id_for("alice", "key-1")
     assert submission.workflow == BELL and submission.workflow_sha256 == workflow_sha256(BELL)
     assert submission.principal == "alice" and submission.project == "default"
-    assert submission.signed.signature_valid(KEY.public)
+    assert submission.signed.envelope.signature_valid(KEY.public)
 
 
 @pytest.mark.parametrize("data", [b"", b"not json", b'{"payload": "x"}'])
