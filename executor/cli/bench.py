@@ -12,6 +12,7 @@ from qledger.ledger.cli_common import StoreOption, reported_errors
 def register(bench_app: typer.Typer) -> None:
     bench_app.command("executor")(bench_executor)
     bench_app.command("projections")(bench_projections)
+    bench_app.command("sweep")(bench_sweep)
 
 
 def bench_executor(store: StoreOption = None,
@@ -30,3 +31,14 @@ def bench_projections(store: StoreOption = None,
 
     with reported_errors():
         run_projections_bench(store, entries)
+
+
+def bench_sweep(store: StoreOption = None,
+                bindings: Annotated[int, typer.Option(min=1, max=100_000)] = 1000,
+                shots: Annotated[int, typer.Option(min=1)] = 1024) -> None:
+    """One submission of a 5-qubit parameter sweep through the service against the same PUB on
+    Aer's SamplerV2 directly (target: <= 1.25x), and PUB results recorded per second."""
+    from qledger.bench.sweep import run_sweep_bench
+
+    with reported_errors():
+        run_sweep_bench(store, bindings, shots)

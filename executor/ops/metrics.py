@@ -40,6 +40,9 @@ class ExecutorMetrics:
                                     registry=r)
         self.entries = Counter("qledger_ledger_entries_appended", "Ledger entries written by this executor",
                                registry=r)
+        self.calibration_age = Gauge("qledger_calibration_age_seconds",
+                                     "Age of the oldest calibration parameter the last run on a device "
+                                     "model depended on", ["backend"], registry=r)
 
     def serve(self, port: int, address: str = "127.0.0.1") -> Any:
         server, _thread = start_http_server(port, address, registry=self.registry)

@@ -113,6 +113,16 @@ def entry_lineage(origin: str, position: int, leaf_hash: str, content: EntryCont
     if isinstance(record.get("backend"), dict):
         backend = node("agent", f"{NS}:backend/{record['backend']['name']}", {})
         relate("wasAssociatedWith", activity, backend)
+    # What the step used besides its input: the circuit text a user brought, a device's
+    # calibration snapshot; both named by digest, so runs that used the same one share the node.
+    for key, attributes in (("circuit_source", ("media_type",)),
+                            ("calibration", ("backend", "last_update_date"))):
+        used = record.get(key)
+        if isinstance(used, dict) and isinstance(used.get("sha256"), str):
+            described = {f"{NS}:sha256": used["sha256"],
+                         **{f"{NS}:{a}": str(used[a]) for a in attributes if a in used}}
+            entity = node("entity", f"{NS}:{key}/{used['sha256']}", described)
+            relate("used", activity, entity)
     for name, dataset in sorted(record.get("datasets", {}).items()):
         data = node("entity", f"{NS}:dataset/{dataset['sha256']}", {
             f"{NS}:sha256": dataset["sha256"], f"{NS}:name": name})
@@ -120,6 +130,7 @@ def entry_lineage(origin: str, position: int, leaf_hash: str, content: EntryCont
     # An output is named by its artifact's digest where it has one (circuit text, full counts),
     # so an auditor holding the artifact can look its lineage up by hashing it.
     digest = (record.get("qasm3_sha256") or record.get("artifacts", {}).get("counts", {}).get("sha256")
+              or record.get("result_sha256")
               or merkle.leaf_hash(json.dumps(record, sort_keys=True).encode()).hex())
     output = node("entity", f"{NS}:{kind}/{run}/{step}", {f"{NS}:sha256": digest})
     relate("wasGeneratedBy", output, activity)

@@ -43,6 +43,7 @@ def _environment(facts: dict[str, Any]) -> dict[str, Any]:
         "transpiler": {k: transpilation.get(k) for k in ("optimization_level", "target", "depth",
                                                          "gate_counts")},
         "backend": execution.get("backend"),
+        "calibration": execution.get("calibration"),
         "shots": execution.get("shots"),
     }
 
@@ -71,8 +72,8 @@ def _changes(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     changed = []
     if rx.get("data_preparation", {}).get("datasets") != ry.get("data_preparation", {}).get("datasets"):
         changed.append("data")
-    if rx.get("circuit_synthesis", {}).get("qasm3_sha256") != ry.get("circuit_synthesis", {}).get(
-            "qasm3_sha256"):
+    sx, sy = rx.get("circuit_synthesis", {}), ry.get("circuit_synthesis", {})
+    if any(sx.get(k) != sy.get(k) for k in ("qasm3_sha256", "circuit_source")):
         changed.append("circuit")
     settings = ("transpile", "execute", "quality", "optimizer")
     if any({k: v for k, v in wx.get(s, {}).items() if k not in ("backend", "noise_seed")}
@@ -83,12 +84,17 @@ def _changes(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
         changed.append("environment")
     if rx.get("execution", {}).get("backend") != ry.get("execution", {}).get("backend"):
         changed.append("backend")
+    if ((rx.get("execution", {}).get("calibration") or {}).get("sha256")
+            != (ry.get("execution", {}).get("calibration") or {}).get("sha256")):
+        changed.append("calibration")
     return changed
 
 
 def compare(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
     cx = x["records"].get("execution", {}).get("counts", {})
     cy = y["records"].get("execution", {}).get("counts", {})
+    if not cx or not cy:
+        return _compare_results(x, y)
     same_circuit = (x["records"].get("transpilation", {}).get("qasm3_sha256")
                     == y["records"].get("transpilation", {}).get("qasm3_sha256"))
     tvd, band = _tvd(cx, cy), shot_noise_band(cx, cy)
@@ -104,6 +110,19 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
             "hellinger_fidelity": round(hellinger_fidelity(cx, cy), 6), "total_variation_distance":
             round(tvd, 6), "shot_noise_band": round(band, 6), "verdict": verdict, "changed": changed,
             "baseline": [x["records"].get("report"), y["records"].get("report")]}
+
+
+def _compare_results(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
+    """Runs of PUBs (or runs that never counted): the same results, digest for digest, or not."""
+    rx = x["records"].get("post_processing", {}).get("result_digests")
+    ry = y["records"].get("post_processing", {}).get("result_digests")
+    same_circuit = (x["records"].get("transpilation", {}).get("qasm3_sha256")
+                    == y["records"].get("transpilation", {}).get("qasm3_sha256"))
+    identical = rx is not None and rx == ry
+    return {"runs": [x["run_id"], y["run_id"]], "same_workflow": x["workflow_sha256"] == y["workflow_sha256"],
+            "identical_transpiled_circuit": same_circuit, "identical_results": identical,
+            "verdict": "reproduced exactly" if identical and same_circuit else "diverged",
+            "changed": _changes(x, y), "baseline": [x["records"].get("report"), y["records"].get("report")]}
 
 
 def report(x: dict[str, Any], y: dict[str, Any] | None) -> dict[str, Any]:
@@ -131,7 +150,8 @@ def to_markdown(data: dict[str, Any]) -> str:
         lines += ["", f"## Comparison with run {c['runs'][1]}", "", f"**Verdict: {c['verdict']}**"
                   + (f" (changed: {', '.join(c['changed'])})" if c["changed"] else ""), "",
                   "| measure | value |", "|---|---|"]
-        for key in ("same_workflow", "identical_transpiled_circuit", "identical_counts",
+        for key in ("same_workflow", "identical_transpiled_circuit", "identical_counts", "identical_results",
                     "hellinger_fidelity", "total_variation_distance", "shot_noise_band"):
-            lines.append(f"| {key.replace('_', ' ')} | {c[key]} |")
+            if key in c:
+                lines.append(f"| {key.replace('_', ' ')} | {c[key]} |")
     return "\n".join(lines) + "\n"

@@ -21,6 +21,9 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.noise import NoiseModel
 
 from qledger.ledger.errors import QledgerError
+from qledger.runs.calibration import CalibrationSnapshot
+from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, fake_device
+from qledger.runs.pubs import Pub, run_chunk
 from qledger.runs.workflow import WorkflowError
 
 
@@ -48,6 +51,12 @@ class CircuitRejectedError(BackendError):
     kind = "deterministic"
 
 
+class StaleCalibrationError(BackendError):
+    """The device model's calibration is older than the workflow allows: the run is not executed."""
+
+    kind = "stale_calibration"
+
+
 class Backend(ABC):
     name: str
     _target: Target | None = None
@@ -70,6 +79,11 @@ class Backend(ABC):
     def run(self, circuit: QuantumCircuit, shots: int, seed_simulator: int) -> dict[str, int]:
         result = self.simulator().run(circuit, shots=shots, seed_simulator=seed_simulator).result()
         return {str(k): int(v) for k, v in result.get_counts().items()}
+
+    def run_pub_chunk(self, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,
+                      seed: int) -> dict[str, Any]:
+        """Bindings ``start``..``stop`` of ``pub`` on Aer's V2 primitive over this simulator."""
+        return run_chunk(self.simulator(), circuit, pub, start, stop, seed)
 
 
 class AerIdealBackend(Backend):
@@ -106,6 +120,43 @@ class AerNoisyBackend(Backend):
                                                    "basis_gates": self.basis_gates}}
 
 
+class AerMpsBackend(Backend):
+    """Aer's matrix product state method: memory grows with entanglement, not width."""
+
+    name = "aer_mps"
+
+    def __init__(self) -> None:
+        self._simulator = AerSimulator(method="matrix_product_state")
+
+    def simulator(self) -> AerSimulator:
+        return self._simulator
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "method": "matrix_product_state", "noise_model": None}
+
+
+class DeviceModelBackend(Backend):
+    """A real device's model from ``qiskit_ibm_runtime.fake_provider``: its coupling map and
+    basis for transpilation, its calibration snapshot for the noise (``AerSimulator.from_backend``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.device = fake_device(name)
+        self.snapshot = CalibrationSnapshot.of(self.device)
+        self._simulator = AerSimulator.from_backend(self.device)
+
+    def simulator(self) -> AerSimulator:
+        return self._simulator
+
+    def transpile_target(self) -> Target:
+        return self.device.target
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "device": self.device.name,
+                "backend_version": self.snapshot.backend_version,
+                "noise_model": {"source": "calibration snapshot", "sha256": self.snapshot.sha256}}
+
+
 @dataclass(frozen=True)
 class FaultConfig:
     failure_rate: float = 0.0  # chance each call raises BackendUnavailableError
@@ -132,7 +183,7 @@ class FaultInjectingBackend(Backend):
     def describe(self) -> dict[str, Any]:
         return {**self.inner.describe(), "name": self.name, "faults": vars(self.config)}
 
-    def run(self, circuit: QuantumCircuit, shots: int, seed_simulator: int) -> dict[str, int]:
+    def _fault(self, circuit: QuantumCircuit) -> None:
         with self._lock:
             self.calls += 1
             fail = self._random.random() < self.config.failure_rate
@@ -141,7 +192,15 @@ class FaultInjectingBackend(Backend):
             raise CircuitRejectedError(f"{self.name} rejected circuit {circuit.name!r}")
         if fail:
             raise BackendUnavailableError(f"{self.name} is unavailable (injected fault)")
+
+    def run(self, circuit: QuantumCircuit, shots: int, seed_simulator: int) -> dict[str, int]:
+        self._fault(circuit)
         return self.inner.run(circuit, shots, seed_simulator)
+
+    def run_pub_chunk(self, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,
+                      seed: int) -> dict[str, Any]:
+        self._fault(circuit)
+        return self.inner.run_pub_chunk(circuit, pub, start, stop, seed)
 
 
 class BackendCatalog:
@@ -153,13 +212,13 @@ class BackendCatalog:
         self._lock = threading.RLock()
 
     def names(self) -> frozenset[str]:
-        return frozenset({"aer_ideal", "aer_noisy", *self.faulty})
+        return frozenset({*SIMULATORS, *DEVICE_MODELS, *self.faulty})
 
     def get(self, name: str, qubits: int, noise_seed: int | None) -> Backend:
         """One instance per (name, qubits, noise seed): built once, reused by every run."""
         if name not in self.names():
             raise KeyError(name)
-        if name == "aer_ideal":
+        if name == "aer_ideal" or name in DEVICE_MODELS or name == "aer_mps":
             key: tuple[str, int, int | None] = (name, 0, None)
         elif name in self.faulty:
             key = (name, 0, None)  # one per name, so its seeded fault sequence is shared
@@ -173,6 +232,10 @@ class BackendCatalog:
     def _build(self, name: str, qubits: int, noise_seed: int | None) -> Backend:
         if name == "aer_ideal":
             return AerIdealBackend()
+        if name == "aer_mps":
+            return AerMpsBackend()
+        if name in DEVICE_MODELS:
+            return DeviceModelBackend(name)
         if name == "aer_noisy":
             if noise_seed is None:
                 raise WorkflowError("execute.noise_seed", "aer_noisy needs a noise seed")

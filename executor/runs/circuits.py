@@ -8,7 +8,9 @@ import platform
 import qiskit
 import qiskit_aer
 from qiskit import QuantumCircuit
+from qiskit.quantum_info import Statevector
 
+from qledger.runs.circuit_source import load_circuit
 from qledger.runs.workflow import WorkflowSpec
 
 
@@ -30,6 +32,38 @@ def environment() -> dict[str, str]:
             "qiskit_aer": qiskit_aer.__version__}
 
 
+EXACT_MAX_QUBITS = 20  # a statevector of 2**20 amplitudes is 16 MiB: cheap enough per run
+
+
 def ideal_distribution(spec: WorkflowSpec) -> dict[str, float]:
-    """The classical baseline: what a noiseless GHZ/Bell state gives, computed directly."""
+    """The classical baseline: what a noiseless GHZ/Bell state gives, computed directly; for a
+    circuit the user brought, its exact distribution where one can be computed ({} if not)."""
+    if spec.source is not None:
+        return exact_distribution(load_circuit(spec.source).circuit)
     return {"0" * spec.qubits: 0.5, "1" * spec.qubits: 0.5}
+
+
+def exact_distribution(circuit: QuantumCircuit) -> dict[str, float]:
+    """Noiseless probabilities of the classical outcomes, spelt as Aer's counts are (clbit 0
+    rightmost), from the statevector: for a circuit of one classical register whose every bit
+    is measured once, at the end.  {} for anything else (mid-circuit measurement, resets,
+    several registers, too wide)."""
+    if circuit.num_qubits > EXACT_MAX_QUBITS or len(circuit.cregs) != 1:
+        return {}
+    measured: dict[int, int] = {}
+    for instruction in circuit.data:
+        if instruction.operation.name == "measure":
+            clbit = circuit.find_bit(instruction.clbits[0]).index
+            if clbit in measured:
+                return {}
+            measured[clbit] = circuit.find_bit(instruction.qubits[0]).index
+    if sorted(measured) != list(range(circuit.num_clbits)):
+        return {}
+    unitary = circuit.remove_final_measurements(inplace=False)
+    if any(i.operation.name in ("measure", "reset") for i in unitary.data):
+        return {}
+    try:
+        probabilities = Statevector(unitary).probabilities_dict(qargs=[measured[c] for c in sorted(measured)])
+    except Exception:  # not a unitary circuit (conditions, control flow): no exact baseline
+        return {}
+    return {str(bits): round(float(p), 12) for bits, p in sorted(probabilities.items()) if p > 1e-12}

@@ -12,23 +12,35 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 from qiskit import QuantumCircuit, qasm3, transpile
+from qiskit.quantum_info import Statevector
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from qledger.ledger.artifacts import ArtifactStore
 from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.content import artifact_ref
 from qledger.ops.tracing import step_span
-from qledger.runs.backends import Backend, BackendCatalog, BackendError, BreakerOpenError
+from qledger.runs.backends import (
+    Backend,
+    BackendCatalog,
+    BackendError,
+    BreakerOpenError,
+    DeviceModelBackend,
+    StaleCalibrationError,
+)
 from qledger.runs.breaker import BreakerBoard, Transition
-from qledger.runs.circuits import environment, ideal_distribution, sha256_text, synthesise
+from qledger.runs.circuit_source import load_circuit
+from qledger.runs.circuits import EXACT_MAX_QUBITS, environment, ideal_distribution, sha256_text, synthesise
 from qledger.runs.dag import order_of
+from qledger.runs.pubs import Pub, parse_pubs, sparse_pauli_op
 from qledger.runs.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
 from qledger.runs.workflow import WorkflowSpec
 
 StepRecord = tuple[str, dict[str, Any]]
+T = TypeVar("T")
 SIMULATOR = "aer_ideal"
 QASM3 = "text/x-openqasm3"
 
@@ -57,6 +69,8 @@ class ExecutionContext:
     on_breaker: Callable[[Transition], None] = lambda transition: None
     # Where circuits and full counts go, by digest; None keeps only their digests.
     artifacts: ArtifactStore | None = None
+    # Told the age of the oldest calibration parameter a run on a device model depends on.
+    on_calibration: Callable[[str, float], None] = lambda backend, age: None
 
     def keep(self, data: bytes, media_type: str) -> dict[str, Any]:
         if self.artifacts is None:
@@ -71,6 +85,13 @@ def _retryable(error: BaseException) -> bool:
 
 def _call(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, spec: WorkflowSpec,
           attempts: list[dict[str, Any]]) -> dict[str, int]:
+    return _guarded(ctx, backend, lambda: backend.run(circuit, spec.shots, spec.seed_simulator), attempts)
+
+
+def _guarded(ctx: ExecutionContext, backend: Backend, action: Callable[[], T],
+             attempts: list[dict[str, Any]]) -> T:
+    """``action`` on ``backend`` through its breaker, retried with backoff while the failure
+    is environmental; every failed attempt is added to ``attempts``."""
     breaker = ctx.breakers[backend.name]
     for attempt in Retrying(stop=stop_after_attempt(ctx.retry.attempts),
                             wait=wait_exponential_jitter(multiplier=ctx.retry.initial_wait,
@@ -83,7 +104,7 @@ def _call(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, spec
             if not allowed:
                 raise BreakerOpenError(f"circuit breaker for {backend.name} is open")
             try:
-                counts = backend.run(circuit, spec.shots, spec.seed_simulator)
+                outcome = action()
             except BackendError as exc:
                 attempts.append({"backend": backend.name, "error_class": type(exc).__name__,
                                  "message": str(exc)})
@@ -92,7 +113,7 @@ def _call(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, spec
                 raise
             if transition := breaker.success():
                 ctx.on_breaker(transition)
-            return counts
+            return outcome
     raise AssertionError("tenacity either returns or re-raises")
 
 
@@ -126,6 +147,12 @@ def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]
     """Run the declared steps in topological order; each yields (step id, record)."""
     state = _RunState(spec, ctx)
     for step in order_of(spec.steps):
+        if step.kind == "execution" and spec.pubs is not None:
+            try:
+                yield from _pub_results(state, step.id)
+            except StepFailedError as failure:
+                failure.step = step.id
+                raise
         with step_span(step.id, **{"qledger.kind": step.kind, "qledger.workflow": spec.name}) as span:
             try:
                 record = STAGES[step.kind](state)
@@ -161,6 +188,8 @@ class _RunState:
         self.parameters: list[float] = []
         self.counts: dict[str, int] = {}
         self.derived: dict[str, Any] = {}
+        self.calibration: dict[str, Any] | None = None
+        self.pub_results: list[tuple[Pub, int, dict[str, Any]]] = []  # (PUB, first binding, results)
 
     def evaluate(self, circuit: QuantumCircuit, spec: WorkflowSpec | None = None
                  ) -> tuple[dict[str, int], dict[str, Any]]:
@@ -181,6 +210,8 @@ def _data_preparation(st: _RunState) -> dict[str, Any]:
 
 def _circuit_synthesis(st: _RunState) -> dict[str, Any]:
     spec = st.spec
+    if spec.source is not None:
+        return _circuit_loading(st, spec.source)
     if spec.template == "qaoa_maxcut":
         st.circuit = qaoa_circuit(spec.qubits, spec.graph, spec.layers)
         extra: dict[str, Any] = {"graph_dataset": spec.graph_dataset, "layers": spec.layers}
@@ -190,6 +221,20 @@ def _circuit_synthesis(st: _RunState) -> dict[str, Any]:
     qasm = qasm3.dumps(st.circuit)
     return {"template": spec.template, "qubits": spec.qubits, **extra, "qasm3_sha256": sha256_text(qasm),
             "artifacts": {"circuit_qasm3": st.ctx.keep(qasm.encode(), QASM3)}}
+
+
+def _circuit_loading(st: _RunState, source: dict[str, Any]) -> dict[str, Any]:
+    """A circuit the user brought: its source bytes are the artifact, by digest."""
+    loaded = load_circuit(source, st.spec.primitive)
+    st.circuit = loaded.circuit
+    qasm = qasm3.dumps(st.circuit)
+    return {"source_format": source["format"], "qubits": st.circuit.num_qubits,
+            "clbits": st.circuit.num_clbits, "parameters": source.get("parameters") or {},
+            "circuit_source": {"sha256": loaded.sha256, "media_type": loaded.media_type,
+                               "bytes": len(loaded.data)},
+            "qasm3_sha256": sha256_text(qasm),
+            "artifacts": {"circuit_source": st.ctx.keep(loaded.data, loaded.media_type),
+                          "circuit_qasm3": st.ctx.keep(qasm.encode(), QASM3)}}
 
 
 def _transpilation(st: _RunState) -> dict[str, Any]:
@@ -222,15 +267,75 @@ def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
             "best_parameters": st.parameters, "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
 
 
+def _calibration(st: _RunState, circuit: QuantumCircuit) -> dict[str, Any] | None:
+    """The calibration snapshot a run on a device model depends on, checked for age first."""
+    spec = st.spec
+    backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    if not isinstance(backend, DeviceModelBackend):
+        return None
+    used = {circuit.find_bit(q).index for instruction in circuit.data for q in instruction.qubits}
+    record = backend.snapshot.record(used, st.ctx.keep(backend.snapshot.data, "application/json"))
+    if record["max_age_seconds"] is not None:
+        st.ctx.on_calibration(spec.backend, float(record["max_age_seconds"]))
+    if (spec.max_calibration_age is not None and record["max_age_seconds"] is not None
+            and record["max_age_seconds"] > spec.max_calibration_age):
+        stale = StaleCalibrationError(
+            f"the calibration of {backend.snapshot.backend} is {record['max_age_seconds']:.0f} s old "
+            f"(last update {backend.snapshot.last_update_date}); the workflow allows "
+            f"{spec.max_calibration_age:g} s")
+        raise StepFailedError(stale, stale.kind, {"calibration": record})
+    return record
+
+
+def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
+    """Each chunk of each PUB's bindings, run on Aer's V2 primitive and recorded with its results
+    as an artifact; the calibration of a device model is checked (and recorded) first."""
+    spec, transpiled = st.spec, st.transpiled
+    assert transpiled is not None and spec.source is not None and spec.primitive is not None
+    parameters = load_circuit(spec.source, spec.primitive).parameters
+    st.calibration = _calibration(st, transpiled)
+    backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    for pub in parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits):
+        for start, stop in pub.chunks():
+            seed = spec.seed_simulator + 1_000_003 * pub.index + start  # fixed by the definition
+            attempts: list[dict[str, Any]] = []
+            t0 = time.perf_counter()
+            try:
+                data = _guarded(st.ctx, backend, lambda: backend.run_pub_chunk(
+                    transpiled, pub, start, stop, seed), attempts)  # noqa: B023 (called at once)
+            except BackendError as exc:
+                raise StepFailedError(exc, exc.kind, {"attempts": attempts, "pub": pub.index,
+                                                      "bindings": [start, stop]}) from exc
+            ref = st.ctx.keep(canonical_bytes(data), "application/json")
+            st.pub_results.append((pub, start, data))
+            record: dict[str, Any] = {
+                "kind": "pub_result", "primitive": spec.primitive, "pub": pub.index,
+                "bindings": [start, stop], "seed_simulator": seed, "result_sha256": ref["sha256"],
+                "artifacts": {"result": ref}, "execute_ms": round(1000 * (time.perf_counter() - t0), 3)}
+            if pub.shots is not None:
+                record["shots"] = pub.shots
+            else:  # expectation values are small: they stand in the entry itself
+                record |= {"precision": pub.precision, "evs": data["evs"], "stds": data["stds"]}
+            yield f"{step}/pub{pub.index}/{start}", record
+
+
 def _execution(st: _RunState) -> dict[str, Any]:
     spec, transpiled = st.spec, st.transpiled
     assert transpiled is not None
+    if spec.pubs is not None:
+        shots = sum(pub.shots * len(data["counts"]) for pub, _, data in st.pub_results if pub.shots)
+        backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+        return {"backend": backend.describe(), **({"calibration": st.calibration} if st.calibration else {}),
+                "primitive": spec.primitive, "pubs": len(spec.pubs),
+                "results": len(st.pub_results), "shots": shots, "seed_simulator": spec.seed_simulator,
+                "environment": environment()}
     bound = transpiled.assign_parameters(st.parameters) if st.parameters else transpiled
+    calibration = _calibration(st, bound)
     t0 = time.perf_counter()
     counts, how = st.evaluate(bound)
     shots = spec.shots
     extra_rounds: list[dict[str, Any]] = []
-    if spec.quality is not None and spec.template != "qaoa_maxcut":
+    if spec.quality is not None and spec.template != "qaoa_maxcut" and ideal_distribution(spec):
         # Quality failures: outside the band, take more shots (doubling, the seed advanced by
         # the round number, all recorded) up to the budget; still outside, the report flags it.
         ideal = ideal_distribution(spec)
@@ -243,7 +348,8 @@ def _execution(st: _RunState) -> dict[str, Any]:
             extra_rounds.append({"shots": shots, "seed_simulator": seeded.seed_simulator,
                                  "total_variation_distance": round(tvd, 6)})
     st.counts = counts
-    return {**how, "parameters": st.parameters or None, "shots": shots,
+    return {**how, **({"calibration": calibration} if calibration else {}),
+            "parameters": st.parameters or None, "shots": shots,
             "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
             "counts": dict(sorted(counts.items())),
             "artifacts": {"counts": st.ctx.keep(canonical_bytes(counts), "application/json")},
@@ -251,10 +357,15 @@ def _execution(st: _RunState) -> dict[str, Any]:
 
 
 def _post_processing(st: _RunState) -> dict[str, Any]:
+    if st.spec.pubs is not None:
+        return {"bindings": sum(len(d.get("counts") or d["evs"]) for _, _, d in st.pub_results),
+                "result_digests": [sha256_text(canonical_bytes(d).decode()) for _, _, d in st.pub_results]}
     shots = sum(st.counts.values())
     probabilities = {k: round(v / shots, 12) for k, v in sorted(st.counts.items())}
     if st.spec.template == "qaoa_maxcut":
         st.derived = {"expected_cut": round(expected_cut(st.counts, st.spec.graph), 12)}
+    elif st.spec.source is not None:
+        st.derived = {}  # a user's circuit: its meaning is the user's post-processing
     else:
         # <Z...Z>: the parity a GHZ state's correlations show.
         parity = sum((-1) ** bits.count("1") * p for bits, p in probabilities.items())
@@ -264,6 +375,8 @@ def _post_processing(st: _RunState) -> dict[str, Any]:
 
 def _report(st: _RunState) -> dict[str, Any]:
     spec, counts = st.spec, st.counts
+    if spec.pubs is not None:
+        return _pub_report(st)
     if spec.template == "qaoa_maxcut":
         optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
         likeliest = max(counts, key=lambda bits: (counts[bits], bits))
@@ -274,11 +387,34 @@ def _report(st: _RunState) -> dict[str, Any]:
                 "most_likely": likeliest, "most_likely_cut": cut_value(likeliest, spec.graph),
                 "sampled_optimum": max(cut_value(b, spec.graph) for b in counts)}
     ideal = ideal_distribution(spec)
+    if not ideal:
+        return {"classical_baseline": None, "total_variation_distance": None, "quality": None,
+                "parity_expectation": None}
     tvd = total_variation(counts, ideal)
     verdict = None if spec.quality is None else (
         "within band" if tvd <= spec.quality["max_tvd"] else "flagged: outside band at shot budget")
     return {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6),
             "parity_expectation": st.derived.get("parity_expectation"), "quality": verdict}
+
+
+def _pub_report(st: _RunState) -> dict[str, Any]:
+    """For Estimator PUBs on up to EXACT_MAX_QUBITS qubits, the classical baseline: every
+    expectation value computed exactly from the statevector, and the largest error against it."""
+    spec = st.spec
+    assert spec.source is not None and spec.primitive is not None
+    if spec.primitive != "estimator" or spec.qubits > EXACT_MAX_QUBITS:
+        return {"classical_baseline": None}
+    circuit = load_circuit(spec.source, spec.primitive).circuit
+    worst = 0.0
+    for pub, start, data in st.pub_results:
+        operators = [sparse_pauli_op(terms) for terms in pub.observables]
+        for offset, row in enumerate(data["evs"]):
+            values = pub.values[start + offset]
+            state = Statevector(circuit.assign_parameters(values) if circuit.num_parameters else circuit)
+            for op, value in zip(operators, row, strict=True):
+                worst = max(worst, abs(float(np.real(state.expectation_value(op))) - value))
+    return {"classical_baseline": {"method": "exact statevector expectation values"},
+            "max_abs_error": round(worst, 12)}
 
 
 STAGES: dict[str, Callable[[_RunState], dict[str, Any]]] = {

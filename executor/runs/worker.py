@@ -37,10 +37,10 @@ log = logging.getLogger("qledger.executor")
 # deterministic, so they are saved together with the next of these (one commit instead of
 # several); a crash before that commit just redoes them.  Everything before an expensive
 # step (optimiser loop, execution) is durable before it starts.
-DURABLE_AFTER = frozenset({"transpilation", "hybrid_optimisation", "execution"})
+DURABLE_AFTER = frozenset({"transpilation", "hybrid_optimisation", "execution", "pub_result"})
 
 # Fields of a step record that must come out the same when a step is replayed on resume.
-REPRODUCIBLE = ("qasm3_sha256", "counts")
+REPRODUCIBLE = ("qasm3_sha256", "counts", "result_sha256")
 
 
 # (the run's settings, its id) -> (the settings it runs with, what to record of the choice)
@@ -81,6 +81,7 @@ class Worker:
         self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
         self.lease, self.poll, self.max_attempts = lease_seconds, poll_seconds, max_attempts
         self.ctx.on_breaker = self.record_breaker
+        self.ctx.on_calibration = lambda backend, age: self.metrics.calibration_age.labels(backend).set(age)
         self.changes = Changes()
         self.db_system = "postgresql" if app.store.is_postgres else "sqlite"
         # Where policy sends a run (canaries, experimental runs), and what to record of it;

@@ -17,16 +17,19 @@ import yaml
 
 from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.errors import FormatError, QledgerError
+from qledger.runs.capacity import too_wide
+from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.dag import DagError, Step, parse_steps
+from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, device_qubits
+from qledger.runs.pubs import PRIMITIVES, parse_pubs
 
 SCHEMA_VERSION = 1
 TEMPLATES = {"bell": 2, "ghz": None, "qaoa_maxcut": None}  # template -> fixed qubit count
 MAX_OPTIMIZER_ITERATIONS = 200
-BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
+BACKENDS = SIMULATORS | DEVICE_MODELS
 # experimental: never touches a restricted backend; such a run goes to the ideal simulator.
 PRIORITIES = ("low", "normal", "experimental")
 MAX_SHOTS = 1_000_000
-MAX_QUBITS = 12
 PROJECT_NAME = re.compile(r"[a-z0-9_-]{1,64}")
 DEFAULT_PROJECT = "default"
 
@@ -70,13 +73,22 @@ class WorkflowSpec:
     steps: tuple[Step, ...] = ()  # the declared DAG
     datasets: dict[str, Any] | None = None  # named input data, recorded by content hash
     project: str | None = None  # whose roles and budget apply; absent means "default"
+    source: dict[str, Any] | None = None  # a circuit the user brought (format, source or qpy, parameters)
+    max_calibration_age: float | None = None  # seconds; a staler device calibration fails the run
+    primitive: str | None = None  # sampler or estimator: execute.pubs run on Aer's V2 primitives
+    pubs: tuple[dict[str, Any], ...] | None = None  # the PUBs as given (runs.pubs reads them)
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
-        circuit: dict[str, Any] = {"template": self.template, "qubits": self.qubits}
+        circuit: dict[str, Any] = (dict(self.source) if self.source is not None
+                                   else {"template": self.template, "qubits": self.qubits})
         extra: dict[str, Any] = {}
+        calibration: dict[str, Any] = ({} if self.max_calibration_age is None
+                                       else {"max_calibration_age": self.max_calibration_age})
+        if self.pubs is not None:
+            calibration |= {"primitive": self.primitive, "pubs": list(self.pubs)}
         if self.template == "qaoa_maxcut":
             circuit |= {"graph_dataset": self.graph_dataset, "layers": self.layers}
             extra = {"optimizer": self.optimizer}
@@ -90,7 +102,8 @@ class WorkflowSpec:
                               "seed_transpiler": self.seed_transpiler},
                 "execute": {"backend": self.backend, "shots": self.shots,
                             "seed_simulator": self.seed_simulator, "noise_seed": self.noise_seed,
-                            "fallback_backend": self.fallback_backend, "priority": self.priority}}
+                            "fallback_backend": self.fallback_backend, "priority": self.priority,
+                            **calibration}}
 
 
 def workflow_sha256(definition: dict[str, Any]) -> str:
@@ -116,16 +129,51 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         raise WorkflowError("workflow", "must be an object")
     if definition.get("schema_version") != SCHEMA_VERSION:
         raise WorkflowError("schema_version", f"must be {SCHEMA_VERSION}")
-    template = _get(definition, "circuit.template", str)
-    if template not in TEMPLATES:
-        raise WorkflowError("circuit.template", f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
-    qubits = _get(definition, "circuit.qubits", int, low=1, high=MAX_QUBITS)
-    if TEMPLATES[template] is not None and qubits != TEMPLATES[template]:
-        raise WorkflowError("circuit.qubits", f"template {template} has {TEMPLATES[template]} qubits")
+    circuit = definition.get("circuit")
+    execute = definition.get("execute", {})
+    source = None
+    primitive, pubs = None, None
+    if isinstance(execute, dict) and ("pubs" in execute or "primitive" in execute):
+        primitive, pubs = execute.get("primitive"), execute.get("pubs")
+        if primitive not in PRIMITIVES:
+            raise WorkflowError("execute.primitive", f"must be one of {list(PRIMITIVES)}")
+        if not isinstance(circuit, dict) or "format" not in circuit:
+            raise WorkflowError("circuit", "PUBs run a circuit given as source (format: qasm3, qasm2 or qpy)")
+        if definition.get("quality") is not None:
+            raise WorkflowError("quality", "must be null for PUBs (each binding is its own result)")
+    if isinstance(circuit, dict) and "format" in circuit:
+        try:
+            loaded = load_circuit(circuit, primitive)
+            if primitive is not None:
+                parse_pubs(primitive, pubs, loaded.parameters, loaded.circuit.num_qubits)
+        except CircuitError as exc:
+            raise WorkflowError(exc.field, exc.description) from exc
+        template, qubits, source = "", loaded.circuit.num_qubits, dict(circuit)
+        width_field = "circuit.qpy" if circuit["format"] == "qpy" else "circuit.source"
+    else:
+        template = _get(definition, "circuit.template", str)
+        if template not in TEMPLATES:
+            raise WorkflowError("circuit.template",
+                                f"unknown template {template!r}; known: {sorted(TEMPLATES)}")
+        qubits = _get(definition, "circuit.qubits", int, low=1)
+        if TEMPLATES[template] is not None and qubits != TEMPLATES[template]:
+            raise WorkflowError("circuit.qubits", f"template {template} has {TEMPLATES[template]} qubits")
+        width_field = "circuit.qubits"
     backend = _get(definition, "execute.backend", str)
     if backend not in backends:
         raise WorkflowError("execute.backend", f"unknown backend {backend!r}; known: {sorted(backends)}")
-    execute = definition.get("execute", {})
+    for name in (backend, execute.get("fallback_backend")):
+        if isinstance(name, str) and name in backends:
+            reason = too_wide(name, qubits, device_qubits(name))
+            if reason is not None:
+                raise WorkflowError(width_field, reason)
+    max_age = execute.get("max_calibration_age")
+    if max_age is not None:
+        if not isinstance(max_age, int | float) or isinstance(max_age, bool) or max_age <= 0:
+            raise WorkflowError("execute.max_calibration_age", "must be a positive number of seconds")
+        if backend not in DEVICE_MODELS:
+            raise WorkflowError("execute.max_calibration_age",
+                                f"only device models (fake:...) have calibrations, not {backend}")
     noise_seed = execute.get("noise_seed")
     if noise_seed is not None or backend == "aer_noisy":
         noise_seed = _get(definition, "execute.noise_seed", int, low=0, high=2**31)
@@ -174,7 +222,8 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         backend=backend, noise_seed=noise_seed, fallback_backend=fallback, priority=priority,
         graph=graph, graph_dataset=graph_dataset, layers=layers, optimizer=optimizer, quality=quality,
         steps=steps,
-        datasets=datasets,
+        datasets=datasets, source=source, max_calibration_age=max_age,
+        primitive=primitive, pubs=None if pubs is None else tuple(pubs),
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
@@ -212,7 +261,11 @@ def _qaoa_settings(definition: dict[str, Any], qubits: int
 
 
 def reserved_shots(workflow: dict[str, Any]) -> int:
-    """The most shots a run of this definition can take: what a budget must have room for."""
+    """The most shots a run of this definition can take: what a budget must have room for.
+    (Aer's Estimator computes expectation values exactly: its PUBs take no shots.)"""
+    pubs = workflow["execute"].get("pubs")
+    if pubs is not None:
+        return sum(int(p.get("shots") or 0) * max(1, len(p.get("parameter_values") or [[]])) for p in pubs)
     shots = int(workflow["execute"]["shots"])
     quality = workflow.get("quality")
     if quality:

@@ -1,0 +1,107 @@
+"""``qledger bench sweep``: one submission of a parameter sweep through the service, against
+the same PUB run directly on Aer's SamplerV2 in the same process, the same run."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qiskit import transpile
+from qiskit_aer import AerSimulator
+from qiskit_aer.primitives import SamplerV2
+
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.changes import grant_role
+from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
+from qledger.ledger.bench import _bench_store
+from qledger.ledger.keys import KeyStore
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.circuit_source import load_circuit
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.workflow import DEFAULT_PROJECT
+
+QUBITS = 5
+TARGET_RATIO = 1.25
+TARGET_RATE = 2000.0
+
+
+def sweep_workflow(bindings: int, shots: int) -> dict[str, Any]:
+    """A 5-qubit parameterised circuit (one angle per qubit, entangled in a ring), swept."""
+    lines = ['OPENQASM 3.0;', 'include "stdgates.inc";', *[f"input float a{q};" for q in range(QUBITS)],
+             f"qubit[{QUBITS}] q;", f"bit[{QUBITS}] c;", *[f"ry(a{q}) q[{q}];" for q in range(QUBITS)],
+             *[f"cx q[{q}], q[{(q + 1) % QUBITS}];" for q in range(QUBITS)], "c = measure q;"]
+    rng = np.random.default_rng(2026)
+    values = np.round(rng.uniform(0, np.pi, size=(bindings, QUBITS)), 6).tolist()
+    workflow = copy.deepcopy(BELL)
+    workflow["name"] = "bench-sweep"
+    workflow["circuit"] = {"format": "qasm3", "source": "\n".join(lines) + "\n"}
+    workflow["execute"] |= {"shots": shots, "primitive": "sampler",
+                            "pubs": [{"parameter_values": values, "shots": shots}]}
+    return workflow
+
+
+def direct_seconds(workflow: dict[str, Any]) -> float:
+    """The same PUB, transpiled the same way, on Aer's SamplerV2 in one call."""
+    circuit = load_circuit(workflow["circuit"], "sampler").circuit
+    settings, pub = workflow["transpile"], workflow["execute"]["pubs"][0]
+    isa = transpile(circuit, AerSimulator(), optimization_level=settings["optimization_level"],
+                    seed_transpiler=settings["seed_transpiler"])
+    values = np.array(pub["parameter_values"])
+    t0 = time.perf_counter()
+    SamplerV2(seed=workflow["execute"]["seed_simulator"]).run([(isa, values, pub["shots"])]).result()
+    return time.perf_counter() - t0
+
+
+def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 3) -> dict[str, float]:
+    workflow = sweep_workflow(bindings, shots)
+    direct_seconds(workflow)  # warm-up: Aer's first call loads its libraries
+    direct = [direct_seconds(workflow) for _ in range(repeats)]
+    with _bench_store(base) as url, tempfile.TemporaryDirectory() as home:
+        keys = KeyStore(Path(home))
+        app = open_admin_app(url, keys)
+        init_store(app, keys)
+        client = add_key(app, keys, "bench-client", "client")
+        grant_role(app, keys.load(ROOT), "bench-client", "submitter", DEFAULT_PROJECT)
+        executor_key = add_key(app, keys, "executor-1", "executor")
+        running = start_server(app, executor_key, keys.load(CHECKPOINTER),
+                               settings=ExecutorSettings(workers=1, poll_seconds=0.02))
+        try:
+            with client_channel(running.address, signer=client) as channel:
+                stub = pb_grpc.ExecutorStub(channel)
+                origin = app.require_origin()
+
+                def one_run() -> float:
+                    command = submit_command(client, origin, workflow, str(uuid.uuid4()))
+                    t0 = time.perf_counter()
+                    reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
+                        command=pb.SignedEnvelope(envelope=command)), timeout=120)
+                    entries = list(stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=600))
+                    if not entries[-1].event_type.endswith("Run.Completed"):
+                        raise RuntimeError(f"the sweep did not complete: {entries[-1].event_type}")
+                    return time.perf_counter() - t0
+
+                one_run()  # warm-up: the first run builds the backend and the transpiler's target
+                service = [one_run() for _ in range(repeats)]
+        finally:
+            running.stop()
+    figures = {"direct_s": statistics.median(direct), "service_s": statistics.median(service)}
+    figures["ratio"] = figures["service_s"] / figures["direct_s"]
+    figures["results_per_s"] = bindings / figures["service_s"]
+    kind = "PostgreSQL" if "postgresql" in url else "SQLite"
+    print(f"qledger bench sweep: {bindings} bindings of a {QUBITS}-qubit circuit, {shots} shots, "
+          f"aer_ideal, {kind}, median of {repeats}")
+    print(f"direct Aer SamplerV2, one call           {figures['direct_s'] * 1000:9.1f} ms")
+    print(f"through the service (submit..completed)  {figures['service_s'] * 1000:9.1f} ms   "
+          f"ratio {figures['ratio']:.2f} (target <= {TARGET_RATIO})")
+    print(f"PUB results recorded                     {figures['results_per_s']:9.0f} bindings/s "
+          f"(target >= {TARGET_RATE:.0f})")
+    return figures

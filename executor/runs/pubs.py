@@ -1,0 +1,177 @@
+"""Execution in the shape of Qiskit's V2 primitives: Sampler and Estimator PUBs with sweeps.
+
+A workflow's ``execute.pubs`` lists PUBs over the workflow's circuit.  A Sampler PUB is
+``{"parameter_values": [[...], ...], "shots": n}``: counts per classical register for each
+binding.  An Estimator PUB is ``{"observables": [[["ZZ", 1.0], ["XI", 0.5]], ...],
+"parameter_values": [[...], ...], "precision": p}``: for each binding and each observable (a
+``SparsePauliOp`` as Pauli strings with coefficients, qubit 0 rightmost), the expectation value
+and its standard error.  A binding lists one value per circuit parameter, in Qiskit's order
+(``circuit.parameters``: by name).  Aer's own primitives (``qiskit_aer.primitives.SamplerV2``,
+``EstimatorV2``) compute the results; a sweep is cut into chunks of ``CHUNK`` bindings, each
+recorded as its own entry with its results as an artifact, so a run resumes chunk by chunk
+and a query can name one binding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.quantum_info import SparsePauliOp
+from qiskit_aer import AerSimulator
+from qiskit_aer.primitives import EstimatorV2, SamplerV2
+
+from qledger.runs.circuit_source import CircuitError
+
+PRIMITIVES = ("sampler", "estimator")
+CHUNK = 100  # bindings per recorded result
+MAX_BINDINGS = 100_000  # per run
+MAX_OBSERVABLES = 64  # per Estimator PUB
+MAX_PUB_SHOTS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Pub:
+    index: int
+    values: np.ndarray  # (bindings, parameters)
+    shots: int | None = None  # Sampler
+    observables: tuple[tuple[tuple[str, float], ...], ...] = ()  # Estimator: terms of each observable
+    precision: float | None = None  # Estimator
+
+    @property
+    def bindings(self) -> int:
+        return int(self.values.shape[0])
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        for start in range(0, self.bindings, CHUNK):
+            yield start, min(start + CHUNK, self.bindings)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def _values(raw: Any, field: str, parameters: tuple[str, ...]) -> np.ndarray:
+    if raw is None:
+        raw = [[]] if not parameters else raw
+    if not isinstance(raw, list) or not raw:
+        raise CircuitError(field, f"must be a non-empty list of bindings, each {len(parameters)} numbers "
+                           f"for {list(parameters)}")
+    for j, binding in enumerate(raw):
+        if not isinstance(binding, list) or len(binding) != len(parameters):
+            raise CircuitError(f"{field}[{j}]", f"needs {len(parameters)} values, for {list(parameters)}, "
+                               f"not {len(binding) if isinstance(binding, list) else binding!r}")
+        if not all(_number(v) for v in binding):
+            raise CircuitError(f"{field}[{j}]", "values must be finite numbers")
+    return np.array(raw, dtype=float).reshape(len(raw), len(parameters))
+
+
+def _observables(raw: Any, field: str, qubits: int) -> tuple[tuple[tuple[str, float], ...], ...]:
+    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_OBSERVABLES:
+        raise CircuitError(field, f"must list 1..{MAX_OBSERVABLES} observables, each a list of "
+                           "[Pauli string, coefficient] terms")
+    observables = []
+    for k, terms in enumerate(raw):
+        if not isinstance(terms, list) or not terms:
+            raise CircuitError(f"{field}[{k}]",
+                               "an observable is a non-empty list of [Pauli string, coefficient]")
+        parsed = []
+        for t, term in enumerate(terms):
+            where = f"{field}[{k}][{t}]"
+            if (not isinstance(term, list) or len(term) != 2 or not isinstance(term[0], str)
+                    or not _number(term[1])):
+                raise CircuitError(where, "a term is [Pauli string, real coefficient]")
+            pauli = term[0]
+            if len(pauli) != qubits or set(pauli) - set("IXYZ"):
+                raise CircuitError(where, f"a Pauli string of {qubits} letters from I, X, Y, Z (qubit 0 "
+                                   f"rightmost), not {pauli!r}")
+            parsed.append((pauli, float(term[1])))
+        observables.append(tuple(parsed))
+    return tuple(observables)
+
+
+def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: int) -> tuple[Pub, ...]:
+    """The PUBs of ``execute``, each checked against the circuit: its parameters and its width."""
+    if primitive not in PRIMITIVES:
+        raise CircuitError("execute.primitive", f"must be one of {list(PRIMITIVES)}")
+    if not isinstance(raw, list) or not raw:
+        raise CircuitError("execute.pubs", "must be a non-empty list of PUBs")
+    pubs, total = [], 0
+    allowed = {"parameter_values", "shots"} if primitive == "sampler" else {
+        "parameter_values", "observables", "precision"}
+    for i, item in enumerate(raw):
+        field = f"execute.pubs[{i}]"
+        if not isinstance(item, dict):
+            raise CircuitError(field, "a PUB is an object")
+        unknown = sorted(set(item) - allowed)
+        if unknown:
+            raise CircuitError(f"{field}.{unknown[0]}", f"is not a member of a {primitive} PUB "
+                               f"({', '.join(sorted(allowed))})")
+        values = _values(item.get("parameter_values"), f"{field}.parameter_values", parameters)
+        total += values.shape[0]
+        if total > MAX_BINDINGS:
+            raise CircuitError("execute.pubs", f"the sweep has more than {MAX_BINDINGS} bindings")
+        if primitive == "sampler":
+            shots = item.get("shots")
+            if not isinstance(shots, int) or isinstance(shots, bool) or not 0 < shots <= MAX_PUB_SHOTS:
+                raise CircuitError(f"{field}.shots", f"must be an integer in 1..{MAX_PUB_SHOTS}")
+            pubs.append(Pub(i, values, shots=shots))
+        else:
+            precision = item.get("precision")
+            if not isinstance(precision, int | float) or not _number(precision) or not 0 <= precision < 1:
+                raise CircuitError(f"{field}.precision", "must be a number in [0, 1)")
+            pubs.append(Pub(i, values, observables=_observables(item.get("observables"),
+                                                                f"{field}.observables", qubits),
+                            precision=float(precision)))
+    return tuple(pubs)
+
+
+def sparse_pauli_op(terms: tuple[tuple[str, float], ...]) -> SparsePauliOp:
+    return SparsePauliOp.from_list(list(terms))
+
+
+def counts_per_binding(bits: Any, bindings: int) -> list[dict[str, int]]:
+    """``BitArray.get_counts(i)`` for every binding ``i`` at once, sorted by outcome: the same
+    dicts, about 20 times faster (one matrix product turns each shot's bytes into an integer)."""
+    packed = np.asarray(bits.array).reshape(bindings, -1, bits.array.shape[-1])  # big-endian bytes
+    weights = 256 ** np.arange(packed.shape[-1] - 1, -1, -1, dtype=object)
+    outcomes = packed.astype(object) @ weights if packed.shape[-1] > 7 else (
+        packed.astype(np.int64) @ weights.astype(np.int64))
+    width = int(bits.num_bits)
+    outcomes = outcomes & ((1 << width) - 1)  # bits beyond the register in the top byte are padding
+    result = []
+    for row in outcomes:
+        values, counts = np.unique(row, return_counts=True)
+        result.append({format(int(v), f"0{width}b"): int(k) for v, k in zip(values, counts, strict=True)})
+    return result
+
+
+def run_chunk(simulator: AerSimulator, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,
+              seed: int) -> dict[str, Any]:
+    """The results of bindings ``start``..``stop`` of ``pub`` on the transpiled ``circuit``."""
+    values = pub.values[start:stop]
+    parameters = values if circuit.num_parameters else None
+    if pub.shots is not None:
+        sampler = SamplerV2.from_backend(simulator, seed=seed, default_shots=pub.shots)
+        result = sampler.run([(circuit, parameters, pub.shots)]).result()[0]
+        per_register = {name: counts_per_binding(getattr(result.data, name), stop - start)
+                        for name in sorted(result.data.keys())}
+        return {"counts": [{name: per_register[name][i] for name in per_register}
+                           for i in range(stop - start)]}
+    layout = circuit.layout
+    observables = [sparse_pauli_op(terms) for terms in pub.observables]
+    if layout is not None:  # the observables name the circuit's qubits; the ISA circuit is wider
+        observables = [op.apply_layout(layout) for op in observables]
+    estimator = EstimatorV2.from_backend(simulator, options={"run_options": {"seed": seed}})
+    grid = np.empty((1, len(observables)), dtype=object)
+    for k, op in enumerate(observables):
+        grid[0, k] = op
+    bound = None if parameters is None else parameters.reshape(stop - start, 1, -1)
+    result = estimator.run([(circuit, grid, bound, pub.precision)]).result()[0]
+    evs = np.asarray(result.data.evs).reshape(-1, len(observables))
+    stds = np.asarray(result.data.stds).reshape(-1, len(observables))
+    return {"evs": [[round(float(v), 12) for v in row] for row in evs],
+            "stds": [[round(float(v), 12) for v in row] for row in stds]}

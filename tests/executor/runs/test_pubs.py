@@ -1,0 +1,154 @@
+"""Sampler and Estimator PUBs with parameter sweeps, in Qiskit's V2 semantics: every chunk of a
+sweep is its own entry and artifact, and equals what Aer's own primitives return."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from qiskit import transpile
+from qiskit.primitives import BitArray
+from qiskit.quantum_info import SparsePauliOp
+from qiskit_aer import AerSimulator
+from qiskit_aer.primitives import EstimatorV2, SamplerV2
+
+from qledger.ledger import dsse
+from qledger.ledger.store.artifacts import HotArtifacts
+from qledger.ledger.verify import verify
+from qledger.runs.circuit_source import CircuitError, load_circuit
+from qledger.runs.pubs import CHUNK, MAX_BINDINGS, counts_per_binding, parse_pubs
+from qledger.runs.reference_workflows import load
+from qledger.runs.workflow import WorkflowError, parse_workflow, reserved_shots
+from tests.executor.conftest import Service
+from tests.executor.rpc.test_grpc import code_of
+
+SWEEP = load("sweep_qasm3")
+
+
+def payloads(service: Service, workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    entries = service.watch(service.submit(workflow).run.run_id)
+    assert entries[-1].event_type.endswith("Run.Completed"), entries[-1]
+    return [json.loads(dsse.parse(e.envelope).payload)["payload"] for e in entries]
+
+
+def transpiled(workflow: dict[str, Any], primitive: str) -> Any:
+    circuit = load_circuit(workflow["circuit"], primitive).circuit
+    settings = workflow["transpile"]
+    return transpile(circuit, AerSimulator(), optimization_level=settings["optimization_level"],
+                     seed_transpiler=settings["seed_transpiler"])
+
+
+def with_pubs(primitive: str, pubs: list[dict[str, Any]]) -> dict[str, Any]:
+    workflow = copy.deepcopy(SWEEP)
+    workflow["execute"]["primitive"], workflow["execute"]["pubs"] = primitive, pubs
+    return workflow
+
+
+def test_a_sampler_sweep_is_recorded_chunk_by_chunk_as_aer_samples_it(service: Service) -> None:
+    values = [[0.05 * i, 0.1 * i] for i in range(2 * CHUNK + 30)]  # three chunks
+    workflow = with_pubs("sampler", [{"parameter_values": values, "shots": 256}])
+    steps = [p for p in payloads(service, workflow) if p.get("record", {}).get("kind") == "pub_result"]
+    chunks = [[0, CHUNK], [CHUNK, 2 * CHUNK], [2 * CHUNK, 2 * CHUNK + 30]]
+    assert [s["record"]["bindings"] for s in steps] == chunks
+    circuit = transpiled(workflow, "sampler")
+    hot = HotArtifacts(service.app.ledger)
+    for step in steps:
+        record = step["record"]
+        start, stop = record["bindings"]
+        kept = json.loads(hot.get(record["result_sha256"]) or b"{}")
+        direct = SamplerV2(seed=record["seed_simulator"]).run(
+            [(circuit, np.array(values[start:stop]), 256)]).result()[0]
+        assert kept["counts"] == [{"c": dict(sorted(direct.data.c.get_counts(i).items()))}
+                                  for i in range(stop - start)]
+    assert verify(service.app.source()).ok
+
+
+def test_an_estimator_pub_gives_exact_expectation_values_and_a_classical_baseline(service: Service) -> None:
+    values = [[0.3 * i, 0.2 * i] for i in range(12)]
+    observables = [[["ZZZ", 1.0]], [["XII", 0.5], ["IZI", -1.0]], [["IIX", 2.0]]]
+    pub = {"observables": observables, "parameter_values": values, "precision": 0.0}
+    workflow = with_pubs("estimator", [pub])
+    steps = payloads(service, workflow)
+    result = next(p["record"] for p in steps if p.get("record", {}).get("kind") == "pub_result")
+    report = next(p["record"] for p in steps if p.get("step") == "report")
+    circuit = transpiled(workflow, "estimator")
+    grid = np.empty((1, 3), dtype=object)
+    for k, terms in enumerate(observables):
+        grid[0, k] = SparsePauliOp.from_list([(p, c) for p, c in terms]).apply_layout(circuit.layout)
+    direct = EstimatorV2(options={"run_options": {"seed": result["seed_simulator"]}}).run(
+        [(circuit, grid, np.array(values).reshape(12, 1, 2), 0.0)]).result()[0]
+    assert np.allclose(result["evs"], direct.data.evs, atol=1e-12)
+    assert report["max_abs_error"] < 1e-9 and report["classical_baseline"]
+
+
+def test_the_shipped_sweep_runs_and_repeats_exactly(service: Service) -> None:
+    def results() -> list[str]:
+        return [p["record"]["result_sha256"] for p in payloads(service, SWEEP)
+                if "result_sha256" in p.get("record", {})]
+
+    first, second = results(), results()
+    assert len(first) == 1 and first == second  # 100 bindings: one chunk, the same results
+    assert reserved_shots(SWEEP) == 100 * 1024
+
+
+@pytest.mark.parametrize(("primitive", "pubs", "field"), [
+    ("sampler", [{"parameter_values": [[0.1, 0.2], [0.3]], "shots": 10}],
+     "execute.pubs[0].parameter_values[1]"),
+    ("sampler", [{"parameter_values": [[0.1, 0.2]]}], "execute.pubs[0].shots"),
+    ("sampler", [{"parameter_values": [[0.1, "x"]], "shots": 10}],
+     "execute.pubs[0].parameter_values[0]"),
+    ("sampler", [{"parameter_values": [[0.1, 0.2]], "shots": 10, "precision": 0.1}],
+     "execute.pubs[0].precision"),
+    ("estimator", [{"observables": [[["ZZ", 1.0]]], "parameter_values": [[0, 0]], "precision": 0.0}],
+     "execute.pubs[0].observables[0][0]"),
+    ("estimator", [{"observables": [[["ZQZ", 1.0]]], "parameter_values": [[0, 0]], "precision": 0.0}],
+     "execute.pubs[0].observables[0][0]"),
+    ("estimator", [{"observables": [[["ZZZ", 1.0]]], "parameter_values": [[0, 0]], "precision": 2}],
+     "execute.pubs[0].precision"),
+    ("annealer", [], "execute.primitive"),
+    ("sampler", [], "execute.pubs"),
+])
+def test_bad_pubs_are_named(primitive: str, pubs: list[dict[str, Any]], field: str) -> None:
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(with_pubs(primitive, pubs))
+    assert caught.value.field == field
+
+
+@pytest.mark.parametrize("width", [1, 5, 8, 9, 64, 70])
+def test_counts_per_binding_are_bitarrays_own_counts(width: int) -> None:
+    rng = np.random.default_rng(width)
+    bits = BitArray(rng.integers(0, 256, size=(6, 40, (width + 7) // 8), dtype=np.uint8), width)
+    assert counts_per_binding(bits, 6) == [dict(sorted(bits.get_counts(i).items())) for i in range(6)]
+
+
+def test_a_sweep_over_the_limit_is_refused() -> None:
+    with pytest.raises(CircuitError) as caught:
+        parse_pubs("sampler", [{"parameter_values": [[0.0, 0.0]] * (MAX_BINDINGS + 1), "shots": 1}],
+                   ("phi", "theta"), 3)
+    assert caught.value.field == "execute.pubs"
+
+
+def test_a_swept_circuit_takes_no_fixed_bindings_and_pubs_need_a_source_circuit() -> None:
+    bound = with_pubs("sampler", [{"parameter_values": [[0, 0]], "shots": 1}])
+    bound["circuit"]["parameters"] = {"phi": 0, "theta": 0}
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(bound)
+    assert caught.value.field == "circuit.parameters"
+    template = copy.deepcopy(load("bell"))
+    template["execute"] |= {"primitive": "sampler", "pubs": [{"parameter_values": [[]], "shots": 1}]}
+    with pytest.raises(WorkflowError) as caught:
+        parse_workflow(template)
+    assert caught.value.field == "circuit"
+
+
+def test_a_binding_of_the_wrong_width_is_refused_over_the_wire(service: Service) -> None:
+    workflow = with_pubs("sampler", [{"parameter_values": [[0.1, 0.2, 0.3]], "shots": 10}])
+    before = service.app.tree_size()
+    code, fields = code_of(lambda: service.submit(workflow))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert fields == ["workflow.execute.pubs[0].parameter_values[0]"]
+    assert service.app.tree_size() == before
