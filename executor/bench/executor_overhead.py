@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from qledger.api import qledger_pb2 as pb
-from qledger.api import qledger_pb2_grpc as pb_grpc
-from qledger.governance.changes import grant_role
-from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
-from qledger.ledger.bench import _bench_store
-from qledger.ledger.keys import KeyStore
-from qledger.rpc.channel import client_channel
-from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.bench.harness import bench_service
+from qledger.rpc.server import ExecutorSettings
 from qledger.runs.backends import AerIdealBackend
 from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
-from qledger.runs.workflow import DEFAULT_PROJECT, parse_workflow
+from qledger.runs.workflow import parse_workflow
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -44,41 +37,29 @@ def run_executor_bench(base: str | None, runs: int, clients: int = 16) -> None:
         backend.run(circuit, spec.shots, spec.seed_simulator)
         raw.append(time.perf_counter() - t0)
 
-    with _bench_store(base) as url, tempfile.TemporaryDirectory() as home:
-        keys = KeyStore(Path(home))
-        app = open_admin_app(url, keys)
-        init_store(app, keys)
-        client = add_key(app, keys, "bench-client", "client")
-        grant_role(app, keys.load(ROOT), "bench-client", "submitter", DEFAULT_PROJECT)
-        executor_key = add_key(app, keys, "executor-1", "executor")
-        running = start_server(app, executor_key, keys.load(CHECKPOINTER),
-                               settings=ExecutorSettings(workers=4, poll_seconds=0.05, max_pending=10**6))
-        try:
-            with client_channel(running.address, signer=client) as channel:  # authorised, as in production
-                stub = pb_grpc.ExecutorStub(channel)
-                origin = app.require_origin()
+    settings = ExecutorSettings(workers=4, poll_seconds=0.05, max_pending=10**6)
+    with bench_service(base, settings) as bench:
+        stub, client, origin = bench.stub, bench.client, bench.origin
 
-                def one_run() -> float:
-                    command = submit_command(client, origin, BELL, str(uuid.uuid4()))
-                    t0 = time.perf_counter()
-                    reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
-                        command=pb.SignedEnvelope(envelope=command)), timeout=60)
-                    for _ in stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=120):
-                        pass
-                    return time.perf_counter() - t0
+        def one_run() -> float:
+            command = submit_command(client, origin, BELL, str(uuid.uuid4()))
+            t0 = time.perf_counter()
+            reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
+                command=pb.SignedEnvelope(envelope=command)), timeout=60)
+            for _ in stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=120):
+                pass
+            return time.perf_counter() - t0
 
-                one_run()  # warm-up
-                service = [one_run() for _ in range(runs)]
-                t0 = time.perf_counter()
-                with ThreadPoolExecutor(clients) as pool:
-                    list(pool.map(lambda _: one_run(), range(runs)))
-                concurrent_rate = runs / (time.perf_counter() - t0)
-        finally:
-            running.stop()
+        one_run()  # warm-up
+        service = [one_run() for _ in range(runs)]
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            list(pool.map(lambda _: one_run(), range(runs)))
+        concurrent_rate = runs / (time.perf_counter() - t0)
 
     raw_p50, raw_p99 = 1000 * statistics.median(raw), 1000 * _percentile(raw, 0.99)
     svc_p50, svc_p99 = 1000 * statistics.median(service), 1000 * _percentile(service, 0.99)
-    kind = "PostgreSQL" if "postgresql" in url else "SQLite"
+    kind = bench.store_kind
     print(f"qledger bench executor: Bell workflow, {spec.shots} shots, {runs} runs, {kind}")
     print(f"raw Aer run()                      p50 {raw_p50:8.2f} ms   p99 {raw_p99:8.2f} ms")
     print(f"through the service (submit..done) p50 {svc_p50:8.2f} ms   p99 {svc_p99:8.2f} ms")

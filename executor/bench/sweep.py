@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import copy
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,17 +15,11 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.primitives import SamplerV2
 
 from qledger.api import qledger_pb2 as pb
-from qledger.api import qledger_pb2_grpc as pb_grpc
-from qledger.governance.changes import grant_role
-from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
-from qledger.ledger.bench import _bench_store
-from qledger.ledger.keys import KeyStore
-from qledger.rpc.channel import client_channel
-from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.bench.harness import bench_service
+from qledger.rpc.server import ExecutorSettings
 from qledger.runs.circuit_source import load_circuit
 from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
-from qledger.runs.workflow import DEFAULT_PROJECT
 
 QUBITS = 5
 TARGET_RATIO = 1.25
@@ -65,38 +57,25 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
     workflow = sweep_workflow(bindings, shots)
     direct_seconds(workflow)  # warm-up: Aer's first call loads its libraries
     direct = [direct_seconds(workflow) for _ in range(repeats)]
-    with _bench_store(base) as url, tempfile.TemporaryDirectory() as home:
-        keys = KeyStore(Path(home))
-        app = open_admin_app(url, keys)
-        init_store(app, keys)
-        client = add_key(app, keys, "bench-client", "client")
-        grant_role(app, keys.load(ROOT), "bench-client", "submitter", DEFAULT_PROJECT)
-        executor_key = add_key(app, keys, "executor-1", "executor")
-        running = start_server(app, executor_key, keys.load(CHECKPOINTER),
-                               settings=ExecutorSettings(workers=1, poll_seconds=0.02))
-        try:
-            with client_channel(running.address, signer=client) as channel:
-                stub = pb_grpc.ExecutorStub(channel)
-                origin = app.require_origin()
+    with bench_service(base, ExecutorSettings(workers=1, poll_seconds=0.02)) as bench:
+        stub, client, origin = bench.stub, bench.client, bench.origin
 
-                def one_run() -> float:
-                    command = submit_command(client, origin, workflow, str(uuid.uuid4()))
-                    t0 = time.perf_counter()
-                    reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
-                        command=pb.SignedEnvelope(envelope=command)), timeout=120)
-                    entries = list(stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=600))
-                    if not entries[-1].event_type.endswith("Run.Completed"):
-                        raise RuntimeError(f"the sweep did not complete: {entries[-1].event_type}")
-                    return time.perf_counter() - t0
+        def one_run() -> float:
+            command = submit_command(client, origin, workflow, str(uuid.uuid4()))
+            t0 = time.perf_counter()
+            reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
+                command=pb.SignedEnvelope(envelope=command)), timeout=120)
+            entries = list(stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=600))
+            if not entries[-1].event_type.endswith("Run.Completed"):
+                raise RuntimeError(f"the sweep did not complete: {entries[-1].event_type}")
+            return time.perf_counter() - t0
 
-                one_run()  # warm-up: the first run builds the backend and the transpiler's target
-                service = [one_run() for _ in range(repeats)]
-        finally:
-            running.stop()
+        one_run()  # warm-up: the first run builds the backend and the transpiler's target
+        service = [one_run() for _ in range(repeats)]
     figures = {"direct_s": statistics.median(direct), "service_s": statistics.median(service)}
     figures["ratio"] = figures["service_s"] / figures["direct_s"]
     figures["results_per_s"] = bindings / figures["service_s"]
-    kind = "PostgreSQL" if "postgresql" in url else "SQLite"
+    kind = bench.store_kind
     print(f"qledger bench sweep: {bindings} bindings of a {QUBITS}-qubit circuit, {shots} shots, "
           f"aer_ideal, {kind}, median of {repeats}")
     print(f"direct Aer SamplerV2, one call           {figures['direct_s'] * 1000:9.1f} ms")

@@ -1,0 +1,50 @@
+"""What the executor benchmarks share: a fresh store, a server on loopback that authorises every
+call (as in production), and a client allowed to submit to it."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.changes import grant_role
+from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.bench import _bench_store
+from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.workflow import DEFAULT_PROJECT
+
+
+@dataclass
+class BenchService:
+    url: str
+    app: LedgerApp
+    client: SigningKey
+    stub: pb_grpc.ExecutorStub
+    origin: str
+
+    @property
+    def store_kind(self) -> str:
+        return "PostgreSQL" if "postgresql" in self.url else "SQLite"
+
+
+@contextmanager
+def bench_service(base: str | None, settings: ExecutorSettings) -> Iterator[BenchService]:
+    with _bench_store(base) as url, tempfile.TemporaryDirectory() as home:
+        keys = KeyStore(Path(home))
+        app = open_admin_app(url, keys)
+        init_store(app, keys)
+        client = add_key(app, keys, "bench-client", "client")
+        grant_role(app, keys.load(ROOT), "bench-client", "submitter", DEFAULT_PROJECT)
+        executor_key = add_key(app, keys, "executor-1", "executor")
+        running = start_server(app, executor_key, keys.load(CHECKPOINTER), settings=settings)
+        try:
+            with client_channel(running.address, signer=client) as channel:
+                yield BenchService(url, app, client, pb_grpc.ExecutorStub(channel), app.require_origin())
+        finally:
+            running.stop()
