@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from qledger.api import qledger_pb2 as pb
 from qledger.bench.harness import bench_service
 from qledger.rpc.server import ExecutorSettings
 from qledger.runs.backends import AerIdealBackend
-from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.workflow import parse_workflow
 
@@ -39,16 +36,8 @@ def run_executor_bench(base: str | None, runs: int, clients: int = 16) -> None:
 
     settings = ExecutorSettings(workers=4, poll_seconds=0.05, max_pending=10**6)
     with bench_service(base, settings) as bench:
-        stub, client, origin = bench.stub, bench.client, bench.origin
-
         def one_run() -> float:
-            command = submit_command(client, origin, BELL, str(uuid.uuid4()))
-            t0 = time.perf_counter()
-            reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
-                command=pb.SignedEnvelope(envelope=command)), timeout=60)
-            for _ in stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=120):
-                pass
-            return time.perf_counter() - t0
+            return bench.timed_run(BELL)[0]
 
         one_run()  # warm-up
         service = [one_run() for _ in range(runs)]

@@ -4,11 +4,15 @@ call (as in production), and a client allowed to submit to it."""
 from __future__ import annotations
 
 import tempfile
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.changes import grant_role
 from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key, init_store, open_admin_app
@@ -17,6 +21,7 @@ from qledger.ledger.bench import _bench_store
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.rpc.channel import client_channel
 from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.commands import submit_command
 from qledger.runs.workflow import DEFAULT_PROJECT
 
 
@@ -31,6 +36,18 @@ class BenchService:
     @property
     def store_kind(self) -> str:
         return "PostgreSQL" if "postgresql" in self.url else "SQLite"
+
+    def timed_run(self, workflow: dict[str, Any], timeout: float = 120.0) -> tuple[float, str]:
+        """Seconds from submitting ``workflow`` (signed beforehand) until its last entry is seen,
+        and that entry's event type."""
+        command = submit_command(self.client, self.origin, workflow, str(uuid.uuid4()))
+        t0 = time.perf_counter()
+        reply = self.stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
+            command=pb.SignedEnvelope(envelope=command)), timeout=timeout)
+        last = ""
+        for entry in self.stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=timeout):
+            last = entry.event_type
+        return time.perf_counter() - t0, last
 
 
 @contextmanager

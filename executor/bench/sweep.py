@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-import uuid
 from typing import Any
 
 import numpy as np
@@ -14,11 +13,9 @@ from qiskit import transpile
 from qiskit_aer import AerSimulator
 from qiskit_aer.primitives import SamplerV2
 
-from qledger.api import qledger_pb2 as pb
 from qledger.bench.harness import bench_service
 from qledger.rpc.server import ExecutorSettings
 from qledger.runs.circuit_source import load_circuit
-from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
 
 QUBITS = 5
@@ -58,17 +55,11 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
     direct_seconds(workflow)  # warm-up: Aer's first call loads its libraries
     direct = [direct_seconds(workflow) for _ in range(repeats)]
     with bench_service(base, ExecutorSettings(workers=1, poll_seconds=0.02)) as bench:
-        stub, client, origin = bench.stub, bench.client, bench.origin
-
         def one_run() -> float:
-            command = submit_command(client, origin, workflow, str(uuid.uuid4()))
-            t0 = time.perf_counter()
-            reply = stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
-                command=pb.SignedEnvelope(envelope=command)), timeout=120)
-            entries = list(stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=600))
-            if not entries[-1].event_type.endswith("Run.Completed"):
-                raise RuntimeError(f"the sweep did not complete: {entries[-1].event_type}")
-            return time.perf_counter() - t0
+            seconds, last = bench.timed_run(workflow, timeout=600)
+            if not last.endswith("Run.Completed"):
+                raise RuntimeError(f"the sweep did not complete: {last}")
+            return seconds
 
         one_run()  # warm-up: the first run builds the backend and the transpiler's target
         service = [one_run() for _ in range(repeats)]
