@@ -74,6 +74,15 @@ class ProofError(QledgerError):
     """A proof was requested for positions the tree does not have."""
 
 
+class DefinitionError(QledgerError):
+    """A document a caller wrote (a workflow definition) is wrong; ``field`` is the dotted path to
+    what is wrong in it and ``description`` says how."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.description = field, message
+
+
 class FormatError(QledgerError):
     """Bytes that cannot be read as the format they claim to be."""
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from qiskit import QuantumCircuit, qasm2, qasm3, qpy
 
-from qledger.ledger.errors import QledgerError
+from qledger.ledger.errors import DefinitionError
 
 FORMATS = {"qasm3": "text/x-openqasm3", "qasm2": "text/x-openqasm2", "qpy": "application/x-qiskit-qpy"}
 MAX_SOURCE_BYTES = 1_000_000
@@ -28,12 +28,8 @@ MAX_SOURCE_BYTES = 1_000_000
 _POSITION = re.compile(r"(?:<input>:|\bL|^\"?)(\d+)[:,]C?(\d+)")
 
 
-class CircuitError(QledgerError):
-    """A circuit member is wrong; ``field`` names where (``workflow`` reports it as a WorkflowError)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.description = field, message
+class CircuitError(DefinitionError):
+    """A circuit member is wrong (``workflow`` reports it as a WorkflowError)."""
 
 
 @dataclass(frozen=True)

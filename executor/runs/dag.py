@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
-from qledger.ledger.errors import QledgerError
+from qledger.ledger.errors import DefinitionError
 
 # kind -> kinds that must be upstream of it (transitively)
 REQUIRES: dict[str, frozenset[str]] = {
@@ -28,10 +28,8 @@ REQUIRES: dict[str, frozenset[str]] = {
 HYBRID = "hybrid_optimisation"
 
 
-class DagError(QledgerError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.description = field, message
+class DagError(DefinitionError):
+    """The declared steps are wrong (``workflow`` reports it as a WorkflowError)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from qledger.ledger.canonical import canonical_bytes
-from qledger.ledger.errors import FormatError, QledgerError
+from qledger.ledger.errors import DefinitionError, FormatError
 from qledger.runs.capacity import too_wide
 from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.dag import DagError, Step, parse_steps
@@ -40,15 +40,10 @@ class WorkflowFileError(FormatError):
     hint = "give a workflow definition as a JSON or YAML file"
 
 
-class WorkflowError(QledgerError):
+class WorkflowError(DefinitionError):
     """A definition is invalid; ``field`` names the offending field (a JSON path)."""
 
     hint = "fix the named field of the workflow definition"
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.description = message
 
 
 @dataclass(frozen=True)
