@@ -102,7 +102,7 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
     """Serve the Executor and Ledger gRPC services: TLS (mTLS with --client-ca), or plaintext on
     loopback only."""
     import signal
-    import threading
+    import time
 
     from qledger.ops.tracing import configure_json_logging, configure_tracing_from_environment
     from qledger.rpc.server import ExecutorSettings, TLSConfig, start_server
@@ -140,11 +140,14 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:
             raise fail(str(exc)) from None
+    # A signal handler must not take a lock the interrupted main thread may hold (threading.Event
+    # can deadlock when a SIGTERM lands inside its wait), so it only flips a flag the loop polls.
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
     typer.echo(f"serving qledger.v1 on {listen.rsplit(':', 1)[0]}:{running.port} ({ledger.store.url})")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    stop.wait()
+    while not stopping:
+        time.sleep(0.2)
     running.stop()
 
 
