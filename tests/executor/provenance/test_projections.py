@@ -77,7 +77,15 @@ def ran(service_factory: ServiceFactory) -> tuple[Service, dict[str, str]]:
         service.watch(runs[name])
     follower = service.running.follower
     assert follower is not None
-    wait_for(lambda: set(follower.lag().values()) == {0})
+
+    def settled() -> bool:
+        # A run's last entry reaches watchers before the worker's own bookkeeping after it (a
+        # breaker change, say) is appended: wait until the log stops growing, then for the follower.
+        size = service.app.tree_size()
+        time.sleep(0.3)
+        return size == service.app.tree_size() and set(follower.lag().values()) == {0}
+
+    wait_for(settled)
     return service, runs
 
 
