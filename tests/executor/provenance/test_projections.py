@@ -63,8 +63,8 @@ def dataset_sha(service: Service, run_id: str) -> str:
 @pytest.fixture
 def ran(service_factory: ServiceFactory) -> tuple[Service, dict[str, str]]:
     """Six runs: bell twice, noisy GHZ, QAOA (with its graph dataset), bell on a backend that is
-    down (fails), and bell on a flaky backend that needed retries.  The server's follower keeps
-    the projections."""
+    down (fails), and bell on a flaky backend that needed retries.  The server's follower kept
+    the projections up to here and is then stopped."""
     catalog = BackendCatalog({"flaky": ("aer_ideal", FaultConfig(failure_rate=0.5, seed=3)),
                               "down": ("aer_ideal", FaultConfig(failure_rate=1.0))})
     service = service_factory(catalog, export=True, projection_poll_seconds=0.1,
@@ -86,6 +86,7 @@ def ran(service_factory: ServiceFactory) -> tuple[Service, dict[str, str]]:
         return size == service.app.tree_size() and set(follower.lag().values()) == {0}
 
     wait_for(settled)
+    follower.stop()  # the tests rebuild and restart these tables; a live follower would race them
     return service, runs
 
 
