@@ -113,9 +113,13 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
 
 
 def _compare_results(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
-    """Runs of PUBs (or runs that never counted): the same results, digest for digest, or not."""
-    rx = x["records"].get("post_processing", {}).get("result_digests")
-    ry = y["records"].get("post_processing", {}).get("result_digests")
+    """Runs of PUBs, variational eigensolvers (or runs that never counted): the same results,
+    digest for digest or energy for energy, or not."""
+    def result_of(records: dict[str, Any]) -> Any:
+        digests = records.get("post_processing", {}).get("result_digests")
+        return digests if digests is not None else records.get("execution", {}).get("energy")
+
+    rx, ry = result_of(x["records"]), result_of(y["records"])
     same_circuit = (x["records"].get("transpilation", {}).get("qasm3_sha256")
                     == y["records"].get("transpilation", {}).get("qasm3_sha256"))
     identical = rx is not None and rx == ry

@@ -10,7 +10,7 @@ a low-priority run is routed to the ideal simulator instead.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -37,11 +37,13 @@ from qledger.runs.circuits import EXACT_MAX_QUBITS, environment, ideal_distribut
 from qledger.runs.dag import order_of
 from qledger.runs.pubs import Pub, parse_pubs, sparse_pauli_op
 from qledger.runs.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
+from qledger.runs.variational import SPSA_SHAPE, exact_ground_energy, minimise
 from qledger.runs.workflow import WorkflowSpec
 
 StepRecord = tuple[str, dict[str, Any]]
 T = TypeVar("T")
 SIMULATOR = "aer_ideal"
+EXACT_DIAGONALISATION_MAX_QUBITS = 10  # a dense 1024 x 1024 Hermitian matrix
 QASM3 = "text/x-openqasm3"
 
 
@@ -244,27 +246,54 @@ def _transpilation(st: _RunState) -> dict[str, Any]:
 
 
 def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
-    """The hybrid loop: COBYLA proposes (gamma, beta); each proposal is a circuit evaluation."""
-    from scipy.optimize import minimize
-
+    """The hybrid loop: the stated optimiser proposes parameters and each proposal is one
+    circuit evaluation, recorded.  QAOA maximises the expected cut of sampled bitstrings; a
+    variational eigensolver minimises the Estimator's expectation value of its observable."""
     spec, transpiled = st.spec, st.transpiled
     assert spec.optimizer is not None and transpiled is not None
-    iterations: list[dict[str, Any]] = []
+    objective: Callable[[list[float]], float]
+    if spec.template == "qaoa_maxcut":
+        def objective(parameters: list[float]) -> float:
+            st.parameters = parameters
+            counts, _ = st.evaluate(transpiled.assign_parameters(parameters))
+            return -expected_cut(counts, spec.graph)
 
-    def objective(parameters: Sequence[float]) -> float:
-        st.parameters = [float(p) for p in parameters]
-        counts, _ = st.evaluate(transpiled.assign_parameters(st.parameters))
-        value = expected_cut(counts, spec.graph)
-        iterations.append({"parameters": [round(p, 12) for p in st.parameters],
-                           "expected_cut": round(value, 12)})
-        return -value
+        def describe(value: float) -> dict[str, Any]:
+            return {"expected_cut": round(-value, 12)}
+    else:
+        evaluations = iter(range(1, 1 + int(spec.optimizer["maxiter"])))
 
+        def objective(parameters: list[float]) -> float:
+            st.parameters = parameters
+            evs, _ = _estimate(st, parameters, spec.seed_simulator + next(evaluations))
+            return evs
+
+        def describe(value: float) -> dict[str, Any]:
+            return {}
     t0 = time.perf_counter()
-    result = minimize(objective, spec.optimizer["initial_parameters"], method="COBYLA",
-                      options={"maxiter": spec.optimizer["maxiter"]})
-    st.parameters = [round(float(p), 12) for p in result.x]
-    return {"optimizer": spec.optimizer, "evaluations": len(iterations), "iterations": iterations,
-            "best_parameters": st.parameters, "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
+    result = minimise(objective, spec.optimizer, describe)
+    st.parameters = result.best_parameters
+    method = {"spsa_shape": SPSA_SHAPE} if spec.optimizer["method"] == "SPSA" else {}
+    return {"optimizer": spec.optimizer, **method, "evaluations": len(result.iterations),
+            "iterations": result.iterations, "stopped": result.stopped,
+            "best_parameters": st.parameters, "best_value": result.best_value,
+            "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
+
+
+def _estimate(st: _RunState, parameters: list[float], seed: int) -> tuple[float, float]:
+    """<observable> and its standard error at ``parameters``, on the Estimator of the backend."""
+    spec, transpiled = st.spec, st.transpiled
+    assert transpiled is not None and spec.precision is not None
+    pub = Pub(0, np.array([parameters], dtype=float), observables=(spec.observable,),
+              precision=spec.precision)
+    backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    attempts: list[dict[str, Any]] = []
+    try:
+        data = _guarded(st.ctx, backend, lambda: backend.run_pub_chunk(transpiled, pub, 0, 1, seed), attempts)
+    except BackendError as exc:
+        raise StepFailedError(exc, exc.kind, {"attempts": attempts, "parameters": parameters,
+                                              "settings": spec.to_json()}) from exc
+    return float(data["evs"][0][0]), float(data["stds"][0][0])
 
 
 def _calibration(st: _RunState, circuit: QuantumCircuit) -> dict[str, Any] | None:
@@ -329,6 +358,8 @@ def _execution(st: _RunState) -> dict[str, Any]:
                 "primitive": spec.primitive, "pubs": len(spec.pubs),
                 "results": len(st.pub_results), "shots": shots, "seed_simulator": spec.seed_simulator,
                 "environment": environment()}
+    if spec.observable:
+        return _final_estimate(st)
     bound = transpiled.assign_parameters(st.parameters) if st.parameters else transpiled
     calibration = _calibration(st, bound)
     t0 = time.perf_counter()
@@ -356,7 +387,25 @@ def _execution(st: _RunState) -> dict[str, Any]:
             "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
 
 
+def _final_estimate(st: _RunState) -> dict[str, Any]:
+    """A variational eigensolver's result: the observable at the loop's best parameters."""
+    spec = st.spec
+    assert st.transpiled is not None
+    calibration = _calibration(st, st.transpiled)
+    t0 = time.perf_counter()
+    energy, std = _estimate(st, st.parameters, spec.seed_simulator)
+    st.derived = {"energy": round(energy, 12), "energy_std": round(std, 12)}
+    backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+    return {"backend": backend.describe(), **({"calibration": calibration} if calibration else {}),
+            "primitive": spec.primitive, "parameters": st.parameters, "precision": spec.precision,
+            "observable_dataset": spec.observable_dataset, **st.derived,
+            "seed_simulator": spec.seed_simulator,
+            "execute_ms": round(1000 * (time.perf_counter() - t0), 3), "environment": environment()}
+
+
 def _post_processing(st: _RunState) -> dict[str, Any]:
+    if st.spec.observable:
+        return dict(st.derived)
     if st.spec.pubs is not None:
         return {"bindings": sum(len(d.get("counts") or d["evs"]) for _, _, d in st.pub_results),
                 "result_digests": [sha256_text(canonical_bytes(d).decode()) for _, _, d in st.pub_results]}
@@ -377,6 +426,8 @@ def _report(st: _RunState) -> dict[str, Any]:
     spec, counts = st.spec, st.counts
     if spec.pubs is not None:
         return _pub_report(st)
+    if spec.observable:
+        return _eigensolver_report(st)
     if spec.template == "qaoa_maxcut":
         optimum, winners = brute_force_maxcut(spec.qubits, spec.graph)
         likeliest = max(counts, key=lambda bits: (counts[bits], bits))
@@ -395,6 +446,18 @@ def _report(st: _RunState) -> dict[str, Any]:
         "within band" if tvd <= spec.quality["max_tvd"] else "flagged: outside band at shot budget")
     return {"classical_baseline": ideal, "total_variation_distance": round(tvd, 6),
             "parity_expectation": st.derived.get("parity_expectation"), "quality": verdict}
+
+
+def _eigensolver_report(st: _RunState) -> dict[str, Any]:
+    """The classical baseline of a variational eigensolver: the exact ground-state energy of its
+    observable by diagonalisation, and how far the loop's energy is from it."""
+    spec = st.spec
+    if spec.qubits > EXACT_DIAGONALISATION_MAX_QUBITS:
+        return {"classical_baseline": None, "energy": st.derived["energy"]}
+    exact = exact_ground_energy(spec.observable)
+    return {"classical_baseline": {"method": "exact diagonalisation (numpy.linalg.eigvalsh)",
+                                   "ground_energy": round(exact, 12)},
+            "energy": st.derived["energy"], "energy_error": round(abs(st.derived["energy"] - exact), 12)}
 
 
 def _pub_report(st: _RunState) -> dict[str, Any]:

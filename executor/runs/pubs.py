@@ -73,24 +73,25 @@ def _observables(raw: Any, field: str, qubits: int) -> tuple[tuple[tuple[str, fl
     if not isinstance(raw, list) or not 0 < len(raw) <= MAX_OBSERVABLES:
         raise CircuitError(field, f"must list 1..{MAX_OBSERVABLES} observables, each a list of "
                            "[Pauli string, coefficient] terms")
-    observables = []
-    for k, terms in enumerate(raw):
-        if not isinstance(terms, list) or not terms:
-            raise CircuitError(f"{field}[{k}]",
-                               "an observable is a non-empty list of [Pauli string, coefficient]")
-        parsed = []
-        for t, term in enumerate(terms):
-            where = f"{field}[{k}][{t}]"
-            if (not isinstance(term, list) or len(term) != 2 or not isinstance(term[0], str)
-                    or not _number(term[1])):
-                raise CircuitError(where, "a term is [Pauli string, real coefficient]")
-            pauli = term[0]
-            if len(pauli) != qubits or set(pauli) - set("IXYZ"):
-                raise CircuitError(where, f"a Pauli string of {qubits} letters from I, X, Y, Z (qubit 0 "
-                                   f"rightmost), not {pauli!r}")
-            parsed.append((pauli, float(term[1])))
-        observables.append(tuple(parsed))
-    return tuple(observables)
+    return tuple(pauli_terms(terms, f"{field}[{k}]", qubits) for k, terms in enumerate(raw))
+
+
+def pauli_terms(raw: Any, field: str, qubits: int) -> tuple[tuple[str, float], ...]:
+    """One observable: a non-empty list of [Pauli string, real coefficient] on ``qubits``."""
+    if not isinstance(raw, list) or not raw:
+        raise CircuitError(field, "an observable is a non-empty list of [Pauli string, coefficient]")
+    parsed = []
+    for t, term in enumerate(raw):
+        where = f"{field}[{t}]"
+        if (not isinstance(term, list) or len(term) != 2 or not isinstance(term[0], str)
+                or not _number(term[1])):
+            raise CircuitError(where, "a term is [Pauli string, real coefficient]")
+        pauli = term[0]
+        if len(pauli) != qubits or set(pauli) - set("IXYZ"):
+            raise CircuitError(where, f"a Pauli string of {qubits} letters from I, X, Y, Z (the circuit's "
+                               f"width; qubit 0 rightmost), not {pauli!r}")
+        parsed.append((pauli, float(term[1])))
+    return tuple(parsed)
 
 
 def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: int) -> tuple[Pub, ...]:

@@ -22,10 +22,10 @@ from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.dag import DagError, Step, parse_steps
 from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, device_qubits
 from qledger.runs.pubs import PRIMITIVES, parse_pubs
+from qledger.runs.variational import parse_optimizer, parse_pauli_sum
 
 SCHEMA_VERSION = 1
 TEMPLATES = {"bell": 2, "ghz": None, "qaoa_maxcut": None}  # template -> fixed qubit count
-MAX_OPTIMIZER_ITERATIONS = 200
 BACKENDS = SIMULATORS | DEVICE_MODELS
 # experimental: never touches a restricted backend; such a run goes to the ideal simulator.
 PRIORITIES = ("low", "normal", "experimental")
@@ -72,6 +72,15 @@ class WorkflowSpec:
     max_calibration_age: float | None = None  # seconds; a staler device calibration fails the run
     primitive: str | None = None  # sampler or estimator: execute.pubs run on Aer's V2 primitives
     pubs: tuple[dict[str, Any], ...] | None = None  # the PUBs as given (runs.pubs reads them)
+    # A variational eigensolver: the Estimator minimises <observable> over the circuit's parameters.
+    observable_dataset: str = ""  # which dataset holds the observable (a Pauli sum)
+    observable: tuple[tuple[str, float], ...] = ()
+    precision: float | None = None  # the Estimator's target precision (0: exact)
+
+    @property
+    def variational(self) -> bool:
+        """Whether a classical loop proposes the circuit's parameters (QAOA, VQE)."""
+        return self.optimizer is not None
 
     def sha256(self) -> str:
         return workflow_sha256(self.to_json())
@@ -84,6 +93,10 @@ class WorkflowSpec:
                                        else {"max_calibration_age": self.max_calibration_age})
         if self.pubs is not None:
             calibration |= {"primitive": self.primitive, "pubs": list(self.pubs)}
+        if self.observable_dataset:
+            calibration |= {"primitive": self.primitive, "observable_dataset": self.observable_dataset,
+                            "precision": self.precision}
+            extra = {"optimizer": self.optimizer}
         if self.template == "qaoa_maxcut":
             circuit |= {"graph_dataset": self.graph_dataset, "layers": self.layers}
             extra = {"optimizer": self.optimizer}
@@ -128,6 +141,9 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
     execute = definition.get("execute", {})
     source = None
     primitive, pubs = None, None
+    variational = isinstance(execute, dict) and "observable_dataset" in execute
+    observable: tuple[tuple[str, float], ...] = ()
+    optimizer, precision = None, None
     if isinstance(execute, dict) and ("pubs" in execute or "primitive" in execute):
         primitive, pubs = execute.get("primitive"), execute.get("pubs")
         if primitive not in PRIMITIVES:
@@ -136,10 +152,16 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
             raise WorkflowError("circuit", "PUBs run a circuit given as source (format: qasm3, qasm2 or qpy)")
         if definition.get("quality") is not None:
             raise WorkflowError("quality", "must be null for PUBs (each binding is its own result)")
+        if variational and (primitive != "estimator" or pubs is not None):
+            raise WorkflowError("execute.observable_dataset", "a variational loop minimises an "
+                                "observable with the estimator primitive, without execute.pubs")
     if isinstance(circuit, dict) and "format" in circuit:
         try:
             loaded = load_circuit(circuit, primitive)
-            if primitive is not None:
+            if variational:
+                observable, optimizer, precision = _variational_settings(
+                    definition, loaded.parameters, loaded.circuit.num_qubits)
+            elif primitive is not None:
                 parse_pubs(primitive, pubs, loaded.parameters, loaded.circuit.num_qubits)
         except CircuitError as exc:
             raise WorkflowError(exc.field, exc.description) from exc
@@ -180,7 +202,6 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         raise WorkflowError("execute.priority", f"must be one of {list(PRIORITIES)}")
     graph: tuple[tuple[int, int], ...] = ()
     layers = 0
-    optimizer = None
     graph_dataset = ""
     if template == "qaoa_maxcut":
         graph_dataset, graph, layers, optimizer = _qaoa_settings(definition, qubits)
@@ -200,7 +221,7 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
     if datasets == "missing" or (datasets is not None and not isinstance(datasets, dict)):
         raise WorkflowError("datasets", "is required: an object of named inline datasets, or null")
     try:
-        steps = parse_steps(definition.get("steps"), hybrid=template == "qaoa_maxcut")
+        steps = parse_steps(definition.get("steps"), hybrid=optimizer is not None)
     except DagError as exc:
         raise WorkflowError(exc.field, exc.description) from exc
     project = definition.get("project")
@@ -219,6 +240,8 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         steps=steps,
         datasets=datasets, source=source, max_calibration_age=max_age,
         primitive=primitive, pubs=None if pubs is None else tuple(pubs),
+        observable_dataset=str(execute.get("observable_dataset", "")) if variational else "",
+        observable=observable, precision=precision,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
@@ -243,22 +266,39 @@ def _qaoa_settings(definition: dict[str, Any], qubits: int
     if not graph:
         raise WorkflowError(f"datasets.{name}.edges", "needs at least one edge")
     layers = _get(definition, "circuit.layers", int, low=1, high=5)
-    method = _get(definition, "optimizer.method", str)
-    if method != "COBYLA":
-        raise WorkflowError("optimizer.method", "only COBYLA (deterministic from its start) is supported")
-    maxiter = _get(definition, "optimizer.maxiter", int, low=1, high=MAX_OPTIMIZER_ITERATIONS)
-    initial = _get(definition, "optimizer.initial_parameters", list)
-    if len(initial) != 2 * layers or not all(isinstance(x, int | float) and not isinstance(x, bool)
-                                             for x in initial):
-        raise WorkflowError("optimizer.initial_parameters", f"needs {2 * layers} numbers (gammas, betas)")
-    return name, tuple(graph), layers, {"method": method, "maxiter": maxiter,
-                                        "initial_parameters": initial}
+    try:
+        optimizer = parse_optimizer(definition.get("optimizer"), 2 * layers, "gammas, then betas")
+    except CircuitError as exc:
+        raise WorkflowError(exc.field, exc.description) from exc
+    return name, tuple(graph), layers, optimizer
+
+
+def _variational_settings(definition: dict[str, Any], parameters: tuple[str, ...], qubits: int
+                          ) -> tuple[tuple[tuple[str, float], ...], dict[str, Any], float]:
+    """The observable (from its dataset), the optimiser and the precision of a variational
+    eigensolver over a circuit the user brought."""
+    execute = definition["execute"]
+    name = execute.get("observable_dataset")
+    datasets = definition.get("datasets") or {}
+    if not isinstance(name, str) or name not in datasets:
+        raise CircuitError("execute.observable_dataset", f"names no dataset ({sorted(datasets)})")
+    if not parameters:
+        raise CircuitError("circuit.source", "a variational loop needs a circuit with parameters")
+    observable = parse_pauli_sum(datasets[name], name, qubits)
+    optimizer = parse_optimizer(definition.get("optimizer"), len(parameters),
+                                f"one per circuit parameter, {list(parameters)}")
+    precision = execute.get("precision")
+    if not isinstance(precision, int | float) or isinstance(precision, bool) or not 0 <= precision < 1:
+        raise CircuitError("execute.precision", "must be a number in [0, 1) (0: exact expectation values)")
+    return observable, optimizer, float(precision)
 
 
 def reserved_shots(workflow: dict[str, Any]) -> int:
     """The most shots a run of this definition can take: what a budget must have room for.
     (Aer's Estimator computes expectation values exactly: its PUBs take no shots.)"""
     pubs = workflow["execute"].get("pubs")
+    if workflow["execute"].get("primitive") == "estimator" and pubs is None:
+        return 0  # a variational eigensolver on the Estimator, which takes no shots
     if pubs is not None:
         return sum(int(p.get("shots") or 0) * max(1, len(p.get("parameter_values") or [[]])) for p in pubs)
     shots = int(workflow["execute"]["shots"])
