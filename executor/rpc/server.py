@@ -32,7 +32,7 @@ from qledger.rpc.ledger_service import LedgerService
 from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
-from qledger.runs.queue import RunQueue
+from qledger.runs.queue import RunQueue, SweepItems
 from qledger.runs.worker import Worker
 
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
@@ -130,10 +130,12 @@ class RunningServer:
 def prepare_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
                   service_role: str = SERVICE_ROLE) -> InitResult:
     """Everything a server needs in a store, made by its owner (``qledger init``): the ledger's
-    tables, triggers, grants, genesis and keys, the projection tables and the run queue.  The
-    server itself, running as the service role, only creates what is missing."""
+    tables, triggers, grants, genesis and keys, the projection tables, the run queue and the
+    table of sweep chunks.  The server itself, running as the service role, only creates what
+    is missing."""
     result = init_store(app, keys, origin, service_role, projection_runner(app))
     RunQueue(app).create(service_role if app.store.is_postgres else None)
+    SweepItems(app).create(service_role if app.store.is_postgres else None)
     return result
 
 
@@ -153,13 +155,15 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         checkpointer = Periodic(max(0.05, min(1.0, settings.checkpoint_seconds)), app.checkpoint_if_due)
     queue = RunQueue(app)
     queue.ensure()
+    sweep_items = SweepItems(app)
+    sweep_items.ensure()
     HotArtifacts(app.ledger).ensure_table()
     ctx = ExecutionContext(catalog or BackendCatalog(),
                            BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),
                            settings.retry, artifacts=StagedArtifacts(app.ledger))
     worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
-                    max_attempts=settings.max_attempts)
+                    max_attempts=settings.max_attempts, sweep_items=sweep_items)
     server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[server_interceptor()], options=[
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),

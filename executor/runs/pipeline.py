@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from qiskit import QuantumCircuit, qasm3, transpile
@@ -80,6 +80,20 @@ class ExecutionContext:
         return self.artifacts.put(data, media_type)
 
 
+class SharedChunks(Protocol):
+    """Where the chunks of one run's sweep are computed when several executors share the work
+    (``runs.sweep``): each chunk's results come back in the order the run records them."""
+
+    def publish(self, chunks: list[tuple[int, int, int, int]], backend: str, noise_seed: int | None,
+                circuit_sha256: str) -> None:
+        """Offer the chunks (PUB, first binding, end, seed) of the transpiled circuit to all."""
+
+    def obtain(self, pub: int, start: int, compute: Callable[[], dict[str, Any]]
+               ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """This chunk's results, computed here by ``compute`` unless another executor has (or
+        is); and facts about who computed it."""
+
+
 def _retryable(error: BaseException) -> bool:
     return (isinstance(error, BackendError) and error.kind == "environmental"
             and not isinstance(error, BreakerOpenError))
@@ -145,9 +159,11 @@ def execute(ctx: ExecutionContext, spec: WorkflowSpec, circuit: QuantumCircuit
     raise StepFailedError(last, last.kind, {"attempts": attempts, "candidates": candidates})
 
 
-def run_steps(spec: WorkflowSpec, ctx: ExecutionContext) -> Iterator[StepRecord]:
-    """Run the declared steps in topological order; each yields (step id, record)."""
-    state = _RunState(spec, ctx)
+def run_steps(spec: WorkflowSpec, ctx: ExecutionContext, shared: SharedChunks | None = None
+              ) -> Iterator[StepRecord]:
+    """Run the declared steps in topological order; each yields (step id, record).  With
+    ``shared``, the chunks of a sweep are computed by whichever executors are free."""
+    state = _RunState(spec, ctx, shared)
     for step in order_of(spec.steps):
         if step.kind == "execution" and spec.pubs is not None:
             try:
@@ -182,8 +198,9 @@ def _span_facts(record: dict[str, Any]) -> dict[str, str]:
 class _RunState:
     """What steps hand to later steps: the circuit, its transpiled form, parameters, counts."""
 
-    def __init__(self, spec: WorkflowSpec, ctx: ExecutionContext) -> None:
-        self.spec, self.ctx = spec, ctx
+    def __init__(self, spec: WorkflowSpec, ctx: ExecutionContext, shared: SharedChunks | None = None
+                 ) -> None:
+        self.spec, self.ctx, self.shared = spec, ctx, shared
         self.circuit: QuantumCircuit | None = None
         self.transpiled: QuantumCircuit | None = None
         self.qasm = ""
@@ -241,7 +258,7 @@ def _circuit_loading(st: _RunState, source: dict[str, Any]) -> dict[str, Any]:
 
 def _transpilation(st: _RunState) -> dict[str, Any]:
     assert st.circuit is not None
-    st.transpiled, st.qasm, record = _transpiled(st.spec, st.ctx, st.circuit)
+    st.transpiled, st.qasm, record = transpiled_for(st.spec, st.ctx.catalog, st.circuit)
     return {**record, "artifacts": {"transpiled_qasm3": st.ctx.keep(st.qasm.encode(), QASM3)}}
 
 
@@ -324,28 +341,50 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
     parameters = load_circuit(spec.source, spec.primitive).parameters
     st.calibration = _calibration(st, transpiled)
     backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
-    for pub in parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits):
+    pubs = parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits)
+    if st.shared is not None:
+        st.shared.publish([(pub.index, start, stop, chunk_seed(spec, pub.index, start))
+                           for pub in pubs for start, stop in pub.chunks()],
+                          spec.backend, spec.noise_seed, sha256_text(st.qasm))
+    for pub in pubs:
         for start, stop in pub.chunks():
-            seed = spec.seed_simulator + 1_000_003 * pub.index + start  # fixed by the definition
-            attempts: list[dict[str, Any]] = []
+            seed = chunk_seed(spec, pub.index, start)
+            compute = _chunk_computation(st.ctx, backend, transpiled, pub, (start, stop), seed)
             t0 = time.perf_counter()
-            try:
-                data = _guarded(st.ctx, backend, lambda: backend.run_pub_chunk(
-                    transpiled, pub, start, stop, seed), attempts)  # noqa: B023 (called at once)
-            except BackendError as exc:
-                raise StepFailedError(exc, exc.kind, {"attempts": attempts, "pub": pub.index,
-                                                      "bindings": [start, stop]}) from exc
+            data, facts = st.shared.obtain(pub.index, start, compute) if st.shared else (compute(), {})
             ref = st.ctx.keep(canonical_bytes(data), "application/json")
             st.pub_results.append((pub, start, data))
             record: dict[str, Any] = {
                 "kind": "pub_result", "primitive": spec.primitive, "pub": pub.index,
                 "bindings": [start, stop], "seed_simulator": seed, "result_sha256": ref["sha256"],
-                "artifacts": {"result": ref}, "execute_ms": round(1000 * (time.perf_counter() - t0), 3)}
+                "artifacts": {"result": ref},
+                "execute_ms": facts.get("execute_ms") or round(1000 * (time.perf_counter() - t0), 3),
+                **({"computed_by": facts["computed_by"]} if facts.get("computed_by") else {})}
             if pub.shots is not None:
                 record["shots"] = pub.shots
             else:  # expectation values are small: they stand in the entry itself
                 record |= {"precision": pub.precision, "evs": data["evs"], "stds": data["stds"]}
             yield f"{step}/pub{pub.index}/{start}", record
+
+
+def _chunk_computation(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, pub: Pub,
+                       bindings: tuple[int, int], seed: int) -> Callable[[], dict[str, Any]]:
+    """Computing one chunk here: through the backend's breaker, retried while environmental."""
+    attempts: list[dict[str, Any]] = []
+
+    def compute() -> dict[str, Any]:
+        try:
+            return _guarded(ctx, backend, lambda: backend.run_pub_chunk(circuit, pub, *bindings, seed),
+                            attempts)
+        except BackendError as exc:
+            raise StepFailedError(exc, exc.kind, {"attempts": attempts, "pub": pub.index,
+                                                  "bindings": list(bindings)}) from exc
+    return compute
+
+
+def chunk_seed(spec: WorkflowSpec, pub: int, start: int) -> int:
+    """The simulator seed of one chunk of a sweep: fixed by the definition alone."""
+    return spec.seed_simulator + 1_000_003 * pub + start
 
 
 def _execution(st: _RunState) -> dict[str, Any]:
@@ -496,9 +535,10 @@ def total_variation(counts: dict[str, int], ideal: dict[str, float]) -> float:
     return 0.5 * sum(abs(counts.get(k, 0) / shots - ideal.get(k, 0.0)) for k in set(counts) | set(ideal))
 
 
-def _transpiled(spec: WorkflowSpec, ctx: ExecutionContext, circuit: QuantumCircuit
-                ) -> tuple[QuantumCircuit, str, dict[str, Any]]:
-    target = ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
+def transpiled_for(spec: WorkflowSpec, catalog: BackendCatalog, circuit: QuantumCircuit
+                   ) -> tuple[QuantumCircuit, str, dict[str, Any]]:
+    """The circuit transpiled for the run's backend, its OpenQASM 3 text and the step's record."""
+    target = catalog.get(spec.backend, spec.qubits, spec.noise_seed)
     t0 = time.perf_counter()
     transpiled = transpile(circuit, target=target.transpile_target(),
                            optimization_level=spec.optimization_level, seed_transpiler=spec.seed_transpiler)

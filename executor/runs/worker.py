@@ -23,12 +23,14 @@ from eventsourcing.persistence import IntegrityError
 
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.keys import SigningKey
+from qledger.ledger.store.artifacts import HotArtifacts
 from qledger.ops.metrics import ExecutorMetrics
 from qledger.ops.tracing import run_span, tracer
 from qledger.runs.breaker import OPEN, BackendBreaker, Transition
 from qledger.runs.pipeline import ExecutionContext, StepFailedError, run_steps
-from qledger.runs.queue import RunQueue
+from qledger.runs.queue import RunQueue, SweepItems
 from qledger.runs.run import TERMINAL, Run
+from qledger.runs.sweep import SharedSweep, SweepHelper
 from qledger.runs.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger("qledger.executor")
@@ -49,6 +51,20 @@ Router = Callable[[WorkflowSpec, str], tuple[WorkflowSpec, dict[str, Any]]]
 
 class LeaseLostError(Exception):
     pass
+
+
+class _Lease:
+    """Our lease on a run, renewed once half of it is gone (each renewal is a commit)."""
+
+    def __init__(self, queue: RunQueue, run_id: UUID, worker: str, seconds: float) -> None:
+        self.queue, self.run_id, self.worker, self.seconds = queue, run_id, worker, seconds
+        self.renew_after = time.monotonic() + seconds / 2
+
+    def keep(self) -> None:
+        if time.monotonic() > self.renew_after:
+            if not self.queue.renew(self.run_id, self.worker, self.seconds):
+                raise LeaseLostError(str(self.run_id))
+            self.renew_after = time.monotonic() + self.seconds / 2
 
 
 class Changes:
@@ -75,7 +91,8 @@ class Changes:
 class Worker:
     def __init__(self, app: LedgerApp, key: SigningKey, queue: RunQueue, ctx: ExecutionContext, *,
                  threads: int = 2, lease_seconds: float = 30.0, poll_seconds: float = 0.2,
-                 max_attempts: int = 3, metrics: ExecutorMetrics | None = None) -> None:
+                 max_attempts: int = 3, metrics: ExecutorMetrics | None = None,
+                 sweep_items: SweepItems | None = None) -> None:
         self.app, self.key, self.queue, self.ctx = app, key, queue, ctx
         self.metrics = metrics or ExecutorMetrics()
         self.name = f"{key.principal}/{uuid.uuid4().hex[:8]}"
@@ -87,6 +104,13 @@ class Worker:
         # Where policy sends a run (canaries, experimental runs), and what to record of it;
         # set by the server, which knows the governance in force.  None: as defined.
         self.route: Router | None = None
+        # With a table of sweep items, the chunks of a sweep are computed by every executor on
+        # the store (an idle one helps); results pass between them as artifacts, committed at
+        # once rather than staged with this thread's next entries.
+        self.items = sweep_items
+        self.results = HotArtifacts(app.ledger)
+        self.helper = (None if sweep_items is None else
+                       SweepHelper(app, sweep_items, self.results, ctx.catalog, self.name, lease_seconds))
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -113,6 +137,8 @@ class Worker:
                 log.exception("claiming work failed")
                 claimed = None
             if claimed is None:
+                if self._help():
+                    continue
                 self._wake.wait(self.poll)
                 self._wake.clear()
                 continue
@@ -125,6 +151,16 @@ class Worker:
             except Exception:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
 
+    def _help(self) -> bool:
+        """Compute a free chunk of someone's sweep; whether there was one."""
+        if self.helper is None:
+            return False
+        try:
+            return self.helper.help_once()
+        except Exception:  # store briefly unavailable: the poll interval passes, then again
+            log.exception("helping with a sweep failed")
+            return False
+
     def _load(self, run_id: UUID) -> Run:
         return cast(Run, self.app.repository.get(run_id))
 
@@ -134,6 +170,8 @@ class Worker:
                                                      "qledger.attempt": attempt}):
             status = self._execute(run_id, run, attempt)
             log.info("run %s %s after attempt %d", run_id, status, attempt)
+        if status in TERMINAL and self.items is not None and run.workflow.get("execute", {}).get("pubs"):
+            self.items.forget(run_id)
 
     def _execute(self, run_id: UUID, run: Run, attempt: int) -> str:
         """Run or resume ``run``; its status at the end."""
@@ -143,11 +181,14 @@ class Worker:
             return self._fail(run, "ExecutorLost", f"run was claimed {attempt - 1} times without finishing",
                               "executor", "environmental", {})
         step = "workflow"
-        renew_after = time.monotonic() + self.lease / 2
+        lease = _Lease(self.queue, run_id, self.name, self.lease)
         try:
             spec = parse_workflow(run.workflow, self.ctx.catalog.names())
             spec, routing = self.route(spec, str(run_id)) if self.route is not None else (spec, {})
-            for index, (step, record) in enumerate(run_steps(spec, self.ctx)):
+            shared = None
+            if self.items is not None and spec.pubs is not None:
+                shared = SharedSweep(self.items, self.results, run_id, self.name, self.lease, lease.keep)
+            for index, (step, record) in enumerate(run_steps(spec, self.ctx, shared)):
                 if index < len(run.steps):
                     self._check_replay(run, index, step, record)
                     continue
@@ -161,11 +202,7 @@ class Worker:
                 run = self._save_steps(run, run_id)
                 if run.status in TERMINAL:
                     return run.status
-                # Renew only when half the lease is gone: each renewal is a commit.
-                if time.monotonic() > renew_after:
-                    if not self.queue.renew(run_id, self.name, self.lease):
-                        raise LeaseLostError(str(run_id))
-                    renew_after = time.monotonic() + self.lease / 2
+                lease.keep()
             run.complete(principal=self.key.principal, summary={"steps": len(run.steps), "worker": self.name})
             try:
                 self._save(run)

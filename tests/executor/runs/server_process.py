@@ -1,7 +1,8 @@
 """An executor server in its own process, for crash and scale-out tests.
 
 ``python -m tests.executor.runs.server_process STORE HOME LATENCY`` serves on a free loopback
-port, prints ``port N``, and offers a backend ``slow`` (aer_ideal plus LATENCY seconds).
+port, prints ``port N worker NAME``, and offers a backend ``slow`` (aer_ideal plus LATENCY
+seconds per call).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def main() -> None:
                            settings=ExecutorSettings(workers=2, lease_seconds=1.5, poll_seconds=0.1,
                                                      authorize=False),
                            catalog=catalog)
-    print(f"port {running.port}", flush=True)
+    print(f"port {running.port} worker {running.worker.name}", flush=True)
     threading.Event().wait()
 
 

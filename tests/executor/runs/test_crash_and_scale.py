@@ -1,4 +1,5 @@
-"""Executors as separate processes: kill -9 mid-run and restart; two executors on one store."""
+"""Executors as separate processes: kill -9 mid-run and restart; two executors on one store,
+sharing runs and sharing the chunks of one sweep, one of them killed mid-sweep."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.ledger.verify import verify
 from qledger.rpc.channel import client_channel
 from qledger.runs.commands import submit_command
-from qledger.runs.reference_workflows import BELL
+from qledger.runs.reference_workflows import BELL, load
 from tests.executor.conftest import RUN_KINDS, STEPS
 from tests.ledger.helpers import make_ledger
 
@@ -36,6 +37,12 @@ def prepare(store_url: str, home: Path) -> tuple[LedgerApp, SigningKey]:
 
 
 def spawn_server(store_url: str, home: Path, latency: float) -> tuple[subprocess.Popen[str], str]:
+    process, address, _ = spawn_named_server(store_url, home, latency)
+    return process, address
+
+
+def spawn_named_server(store_url: str, home: Path, latency: float) -> tuple[subprocess.Popen[str], str, str]:
+    """A server process, its address and its worker's name."""
     process = subprocess.Popen([sys.executable, "-m", "tests.executor.runs.server_process", store_url,
                                 str(home), str(latency)], cwd=REPO, text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -43,7 +50,7 @@ def spawn_server(store_url: str, home: Path, latency: float) -> tuple[subprocess
     assert process.stdout is not None
     line = process.stdout.readline()
     assert line.startswith("port "), line
-    return process, f"127.0.0.1:{line.split()[1]}"
+    return process, f"127.0.0.1:{line.split()[1]}", line.split()[3]
 
 
 def stream(app: LedgerApp, run_id: str) -> list[dict[str, Any]]:
@@ -113,4 +120,65 @@ def test_two_executor_processes_share_one_store(pg_store_url: str, qledger_home:
         assert kinds == RUN_KINDS  # executed exactly once
         workers[entries[-1]["payload"]["summary"]["worker"]] += 1
     assert len(workers) >= 2, f"one executor did all the work: {workers}"
+    assert verify(app.source()).ok
+
+
+def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url: str,
+                                                                    qledger_home: Path) -> None:
+    from uuid import UUID
+
+    import numpy as np
+    from qiskit_aer.primitives import SamplerV2
+
+    from qledger.ledger.store.artifacts import HotArtifacts
+    from qledger.runs.pubs import CHUNK
+    from qledger.runs.queue import RunQueue
+    from tests.executor.runs.test_pubs import transpiled
+
+    app, alice = prepare(pg_store_url, qledger_home)
+    values = [[0.01 * i, 0.02 * i] for i in range(16 * CHUNK)]  # 16 chunks, 0.3 s each
+    workflow = json.loads(json.dumps(load("sweep_qasm3")))
+    workflow["execute"] |= {"backend": "slow", "pubs": [{"parameter_values": values, "shots": 128}]}
+    servers = {name: (process, address) for process, address, name in
+               (spawn_named_server(pg_store_url, qledger_home, latency=0.3) for _ in range(2))}
+    try:
+        process, address = next(iter(servers.values()))
+        with client_channel(address) as channel:
+            command = submit_command(alice, app.require_origin(), workflow, "sweep-shared")
+            run_id = pb_grpc.ExecutorStub(channel).SubmitWorkflow(pb.SubmitWorkflowRequest(
+                command=pb.SignedEnvelope(envelope=command)), timeout=30).run.run_id
+
+        def results() -> list[dict[str, Any]]:
+            return [p["payload"]["record"] for p in stream(app, run_id)
+                    if p["payload"].get("record", {}).get("kind") == "pub_result"]
+
+        wait_for(lambda: len(results()) >= 4, 90)
+        computed_by = {r["computed_by"] for r in results()}
+        # Kill -9 the executor that holds the run: the other takes it over when the lease ends.
+        coordinator = RunQueue(app).holder(UUID(run_id))
+        assert coordinator in servers
+        killed, _ = servers.pop(coordinator)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+        wait_for(lambda: stream(app, run_id)[-1]["event_type"].endswith("Completed"), 120)
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            process.wait(timeout=30)
+    records = results()
+    # Every chunk recorded once, in order, and the stream has no gap: nothing lost, nothing twice.
+    assert [r["bindings"] for r in records] == [[s, s + CHUNK] for s in range(0, 16 * CHUNK, CHUNK)]
+    entries = stream(app, run_id)
+    assert [p["stream_version"] for p in entries] == list(range(1, len(entries) + 1))
+    computed_by |= {r["computed_by"] for r in records}
+    assert coordinator in computed_by and len(computed_by) == 2, computed_by  # both computed chunks
+    circuit = transpiled(workflow, "sampler")
+    hot = HotArtifacts(app.ledger)
+    for record in records[:: 5]:  # whoever computed it, a chunk is what Aer's SamplerV2 gives
+        start, stop = record["bindings"]
+        kept = json.loads(hot.get(record["result_sha256"]) or b"{}")
+        direct = SamplerV2(seed=record["seed_simulator"]).run(
+            [(circuit, np.array(values[start:stop]), 128)]).result()[0]
+        assert kept["counts"] == [{"c": dict(sorted(direct.data.c.get_counts(i).items()))}
+                                  for i in range(stop - start)]
     assert verify(app.source()).ok
