@@ -56,15 +56,21 @@ def test_bench_ledger(store_url: str, tmp_path: Path) -> None:
     assert max(figures(ledger, r"verify` over (\d+) entries")) >= 700
 
 
-def test_bench_sweep(tmp_path: Path) -> None:
-    out = bench(tmp_path, "sweep", "--store", f"sqlite:///{tmp_path}/bench.db", "--bindings", "150",
-                "--shots", "64")
+def test_bench_sweep(store_url: str, tmp_path: Path) -> None:
+    base = store_url.split("?")[0] if store_url.startswith("postgresql") else f"sqlite:///{tmp_path}/bench.db"
+    out = bench(tmp_path, "sweep", "--store", base, "--bindings", "250", "--shots", "64")
     direct = figures(out, r"direct Aer SamplerV2, one call +([\d.]+) ms")
     service = figures(out, r"through the service \(submit..completed\) +([\d.]+) ms")
     ratio = figures(out, r"ratio ([\d.]+) \(target")
     assert len(direct) == 1 and direct[0] > 0 and len(service) == 1 and len(ratio) == 1
     assert abs(ratio[0] - service[0] / direct[0]) < 0.01
     assert figures(out, r"PUB results recorded +([\d.]+) bindings/s")[0] > 0
+    shared = figures(out, r"shared by 2 executor processes +([\d.]+) ms")
+    if base.startswith("postgresql"):  # the same sweep, with a second executor process helping
+        speedup = figures(out, r"([\d.]+)x one process")
+        assert len(shared) == 1 and shared[0] > 0 and abs(speedup[0] - service[0] / shared[0]) < 0.01
+    else:
+        assert shared == []
 
 
 def test_bench_executor(tmp_path: Path) -> None:

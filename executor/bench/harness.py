@@ -3,6 +3,9 @@ call (as in production), and a client allowed to submit to it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -32,6 +35,24 @@ class BenchService:
     client: SigningKey
     stub: pb_grpc.ExecutorStub
     origin: str
+    home: Path  # $QLEDGER_HOME of the bench: the keys of its principals
+
+    @contextmanager
+    def another_executor(self) -> Iterator[subprocess.Popen[bytes]]:
+        """A second executor process (``qledger serve``) on the same store, while in the block."""
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qledger.cli", "serve", "--store", self.url, "--plaintext",
+             "--listen", "127.0.0.1:0", "--workers", "1", "--log-format", "text"],
+            env={**os.environ, "QLEDGER_HOME": str(self.home)}, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL)
+        try:
+            assert process.stdout is not None
+            if not process.stdout.readline().startswith(b"serving"):
+                raise RuntimeError("the second executor process did not start")
+            yield process
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
     @property
     def store_kind(self) -> str:
@@ -62,6 +83,7 @@ def bench_service(base: str | None, settings: ExecutorSettings) -> Iterator[Benc
         running = start_server(app, executor_key, keys.load(CHECKPOINTER), settings=settings)
         try:
             with client_channel(running.address, signer=client) as channel:
-                yield BenchService(url, app, client, pb_grpc.ExecutorStub(channel), app.require_origin())
+                yield BenchService(url, app, client, pb_grpc.ExecutorStub(channel), app.require_origin(),
+                                   Path(home))
         finally:
             running.stop()

@@ -1,5 +1,6 @@
 """``qledger bench sweep``: one submission of a parameter sweep through the service, against
-the same PUB run directly on Aer's SamplerV2 in the same process, the same run."""
+the same PUB run directly on Aer's SamplerV2 in the same process, the same run; on PostgreSQL
+also the same sweep shared by two executor processes."""
 
 from __future__ import annotations
 
@@ -63,9 +64,17 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
 
         one_run()  # warm-up: the first run builds the backend and the transpiler's target
         service = [one_run() for _ in range(repeats)]
+        shared: list[float] = []
+        if bench.store_kind == "PostgreSQL":  # replicas share a store only on PostgreSQL
+            with bench.another_executor():
+                one_run()  # warm-up of the second process
+                shared = [one_run() for _ in range(repeats)]
     figures = {"direct_s": statistics.median(direct), "service_s": statistics.median(service)}
     figures["ratio"] = figures["service_s"] / figures["direct_s"]
     figures["results_per_s"] = bindings / figures["service_s"]
+    if shared:
+        figures["shared_s"] = statistics.median(shared)
+        figures["shared_results_per_s"] = bindings / figures["shared_s"]
     kind = bench.store_kind
     print(f"qledger bench sweep: {bindings} bindings of a {QUBITS}-qubit circuit, {shots} shots, "
           f"aer_ideal, {kind}, median of {repeats}")
@@ -74,4 +83,9 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
           f"ratio {figures['ratio']:.2f} (target <= {TARGET_RATIO})")
     print(f"PUB results recorded                     {figures['results_per_s']:9.0f} bindings/s "
           f"(target >= {TARGET_RATE:.0f})")
+    if shared:
+        print(f"shared by 2 executor processes           {figures['shared_s'] * 1000:9.1f} ms   "
+              f"ratio {figures['shared_s'] / figures['direct_s']:.2f}, "
+              f"{figures['shared_results_per_s']:.0f} bindings/s, "
+              f"{figures['service_s'] / figures['shared_s']:.2f}x one process")
     return figures

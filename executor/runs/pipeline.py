@@ -352,7 +352,10 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
             compute = _chunk_computation(st.ctx, backend, transpiled, pub, (start, stop), seed)
             t0 = time.perf_counter()
             data, facts = st.shared.obtain(pub.index, start, compute) if st.shared else (compute(), {})
-            ref = st.ctx.keep(canonical_bytes(data), "application/json")
+            blob = canonical_bytes(data)
+            # A shared sweep has stored the result already; the entry only names it.
+            ref = artifact_ref(blob, "application/json") if facts.get("stored") else st.ctx.keep(
+                blob, "application/json")
             st.pub_results.append((pub, start, data))
             record: dict[str, Any] = {
                 "kind": "pub_result", "primitive": spec.primitive, "pub": pub.index,

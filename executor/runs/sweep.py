@@ -61,25 +61,32 @@ class SharedSweep:
     def obtain(self, pub: int, start: int, compute: Callable[[], dict[str, Any]]
                ) -> tuple[dict[str, Any], dict[str, Any]]:
         while True:
+            # Claiming first saves a round trip in the common case: nobody else has the chunk.
+            if self.items.claim(self.run_id, pub, start, self.worker, self.lease):
+                return self._computed(pub, start, compute)
             state = self.items.state(self.run_id, pub, start)
             if state is None:  # never published (a store without the table): compute here
                 return compute(), {}
             if state.done and state.result_sha256:
                 data = self.artifacts.get(state.result_sha256)
                 if data is not None and hashlib.sha256(data).hexdigest() == state.result_sha256:
-                    facts = {"computed_by": state.computed_by, "execute_ms": state.execute_ms}
+                    facts = {"computed_by": state.computed_by, "execute_ms": state.execute_ms, "stored": True}
                     return json.loads(data), facts
                 log.warning("run %s: the result of chunk %d/%d is missing; computing it again",
                             self.run_id, pub, start)
-            if state.done or self.items.claim(self.run_id, pub, start, self.worker, self.lease):
-                t0 = time.perf_counter()
-                result = compute()
-                execute_ms = round(1000 * (time.perf_counter() - t0), 3)
-                sha = _stored(self.artifacts, result)
-                self.items.complete(self.run_id, pub, start, self.worker, sha, execute_ms)
-                return result, {"computed_by": self.worker, "execute_ms": execute_ms}
+            if state.done:
+                return self._computed(pub, start, compute)
             self.keep_alive()  # another executor is computing this chunk: wait for it
             time.sleep(self.poll)
+
+    def _computed(self, pub: int, start: int, compute: Callable[[], dict[str, Any]]
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+        t0 = time.perf_counter()
+        result = compute()
+        execute_ms = round(1000 * (time.perf_counter() - t0), 3)
+        sha = _stored(self.artifacts, result)
+        self.items.complete(self.run_id, pub, start, self.worker, sha, execute_ms)
+        return result, {"computed_by": self.worker, "execute_ms": execute_ms, "stored": True}
 
 
 class SweepHelper:
