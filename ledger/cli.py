@@ -76,6 +76,9 @@ def verify_command(
         hot: HotArtifacts | None = None
         if log is not None:
             source = LogFileSource(log)
+            beside = artifacts_beside(log)
+            if archive is None and beside.is_dir():  # what export-log wrote with the log
+                archive = beside
         else:
             app = open_app(store)
             source, hot = app.source(), HotArtifacts(app.ledger)
@@ -111,17 +114,34 @@ def archive_command(
     typer.echo(f"archived {result.moved} artifacts ({result.bytes} bytes) to {to}")
 
 
+def artifacts_beside(log: Path) -> Path:
+    """The content-addressed directory export-log writes next to a log (``LOG.artifacts``)."""
+    return log.with_name(log.name + ".artifacts")
+
+
 def export_log(output: Annotated[Path, typer.Option("-o", "--output", help="JSON Lines file")],
                store: StoreOption = None) -> None:
-    """Write the whole ledger as JSON Lines that `qledger verify --log` checks offline."""
+    """Write the whole ledger as JSON Lines, and the store's artifacts beside it (OUTPUT.artifacts,
+    by digest), which `qledger verify --log OUTPUT` checks offline."""
     with reported_errors():
-        source = open_app(store).source()
+        app = open_app(store)
+        source = app.source()
+        hot = HotArtifacts(app.ledger)
+        beside = ArchiveDirectory(artifacts_beside(output))
         try:
             with output.open("w", encoding="utf-8") as fh:
                 count = write_log(source, fh)
+            copied = 0
+            if hot.exists():
+                for sha, media_type, _ in hot.listing():
+                    data = hot.get(sha)
+                    if data is not None:
+                        beside.put(data, media_type)
+                        copied += 1
         except OSError as exc:
-            raise fail(f"cannot write {output}: {exc.strerror}") from None
-    typer.echo(f"exported {count} entries to {output}")
+            raise fail(f"cannot write {exc.filename or output}: {exc.strerror}") from None
+    typer.echo(f"exported {count} entries to {output}" + (f" and {copied} artifacts to {beside.root}"
+                                                          if copied else ""))
 
 
 @keys_app.command("public")

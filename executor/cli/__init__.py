@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from qledger.cli import bench, bundles, governance, runs, service, views
+from qledger.cli import bench, bundles, governance, runs, service, templates, views
 from qledger.ledger import cli as ledger_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +23,7 @@ bundles.register(app)
 runs.register(app)
 views.register(app)
 governance.register(app)
+templates.register(app)
 bench.register(bench_app)
 
 

@@ -26,15 +26,21 @@ class Admission:
 
 
 def admit(policy: Policy, workflow: dict[str, Any], workflow_sha256: str, submitter: str,
-          usage_of: Callable[[str], dict[str, float]]) -> Admission:
-    """``usage_of(project)`` gives what the project has used; it is read only if a budget is set."""
+          usage_of: Callable[[str], dict[str, float]], template_sha256: str | None = None) -> Admission:
+    """``usage_of(project)`` gives what the project has used; it is read only if a budget is set.
+    A run of a registered template (``template_sha256``, its source digest) on a restricted
+    backend is admitted by an approval of that template version, or of the definition."""
     project = project_of(workflow)
     execute = workflow["execute"]
     restricted = sorted({execute["backend"], execute.get("fallback_backend")} & policy.restricted)
     experimental = execute.get("priority") == "experimental"  # runs on a simulator instead
-    if restricted and not experimental and policy.approved(workflow_sha256, submitter, project) is None:
-        reason = (f"backend {restricted[0]} is restricted: this workflow definition needs an approval "
-                  f"by an approver of project {project!r} other than its author and its submitter")
+    approved = policy.approved(workflow_sha256, submitter, project) is not None or (
+        template_sha256 is not None
+        and policy.approved_template(template_sha256, submitter, project) is not None)
+    if restricted and not experimental and not approved:
+        reason = (f"backend {restricted[0]} is restricted: this workflow definition (or the template "
+                  f"version it runs) needs an approval by an approver of project {project!r} other "
+                  "than its author and its submitter")
         return Admission(Refusal("approval_required", PermissionDeniedError(reason, "workflow_sha256")))
     quota = policy.quotas.get(project)
     if not quota:

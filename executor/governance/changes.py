@@ -16,6 +16,7 @@ from qledger.ledger.verify import check_stream
 from qledger.provenance.lineage_index import RunFilter, find_runs
 from qledger.provenance.projections import projection_runner
 from qledger.provenance.report import compare, run_facts
+from qledger.runs.templates import resolver
 from qledger.runs.workflow import BACKENDS, parse_workflow, project_of, workflow_sha256
 
 REPRODUCED = ("reproduced exactly", "within tolerance")
@@ -93,7 +94,8 @@ def approve(app: LedgerApp, approver: SigningKey, definition: dict[str, Any], au
     """
     # The backend may be one this machine does not run (real hardware): any name is valid here.
     named = definition.get("execute", {}) if isinstance(definition.get("execute"), dict) else {}
-    spec = parse_workflow(definition, BACKENDS | {str(named.get(k)) for k in ("backend", "fallback_backend")})
+    spec = parse_workflow(definition, BACKENDS | {str(named.get(k)) for k in ("backend", "fallback_backend")},
+                          resolver(app))
     project = project_of(definition)
     if approver.principal == author:
         raise GovernanceError(f"{author} may not approve their own workflow (self-approval)")
@@ -107,6 +109,23 @@ def approve(app: LedgerApp, approver: SigningKey, definition: dict[str, Any], au
                        rationale=f"{rationale.strip()} [evidence: {evidence}]")
     app.save(governance)
     return sha
+
+
+def approve_template(app: LedgerApp, approver: SigningKey, ref: str, project: str, rationale: str) -> str:
+    """Approve a registered template version, by its source digest, for restricted backends in
+    ``project``; returns the digest.  Refused for its own author and without a rationale."""
+    found = resolver(app)(ref)
+    if found is None:
+        raise GovernanceError(f"no registered template {ref} (qledger templates list)")
+    if approver.principal == found.author:
+        raise GovernanceError(f"{found.author} may not approve their own template (self-approval)")
+    if not rationale.strip():
+        raise GovernanceError("an approval needs a rationale")
+    governance = _for_change(app, approver, "approver", project)
+    governance.approve_template(principal=approver.principal, template=ref, source_sha256=found.sha256,
+                                project=project, author=found.author, rationale=rationale.strip())
+    app.save(governance)
+    return found.sha256
 
 
 def promotion_evidence(app: LedgerApp, name: str, version: int) -> str:

@@ -42,6 +42,8 @@ class Governance(Aggregate):
         self.restricted: list[str] = []
         self.approvals: dict[str, list[dict[str, Any]]] = {}  # workflow sha256 -> approvals
         self.canaries: dict[str, dict[str, Any]] = {}  # workflow name -> candidate and fraction
+        # a registered circuit template's source sha256 -> approvals of that version
+        self.template_approvals: dict[str, list[dict[str, Any]]] = {}
 
     @event("RoleGranted")
     def grant_role(self, *, principal: str, subject: str, role: str, project: str) -> None:
@@ -69,6 +71,13 @@ class Governance(Aggregate):
                 author: str, rationale: str) -> None:
         self.approvals.setdefault(workflow_sha256, []).append(
             {"approver": principal, "author": author, "rationale": rationale, "project": project})
+
+    @event("CircuitTemplateApproved")
+    def approve_template(self, *, principal: str, template: str, source_sha256: str, project: str,
+                         author: str, rationale: str) -> None:
+        self.template_approvals.setdefault(source_sha256, []).append(
+            {"approver": principal, "author": author, "rationale": rationale, "project": project,
+             "template": template})
 
     @event("CanarySet")
     def set_canary(self, *, principal: str, workflow: str, candidate_backend: str | None,
@@ -107,13 +116,14 @@ class Policy:
     restricted: frozenset[str] = frozenset()
     approvals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     canaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    template_approvals: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, governance: Governance | None) -> Policy:
         if governance is None:
             return cls()
         return cls(governance.roles, governance.quotas, frozenset(governance.restricted),
-                   governance.approvals, governance.canaries)
+                   governance.approvals, governance.canaries, governance.template_approvals)
 
     def roles_of(self, subject: str, project: str) -> set[str]:
         if subject == ROOT:
@@ -128,7 +138,15 @@ class Policy:
     def approved(self, workflow_sha256: str, submitter: str, project: str) -> dict[str, Any] | None:
         """An approval of this exact definition by an approver who is neither its author nor
         the submitter, holding the approver role in the project; None if there is none."""
-        for approval in self.approvals.get(workflow_sha256, []):
+        return self._valid_approval(self.approvals.get(workflow_sha256, []), submitter, project)
+
+    def approved_template(self, source_sha256: str, submitter: str, project: str) -> dict[str, Any] | None:
+        """The same, for a registered template's version named by its source digest."""
+        return self._valid_approval(self.template_approvals.get(source_sha256, []), submitter, project)
+
+    def _valid_approval(self, approvals: list[dict[str, Any]], submitter: str, project: str
+                        ) -> dict[str, Any] | None:
+        for approval in approvals:
             approver = approval["approver"]
             if approver not in (approval["author"], submitter) and "approver" in self.roles_of(
                     approver, project):

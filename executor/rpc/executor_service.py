@@ -35,6 +35,7 @@ from qledger.runs.cancellation import cancel, may_cancel, read_cancel
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import TERMINAL, Run
 from qledger.runs.submission import check_submission, read_submission, record_submission
+from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
 from qledger.runs.workflow import project_of
 
@@ -58,6 +59,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.backends, self.changes, self.wake = backends, changes, wake
         self.executor_principal = executor_principal
         self.source = app.source()
+        self.templates = resolver(app)
 
     def _run(self, run_id: UUID) -> Run | None:
         try:
@@ -95,11 +97,11 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         signer = (self.authz.signer(envelope.key_id, envelope.signature_valid, signed.content.principal)
                   if self.authz.enabled else None)
         self.authz.require(context, rpc, signed.project, principal=signer.principal if signer else None)
-        submission = check_submission(signed, self.backends, rerun_of)
+        submission = check_submission(signed, self.backends, rerun_of, self.templates)
         existing = self._run(submission.run_id)
         if existing is None:
             admission = admit(self.authz.policies.current(), submission.workflow, submission.workflow_sha256,
-                              submission.principal, self._usage)
+                              submission.principal, self._usage, submission.template_sha256)
             if admission.refusal is not None:
                 self.authz.record(admission.refusal.kind, submission.principal, "SubmitWorkflow",
                                   submission.project, str(admission.refusal.error))

@@ -18,7 +18,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.routing import route
-from qledger.ledger.admin import SERVICE_ROLE, InitResult, init_store
+from qledger.ledger.admin import ROOT, SERVICE_ROLE, InitResult, init_store
 from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
 from qledger.ledger.errors import QledgerError
 from qledger.ledger.follow import ProjectionFollower
@@ -33,6 +33,7 @@ from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
 from qledger.runs.queue import RunQueue, SweepItems
+from qledger.runs.templates import register_builtins
 from qledger.runs.worker import Worker
 
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
@@ -136,6 +137,7 @@ def prepare_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
     result = init_store(app, keys, origin, service_role, projection_runner(app))
     RunQueue(app).create(service_role if app.store.is_postgres else None)
     SweepItems(app).create(service_role if app.store.is_postgres else None)
+    register_builtins(app, keys.load(ROOT))
     return result
 
 

@@ -112,6 +112,15 @@ def source_bytes(circuit: dict[str, Any]) -> tuple[str, bytes]:
     return fmt, data
 
 
+def parse_source(circuit: dict[str, Any]) -> LoadedCircuit:
+    """The circuit a source-form member describes, as written: parameters unbound, measurements
+    as they are (what a template registers)."""
+    fmt, data = source_bytes(circuit)
+    parsed = _parse(fmt, data)
+    return LoadedCircuit(parsed, data, FORMATS[fmt], hashlib.sha256(data).hexdigest(),
+                         tuple(p.name for p in parsed.parameters))
+
+
 def load_circuit(circuit: dict[str, Any], primitive: str | None = None) -> LoadedCircuit:
     """The circuit a source-form ``circuit`` member describes, its parameters bound.  For PUBs of
     a ``primitive``, left unbound (the PUBs bind them; ``parameters`` may not be given), and for

@@ -247,7 +247,10 @@ def _circuit_loading(st: _RunState, source: dict[str, Any]) -> dict[str, Any]:
     loaded = load_circuit(source, st.spec.primitive)
     st.circuit = loaded.circuit
     qasm = qasm3.dumps(st.circuit)
-    return {"source_format": source["format"], "qubits": st.circuit.num_qubits,
+    template = st.spec.template_source
+    registered = ({"template": {"ref": template.ref, "sha256": template.sha256, "author": template.author}}
+                  if template is not None else {})
+    return {**registered, "source_format": source["format"], "qubits": st.circuit.num_qubits,
             "clbits": st.circuit.num_clbits, "parameters": source.get("parameters") or {},
             "circuit_source": {"sha256": loaded.sha256, "media_type": loaded.media_type,
                                "bytes": len(loaded.data)},

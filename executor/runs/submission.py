@@ -19,6 +19,7 @@ from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import InvalidRequestError, QledgerError
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import RUN_SUBMITTED_TYPE, Run, run_id_for
+from qledger.runs.templates import Resolver
 from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
 
 MAX_IDEMPOTENCY_KEY = 128
@@ -52,6 +53,7 @@ class Submission:
     idempotency_key: str
     workflow: dict[str, Any]
     workflow_sha256: str
+    template_sha256: str | None = None  # the source digest of the registered template it runs
 
     @property
     def principal(self) -> str:
@@ -78,7 +80,7 @@ def read_submission(data: bytes) -> SignedSubmission:
 
 
 def check_submission(signed: SignedSubmission, backends: frozenset[str],
-                     rerun_of: Run | None = None) -> Submission:
+                     rerun_of: Run | None = None, templates: Resolver | None = None) -> Submission:
     """Every member of the command, checked before anything is appended."""
     payload = signed.payload
     key = payload.get("idempotency_key")
@@ -90,7 +92,7 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
         raise InvalidRequestError("stream id must be the run id derived from principal and idempotency key",
                                   "command.envelope")
     try:
-        parse_workflow(payload.get("workflow"), backends)
+        spec = parse_workflow(payload.get("workflow"), backends, templates)
     except WorkflowError as exc:
         raise InvalidRequestError(str(exc), f"workflow.{exc.field}") from exc
     workflow: dict[str, Any] = payload["workflow"]
@@ -103,7 +105,8 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
                                   "command.envelope")
     if rerun_of is None and payload.get("rerun_of") is not None:
         raise InvalidRequestError("use RerunWorkflow to replay a run", "rerun_of")
-    return Submission(signed, run_id, key, workflow, sha)
+    template = spec.template_source
+    return Submission(signed, run_id, key, workflow, sha, template.sha256 if template else None)
 
 
 def record_submission(app: LedgerApp, queue: RunQueue, submission: Submission,

@@ -35,6 +35,7 @@ from qledger.runs.pipeline import transpiled_for
 from qledger.runs.pubs import Pub, parse_pubs
 from qledger.runs.queue import SweepItem, SweepItems
 from qledger.runs.run import Run
+from qledger.runs.templates import resolver
 from qledger.runs.workflow import parse_workflow
 
 log = logging.getLogger("qledger.executor")
@@ -122,7 +123,8 @@ class SweepHelper:
         key = (item.run_id, item.backend)
         if key not in self._prepared:
             run = cast(Run, self.app.repository.get(item.run_id))
-            spec = replace(parse_workflow(run.workflow, self.catalog.names()), backend=item.backend,
+            spec = replace(parse_workflow(run.workflow, self.catalog.names(), resolver(self.app)),
+                           backend=item.backend,
                            noise_seed=item.noise_seed)
             assert spec.source is not None and spec.primitive is not None
             loaded = load_circuit(spec.source, spec.primitive)

@@ -31,6 +31,7 @@ from qledger.runs.pipeline import ExecutionContext, StepFailedError, run_steps
 from qledger.runs.queue import RunQueue, SweepItems
 from qledger.runs.run import TERMINAL, Run
 from qledger.runs.sweep import SharedSweep, SweepHelper
+from qledger.runs.templates import resolver
 from qledger.runs.workflow import WorkflowError, WorkflowSpec, parse_workflow
 
 log = logging.getLogger("qledger.executor")
@@ -108,6 +109,7 @@ class Worker:
         # the store (an idle one helps); results pass between them as artifacts, committed at
         # once rather than staged with this thread's next entries.
         self.items = sweep_items
+        self.templates = resolver(app)
         self.results = HotArtifacts(app.ledger)
         self.helper = (None if sweep_items is None else
                        SweepHelper(app, sweep_items, self.results, ctx.catalog, self.name, lease_seconds))
@@ -183,7 +185,7 @@ class Worker:
         step = "workflow"
         lease = _Lease(self.queue, run_id, self.name, self.lease)
         try:
-            spec = parse_workflow(run.workflow, self.ctx.catalog.names())
+            spec = parse_workflow(run.workflow, self.ctx.catalog.names(), self.templates)
             spec, routing = self.route(spec, str(run_id)) if self.route is not None else (spec, {})
             shared = None
             if self.items is not None and spec.pubs is not None:

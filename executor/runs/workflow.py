@@ -22,6 +22,7 @@ from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.dag import DagError, Step, parse_steps
 from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, device_qubits
 from qledger.runs.pubs import PRIMITIVES, parse_pubs
+from qledger.runs.templates import TEMPLATE_REF, Resolver, TemplateSource
 from qledger.runs.variational import parse_optimizer, parse_pauli_sum
 
 SCHEMA_VERSION = 1
@@ -76,6 +77,7 @@ class WorkflowSpec:
     observable_dataset: str = ""  # which dataset holds the observable (a Pauli sum)
     observable: tuple[tuple[str, float], ...] = ()
     precision: float | None = None  # the Estimator's target precision (0: exact)
+    template_source: TemplateSource | None = None  # a registered template (name@version), resolved
 
     @property
     def variational(self) -> bool:
@@ -88,6 +90,9 @@ class WorkflowSpec:
     def to_json(self) -> dict[str, Any]:
         circuit: dict[str, Any] = (dict(self.source) if self.source is not None
                                    else {"template": self.template, "qubits": self.qubits})
+        if self.template_source is not None:
+            circuit = {"template": self.template_source.ref,
+                       **({"parameters": circuit["parameters"]} if "parameters" in circuit else {})}
         extra: dict[str, Any] = {}
         calibration: dict[str, Any] = ({} if self.max_calibration_age is None
                                        else {"max_calibration_age": self.max_calibration_age})
@@ -132,12 +137,17 @@ def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int |
     return value
 
 
-def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> WorkflowSpec:
+def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
+                   templates: Resolver | None = None) -> WorkflowSpec:
+    """The definition, checked; ``templates`` resolves registered templates (``name@version``)."""
     if not isinstance(definition, dict):
         raise WorkflowError("workflow", "must be an object")
     if definition.get("schema_version") != SCHEMA_VERSION:
         raise WorkflowError("schema_version", f"must be {SCHEMA_VERSION}")
     circuit = definition.get("circuit")
+    template_source = None
+    if isinstance(circuit, dict) and "@" in str(circuit.get("template", "")):
+        template_source, circuit = _registered_template(circuit, templates)
     execute = definition.get("execute", {})
     source = None
     primitive, pubs = None, None
@@ -241,11 +251,31 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS) -> Work
         datasets=datasets, source=source, max_calibration_age=max_age,
         primitive=primitive, pubs=None if pubs is None else tuple(pubs),
         observable_dataset=str(execute.get("observable_dataset", "")) if variational else "",
-        observable=observable, precision=precision,
+        observable=observable, precision=precision, template_source=template_source,
     )
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
     return spec
+
+
+def _registered_template(circuit: dict[str, Any], templates: Resolver | None
+                         ) -> tuple[TemplateSource, dict[str, Any]]:
+    """A circuit member naming a registered template: the template, and the source-form member
+    its bytes are (with the definition's parameter values)."""
+    ref = circuit["template"]
+    extra = sorted(set(circuit) - {"template", "parameters"})
+    if extra:
+        raise WorkflowError(f"circuit.{extra[0]}", "is not a member of a registered template's circuit "
+                            "(members: template, parameters)")
+    if not TEMPLATE_REF.fullmatch(ref):
+        raise WorkflowError("circuit.template", f"{ref!r} is not name@version")
+    found = templates(ref) if templates is not None else None
+    if found is None:
+        raise WorkflowError("circuit.template", f"no registered template {ref} (qledger templates list)")
+    member = found.circuit_member()
+    if "parameters" in circuit:
+        member["parameters"] = circuit["parameters"]
+    return found, member
 
 
 def _qaoa_settings(definition: dict[str, Any], qubits: int

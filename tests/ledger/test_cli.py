@@ -45,12 +45,24 @@ def test_private_keys_are_0600(initialised: str, qledger_home: Path) -> None:
 
 def test_verify_store_and_exported_log(initialised: str, tmp_path: Path) -> None:
     code, out = qledger("verify", "--store", initialised, "--jobs", "2")
-    assert code == 0 and out.startswith("OK: 4 entries, 1 checkpoints"), out
+    # genesis (two keys), the built-in circuit templates (four entries), alice's and bob's keys
+    assert code == 0 and out.startswith("OK: 8 entries, 1 checkpoints"), out
     log = tmp_path / "ledger.jsonl"
     assert qledger("export-log", "-o", str(log), "--store", initialised)[0] == 0
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [line["type"] for line in lines] == ["ledger"] + ["key"] * 4 + ["checkpoint"] + ["entry"] * 4
-    assert qledger("verify", "--log", str(log)) == (0, out)
+    assert [line["type"] for line in lines] == ["ledger"] + ["key"] * 4 + ["checkpoint"] + ["entry"] * 8
+    # The export carries the store's artifacts beside it, by digest: it verifies as it is.
+    code, offline = qledger("verify", "--log", str(log))
+    assert code == 0 and offline.split(";")[0] == out.split(";")[0], offline
+    assert "3 referenced, 0 hot, 3 archived, 0 missing" in offline
+    copies = sorted((tmp_path / "ledger.jsonl.artifacts").rglob("*"))
+    first = next(p for p in copies if p.is_file())
+    kept_bytes = first.read_bytes()
+    first.write_bytes(kept_bytes + b" ")  # an altered copy is tampering...
+    assert qledger("verify", "--log", str(log))[0] == 1
+    first.unlink()  # ... a missing one is not
+    assert qledger("verify", "--log", str(log))[0] == 3
+    first.write_bytes(kept_bytes)
     # Drop an entry line from the exported log: a gap, named.
     kept = [line for line in log.read_text().splitlines() if '"position":3,' not in line]
     log.write_text("\n".join(kept) + "\n")
@@ -101,7 +113,7 @@ def test_proofs_printed_verify(initialised: str) -> None:
                                      bytes.fromhex(c["second_root"]),
                                      [bytes.fromhex(h) for h in c["consistency_path"]])
     code, out = qledger("checkpoint", "--store", initialised)
-    assert code == 0 and json.loads(out)["tree_size"] == 4
+    assert code == 0 and json.loads(out)["tree_size"] == 8
     assert qledger("proof", "inclusion", "9", "--store", initialised)[0] == 2
     assert qledger("proof", "consistency", "4", "3", "--store", initialised)[0] == 2
 
