@@ -13,6 +13,7 @@ from qledger.ledger.projection import ProjectionRunner
 from qledger.ledger.store.artifacts import HotArtifacts
 from qledger.ledger.store.ledger_tables import ARTIFACTS
 from qledger.ledger.store.postgres import LedgerPostgresRecorder, grant_statements
+from qledger.ledger.store.url import StoreURL
 
 ROOT = "root"
 CHECKPOINTER = "checkpointer"
@@ -70,7 +71,7 @@ def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
     return InitResult(created, registered, app.require_origin())
 
 
-def open_admin_app(store: str | None, keys: KeyStore, *, create_tables: bool = False) -> LedgerApp:
+def open_admin_app(store: StoreURL | str | None, keys: KeyStore, *, create_tables: bool = False) -> LedgerApp:
     """An app holding whatever admin and checkpoint keys this machine has."""
     signers = [keys.load(p) for p in (ROOT, CHECKPOINTER) if keys.exists(p)]
     return LedgerApp(store, signers, create_tables=create_tables)

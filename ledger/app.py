@@ -191,8 +191,13 @@ class LedgerApp(Application[UUID]):
                 return cast(str, existing["note"])
             root = merkle.root_from_nodes(size, self._fetch(cursor))
             note = Checkpoint(origin, size, root).sign(key)
-            cursor.execute(self.ledger.sql("INSERT INTO {checkpoints} (tree_size, note) "
-                                           "VALUES ({p}, {p})"), (size, note))
+            # Another server (or thread) may sign the same size at the same moment: the first
+            # stored note is the checkpoint, and every caller gets that one.
+            cursor.execute(self.ledger.sql("INSERT INTO {checkpoints} (tree_size, note) VALUES ({p}, {p}) "
+                                           "ON CONFLICT (tree_size) DO NOTHING"), (size, note))
+            cursor.execute(self.ledger.sql("SELECT note FROM {checkpoints} WHERE tree_size = {p}"),
+                           (size,))
+            note = cast(str, cursor.fetchone()["note"])
         if self.checkpoint_policy is not None:
             self.checkpoint_policy.last_size = size
             self.checkpoint_policy.last_time = time.monotonic()

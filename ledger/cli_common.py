@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -12,8 +13,9 @@ import typer
 
 from qledger.ledger import admin
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.errors import QledgerError
+from qledger.ledger.errors import QledgerError, StoreNotInitialisedError
 from qledger.ledger.keys import KeyStore
+from qledger.ledger.store.url import resolve_store
 
 StoreOption = Annotated[str | None, typer.Option(
     "--store", help="sqlite:///PATH or postgresql://USER@HOST/DB; default $QLEDGER_STORE, "
@@ -44,7 +46,17 @@ def parse_run_id(text: str) -> UUID:
         raise fail(f"{text!r} is not a run id") from None
 
 
-def open_app(store: str | None) -> LedgerApp:
-    return admin.open_admin_app(store, KeyStore.default())
+def open_app(store: str | None, *, initialised: bool = True) -> LedgerApp:
+    """The ledger at ``store``.  Unless ``initialised`` is False (``qledger init``), a store
+    without a ledger is refused before anything is created: no empty SQLite file is left behind."""
+    url = resolve_store(store)
+    path = url.env.get("SQLITE_DBNAME", "")
+    if initialised and url.kind == "sqlite" and not path.startswith(("file:", ":memory:")) \
+            and not Path(path).exists():
+        raise StoreNotInitialisedError(f"no ledger at {path}")
+    app = admin.open_admin_app(url, KeyStore.default())
+    if initialised and app.origin is None:
+        raise StoreNotInitialisedError(f"no ledger at {url.url}")
+    return app
 
 

@@ -8,6 +8,8 @@ artifacts missing.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from qledger.cli import bench, bundles, governance, runs, service, templates, views
@@ -17,6 +19,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="qledger: a signed, hash-chained provenance ledger.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print ratios to baselines.")
 app.add_typer(bench_app, name="bench")
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import version
+
+        typer.echo(f"qledger {version('qledger-provenance')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                   help="Print the installed version and exit")] = False
+             ) -> None:
+    """qledger: a signed, hash-chained provenance ledger."""
+
+
 service.register(app)
 ledger_cli.register(app, bench_app)
 bundles.register(app)

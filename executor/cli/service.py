@@ -30,7 +30,7 @@ def init(store: StoreOption = None,
     from qledger.rpc.server import prepare_store
 
     with reported_errors():
-        ledger = open_app(store)
+        ledger = open_app(store, initialised=False)
         result = prepare_store(ledger, KeyStore.default(), origin, service_role)
         typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +45,31 @@ class PlaintextRefusedError(QledgerError):
     """Plaintext gRPC was asked for on an address that is not loopback."""
 
     hint = "serve TLS (--tls-cert, --tls-key), or listen on a loopback address"
+
+
+class ListenError(QledgerError):
+    """The server cannot listen where it was asked to."""
+
+    hint = "choose another --listen address, or stop the server that holds it"
+
+
+def require_free(listen: str) -> None:
+    """Refuse an address another process listens on.  gRPC would share it (SO_REUSEPORT) and
+    clients would then reach two ledgers at random; binding a plain socket first tells."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    host = host.strip("[]") or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # SO_REUSEADDR on Linux passes over connections lingering in TIME_WAIT, never over a listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ListenError(f"{listen} is in use by another process (another qledger serve?)") from None
+            raise ListenError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -147,6 +174,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
                  export_key: SigningKey | None = None) -> RunningServer:
     if tls is None:
         require_loopback(listen)
+    require_free(listen)
     settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
     checkpointer = None
@@ -167,6 +195,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts, sweep_items=sweep_items)
     server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=[server_interceptor()], options=[
+        ("grpc.so_reuseport", 0),  # never share a port with another server
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
@@ -185,7 +214,12 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, reflection.SERVICE_NAME,
                                          health.SERVICE_NAME), server)
-    port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    try:
+        port = server.add_secure_port(listen, tls.credentials()) if tls else server.add_insecure_port(listen)
+    except RuntimeError as exc:  # the address was free a moment ago: the TLS material is what failed
+        raise ListenError(f"cannot serve on {listen}: {exc}" + (
+            "; check that --tls-cert is a PEM certificate and --tls-key its private key" if tls else "")
+        ) from None
     # Started first: it makes sure the projection tables exist before any call reads them.
     follower = projection_follower(app, projections, settings.projection_poll_seconds).start()
     worker.metrics.watch_projections(follower)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -124,3 +125,21 @@ def test_console_script_runs(initialised: str, qledger_home: Path) -> None:
                                                               "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("OK:")
+
+
+@pytest.mark.parametrize("command", [["verify"], ["checkpoint"], ["export-log", "-o", "out.jsonl"],
+                                     ["proof", "inclusion", "1"], ["keys", "list"], ["templates", "list"]])
+def test_a_read_command_on_a_missing_ledger_says_so_and_creates_nothing(tmp_path: Path, qledger_home: Path,
+                                                                      command: list[str]) -> None:
+    store = tmp_path / "qledger.db"
+    done = subprocess.run([sys.executable, "-m", "qledger.cli", *command, "--store", f"sqlite:///{store}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env={**os.environ, "QLEDGER_HOME": str(qledger_home)})
+    assert done.returncode == 2, done
+    assert done.stderr == f"qledger: no ledger at {store} (run `qledger init` first)\n"
+    assert not store.exists() and not (tmp_path / "out.jsonl").exists()
+
+
+def test_a_read_command_on_an_uninitialised_postgres_schema_says_so(pg_store_url: str) -> None:
+    code, out = qledger("verify", "--store", pg_store_url)
+    assert code == 2 and out.strip() == f"qledger: no ledger at {pg_store_url} (run `qledger init` first)"

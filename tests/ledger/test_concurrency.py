@@ -106,3 +106,28 @@ def test_a_revocation_by_another_writer_binds_a_writer_with_a_stale_head(
         write_notes(first, "alice", 1)
     assert positions(first) == list(range(1, size + 1))
     assert verify(first.source()).ok
+
+
+def test_concurrent_checkpoints_of_one_size_are_one_checkpoint(store_url: str, qledger_home: Path) -> None:
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qledger.ledger.admin import CHECKPOINTER
+
+    app, alice = make_ledger(store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    # Several servers share a PostgreSQL store; an SQLite file has one server (its threads race).
+    servers = [app, open_admin_app(store_url, keys) if app.store.is_postgres else app]
+    key = keys.load(CHECKPOINTER)
+    for _ in range(5):
+        write_notes(app, alice.principal, 1)
+        barrier = threading.Barrier(8)
+
+        def sign(i: int, barrier: threading.Barrier = barrier) -> str:
+            barrier.wait(timeout=30)
+            return servers[i % 2].checkpoint(key)
+
+        with ThreadPoolExecutor(8) as pool:
+            notes = list(pool.map(sign, range(8)))
+        assert len(set(notes)) == 1  # every caller got the one stored checkpoint
+    assert verify(app.source()).ok

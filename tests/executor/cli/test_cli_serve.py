@@ -182,3 +182,32 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
     config.write_text(f'[serve]\nstore = "{sqlite_store_url}"\n')
     unasked = qledger(qledger_home, "serve", "--config", str(config))
     assert unasked.returncode == 2 and "--plaintext" in unasked.stderr
+
+
+def test_a_second_server_on_a_busy_port_is_refused(service: Service, qledger_home: Path) -> None:
+    from qledger.ledger.admin import CHECKPOINTER
+    from qledger.rpc.server import ListenError, start_server
+
+    keys = KeyStore(qledger_home)
+    busy = service.running.address
+    before = service.app.tree_size()
+    try:
+        start_server(service.app, keys.load("executor-1"), keys.load(CHECKPOINTER), listen=busy)
+    except ListenError as exc:
+        assert "in use" in str(exc) and busy in str(exc)
+    else:
+        raise AssertionError("a second server shared a busy port")
+    assert service.app.tree_size() == before
+    # The command says so in one line and exits 2; the first server still answers alone.
+    refused = qledger(qledger_home, "serve", "--plaintext", "--listen", busy,
+                      "--store", service.app.store.url, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and "is in use" in refused.stderr
+    assert qledger(qledger_home, "health", "--server", busy).stdout.strip() == "SERVING"
+
+
+def test_version() -> None:
+    from importlib.metadata import version
+
+    done = subprocess.run([sys.executable, "-m", "qledger.cli", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and done.stdout == f"qledger {version('qledger-provenance')}\n"
