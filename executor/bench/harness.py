@@ -61,14 +61,18 @@ class BenchService:
     def timed_run(self, workflow: dict[str, Any], timeout: float = 120.0) -> tuple[float, str]:
         """Seconds from submitting ``workflow`` (signed beforehand) until its last entry is seen,
         and that entry's event type."""
+        seconds, entries = self.timed_run_entries(workflow, timeout)
+        return seconds, entries[-1].event_type if entries else ""
+
+    def timed_run_entries(self, workflow: dict[str, Any], timeout: float = 120.0
+                          ) -> tuple[float, list[pb.LedgerEntry]]:
+        """The same, with the run's entries as they were watched."""
         command = submit_command(self.client, self.origin, workflow, str(uuid.uuid4()))
         t0 = time.perf_counter()
         reply = self.stub.SubmitWorkflow(pb.SubmitWorkflowRequest(
             command=pb.SignedEnvelope(envelope=command)), timeout=timeout)
-        last = ""
-        for entry in self.stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=timeout):
-            last = entry.event_type
-        return time.perf_counter() - t0, last
+        entries = list(self.stub.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id), timeout=timeout))
+        return time.perf_counter() - t0, entries
 
 
 @contextmanager

@@ -5,6 +5,7 @@ also the same sweep shared by two executor processes."""
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import time
 from typing import Any
@@ -15,6 +16,7 @@ from qiskit_aer import AerSimulator
 from qiskit_aer.primitives import SamplerV2
 
 from qledger.bench.harness import bench_service
+from qledger.ledger import dsse
 from qledger.rpc.server import ExecutorSettings
 from qledger.runs.circuit_source import load_circuit
 from qledger.runs.reference_workflows import BELL
@@ -56,14 +58,20 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
     direct_seconds(workflow)  # warm-up: Aer's first call loads its libraries
     direct = [direct_seconds(workflow) for _ in range(repeats)]
     with bench_service(base, ExecutorSettings(workers=1, poll_seconds=0.02)) as bench:
+        simulated: list[float] = []  # seconds the run's chunks spent in Aer, as recorded
+
         def one_run() -> float:
-            seconds, last = bench.timed_run(workflow, timeout=600)
-            if not last.endswith("Run.Completed"):
-                raise RuntimeError(f"the sweep did not complete: {last}")
+            seconds, entries = bench.timed_run_entries(workflow, timeout=600)
+            if not entries or not entries[-1].event_type.endswith("Run.Completed"):
+                raise RuntimeError(f"the sweep did not complete: {entries[-1].event_type if entries else ''}")
+            records = [json.loads(dsse.parse(e.envelope).payload)["payload"].get("record", {})
+                       for e in entries]
+            simulated.append(sum(r["execute_ms"] for r in records if r.get("kind") == "pub_result") / 1000)
             return seconds
 
         one_run()  # warm-up: the first run builds the backend and the transpiler's target
         service = [one_run() for _ in range(repeats)]
+        recording = [s - a for s, a in zip(service, simulated[-repeats:], strict=True)]
         shared: list[float] = []
         if bench.store_kind == "PostgreSQL":  # replicas share a store only on PostgreSQL
             with bench.another_executor():
@@ -72,6 +80,8 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
     figures = {"direct_s": statistics.median(direct), "service_s": statistics.median(service)}
     figures["ratio"] = figures["service_s"] / figures["direct_s"]
     figures["results_per_s"] = bindings / figures["service_s"]
+    # What the service adds around Aer: submission, transpilation, recording every chunk.
+    figures["recorded_per_s"] = bindings / max(statistics.median(recording), 1e-9)
     if shared:
         figures["shared_s"] = statistics.median(shared)
         figures["shared_results_per_s"] = bindings / figures["shared_s"]
@@ -81,7 +91,8 @@ def run_sweep_bench(base: str | None, bindings: int, shots: int, repeats: int = 
     print(f"direct Aer SamplerV2, one call           {figures['direct_s'] * 1000:9.1f} ms")
     print(f"through the service (submit..completed)  {figures['service_s'] * 1000:9.1f} ms   "
           f"ratio {figures['ratio']:.2f} (target <= {TARGET_RATIO})")
-    print(f"PUB results recorded                     {figures['results_per_s']:9.0f} bindings/s "
+    print(f"PUB results, end to end                  {figures['results_per_s']:9.0f} bindings/s")
+    print(f"PUB results recorded (time outside Aer)  {figures['recorded_per_s']:9.0f} bindings/s "
           f"(target >= {TARGET_RATE:.0f})")
     if shared:
         print(f"shared by 2 executor processes           {figures['shared_s'] * 1000:9.1f} ms   "
