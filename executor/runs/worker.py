@@ -113,6 +113,12 @@ class Worker:
         self.results = HotArtifacts(app.ledger)
         self.helper = (None if sweep_items is None else
                        SweepHelper(app, sweep_items, self.results, ctx.catalog, self.name, lease_seconds))
+        # Aer spreads one computation over every core, so two at once in one process only slow
+        # each other: a process helps with others' sweeps only while it runs nothing itself,
+        # one chunk at a time.
+        self._running = 0
+        self._running_lock = threading.Lock()
+        self._helping = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._loop, name=f"qledger-worker-{i}", daemon=True)
@@ -145,6 +151,8 @@ class Worker:
                 self._wake.clear()
                 continue
             run_id, attempt, parent = claimed
+            with self._running_lock:
+                self._running += 1
             try:
                 self.execute(run_id, attempt, parent)
                 self.queue.finish(run_id, self.name)
@@ -152,16 +160,21 @@ class Worker:
                 log.warning("lease on run %s lost; another executor has it", run_id)
             except Exception:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
+            finally:
+                with self._running_lock:
+                    self._running -= 1
 
     def _help(self) -> bool:
         """Compute a free chunk of someone's sweep; whether there was one."""
-        if self.helper is None:
+        if self.helper is None or self._running or not self._helping.acquire(blocking=False):
             return False
         try:
             return self.helper.help_once()
         except Exception:  # store briefly unavailable: the poll interval passes, then again
             log.exception("helping with a sweep failed")
             return False
+        finally:
+            self._helping.release()
 
     def _load(self, run_id: UUID) -> Run:
         return cast(Run, self.app.repository.get(run_id))
