@@ -60,6 +60,23 @@ class _LeasedTable:
     def _clock(self) -> str:
         return "{now}" if self.is_pg else "%s"
 
+    probe = ""  # columns whose presence says the table exists in its current shape
+
+    def exists(self) -> bool:
+        try:
+            self._run(f"SELECT {self.probe} FROM {{q}} LIMIT 0", commit=False, fetch="all")
+        except (PersistenceError, psycopg.Error, sqlite3.Error):  # missing, or an older shape
+            return False
+        return True
+
+    def ensure(self) -> None:
+        """``create`` unless the table is there: the service role may not CREATE or ALTER."""
+        if not self.exists():
+            self.create()
+
+    def create(self, service_role: str | None = None) -> None:
+        raise NotImplementedError
+
     def _grant(self, service_role: str | None, privileges: str) -> None:
         if self.is_pg and service_role:
             with self.datastore.transaction(commit=True) as cursor:
@@ -69,18 +86,7 @@ class _LeasedTable:
 
 class RunQueue(_LeasedTable):
     name = TABLE
-
-    def exists(self) -> bool:
-        try:
-            self._run("SELECT run_id, trace_parent FROM {q} LIMIT 0", commit=False, fetch="all")
-        except (PersistenceError, psycopg.Error, sqlite3.Error):  # missing, or an older shape
-            return False
-        return True
-
-    def ensure(self) -> None:
-        """``create`` unless the table is there: the service role may not CREATE or ALTER."""
-        if not self.exists():
-            self.create()
+    probe = "run_id, trace_parent"
 
     def create(self, service_role: str | None = None) -> None:
         if self.is_pg:
@@ -179,18 +185,8 @@ class SweepItems(_LeasedTable):
     done, so a chunk is computed at most once unless a lease runs out."""
 
     name = ITEMS_TABLE
+    probe = "run_id, circuit_sha256"
     HELPER_ATTEMPTS = 2  # after this many failures of helpers, only the run's executor tries
-
-    def exists(self) -> bool:
-        try:
-            self._run("SELECT run_id FROM {q} LIMIT 0", commit=False, fetch="all")
-        except (PersistenceError, psycopg.Error, sqlite3.Error):
-            return False
-        return True
-
-    def ensure(self) -> None:
-        if not self.exists():
-            self.create()
 
     def create(self, service_role: str | None = None) -> None:
         uuid_, real, flag = (("uuid", "double precision", "boolean NOT NULL DEFAULT false") if self.is_pg

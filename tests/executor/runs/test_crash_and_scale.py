@@ -127,13 +127,10 @@ def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url:
                                                                     qledger_home: Path) -> None:
     from uuid import UUID
 
-    import numpy as np
-    from qiskit_aer.primitives import SamplerV2
-
     from qledger.ledger.store.artifacts import HotArtifacts
     from qledger.runs.pubs import CHUNK
     from qledger.runs.queue import RunQueue
-    from tests.executor.runs.test_pubs import transpiled
+    from tests.executor.runs.test_pubs import assert_chunk_is_aer_samplers, transpiled
 
     app, alice = prepare(pg_store_url, qledger_home)
     values = [[0.01 * i, 0.02 * i] for i in range(16 * CHUNK)]  # 16 chunks, 0.3 s each
@@ -175,10 +172,5 @@ def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url:
     circuit = transpiled(workflow, "sampler")
     hot = HotArtifacts(app.ledger)
     for record in records[:: 5]:  # whoever computed it, a chunk is what Aer's SamplerV2 gives
-        start, stop = record["bindings"]
-        kept = json.loads(hot.get(record["result_sha256"]) or b"{}")
-        direct = SamplerV2(seed=record["seed_simulator"]).run(
-            [(circuit, np.array(values[start:stop]), 128)]).result()[0]
-        assert kept["counts"] == [{"c": dict(sorted(direct.data.c.get_counts(i).items()))}
-                                  for i in range(stop - start)]
+        assert_chunk_is_aer_samplers(hot, record, circuit, values, 128)
     assert verify(app.source()).ok

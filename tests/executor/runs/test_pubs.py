@@ -48,6 +48,17 @@ def with_pubs(primitive: str, pubs: list[dict[str, Any]]) -> dict[str, Any]:
     return workflow
 
 
+def assert_chunk_is_aer_samplers(hot: HotArtifacts, record: dict[str, Any], circuit: Any,
+                                 values: list[list[float]], shots: int) -> None:
+    """The kept results of a recorded chunk are what Aer's SamplerV2 gives with its seed."""
+    start, stop = record["bindings"]
+    kept = json.loads(hot.get(record["result_sha256"]) or b"{}")
+    direct = SamplerV2(seed=record["seed_simulator"]).run(
+        [(circuit, np.array(values[start:stop]), shots)]).result()[0]
+    assert kept["counts"] == [{"c": dict(sorted(direct.data.c.get_counts(i).items()))}
+                              for i in range(stop - start)]
+
+
 def test_a_sampler_sweep_is_recorded_chunk_by_chunk_as_aer_samples_it(service: Service) -> None:
     values = [[0.05 * i, 0.1 * i] for i in range(2 * CHUNK + 30)]  # three chunks
     workflow = with_pubs("sampler", [{"parameter_values": values, "shots": 256}])
@@ -57,13 +68,7 @@ def test_a_sampler_sweep_is_recorded_chunk_by_chunk_as_aer_samples_it(service: S
     circuit = transpiled(workflow, "sampler")
     hot = HotArtifacts(service.app.ledger)
     for step in steps:
-        record = step["record"]
-        start, stop = record["bindings"]
-        kept = json.loads(hot.get(record["result_sha256"]) or b"{}")
-        direct = SamplerV2(seed=record["seed_simulator"]).run(
-            [(circuit, np.array(values[start:stop]), 256)]).result()[0]
-        assert kept["counts"] == [{"c": dict(sorted(direct.data.c.get_counts(i).items()))}
-                                  for i in range(stop - start)]
+        assert_chunk_is_aer_samplers(hot, step["record"], circuit, values, 256)
     assert verify(service.app.source()).ok
 
 
