@@ -230,6 +230,10 @@ class SweepItems(_LeasedTable):
 
     def claim_any(self, worker: str, lease_seconds: float) -> SweepItem | None:
         """An idle executor's pick: the last free chunk of the oldest sweep."""
+        # Idle executors ask often: a read first, so that asking writes nothing (on SQLite a
+        # write would contend with every other process on the file) unless there is work.
+        if self._run("SELECT 1 AS work FROM {q} WHERE NOT done LIMIT 1", commit=False, fetch="one") is None:
+            return None
         clock, lock = self._clock(), " FOR UPDATE SKIP LOCKED" if self.is_pg else ""
         row = self._run(
             f"UPDATE {{q}} SET claimed_by = %s, lease_until = {clock} + %s WHERE (run_id, pub, start) = "
