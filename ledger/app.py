@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any, cast
 from uuid import UUID
 
-from eventsourcing.application import Application
+from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.persistence import PersistenceError, Recording
 
 from qledger.ledger import merkle
@@ -89,6 +89,13 @@ class LedgerApp(Application[UUID]):
             return None
         event = self.mapper.to_domain_event(notifications[0])
         return cast(str, vars(event)["origin"])
+
+    def find(self, aggregate_id: UUID) -> Any | None:
+        """The aggregate with this id as recorded, or None if it has no entry yet."""
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            return None
 
     def reload_origin(self) -> None:
         self._set_origin(self._read_origin())

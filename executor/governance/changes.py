@@ -6,8 +6,6 @@ from __future__ import annotations
 from typing import Any, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-
 from qledger.governance.policy import ALL_PROJECTS, ROLES, Governance, GovernanceError, Policy
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.errors import QledgerError
@@ -23,10 +21,7 @@ REPRODUCED = ("reproduced exactly", "within tolerance")
 
 
 def load(app: LedgerApp) -> Governance | None:
-    try:
-        return cast(Governance, app.repository.get(Governance.create_id(app.require_origin())))
-    except AggregateNotFoundError:
-        return None
+    return cast(Governance | None, app.find(Governance.create_id(app.require_origin())))
 
 
 def policy(app: LedgerApp) -> Policy:

@@ -10,7 +10,6 @@ from typing import cast
 from uuid import UUID
 
 import grpc
-from eventsourcing.application import AggregateNotFoundError
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
@@ -62,10 +61,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.templates = resolver(app)
 
     def _run(self, run_id: UUID) -> Run | None:
-        try:
-            return cast(Run, self.app.repository.get(run_id))
-        except AggregateNotFoundError:
-            return None
+        return cast(Run | None, self.app.find(run_id))
 
     def _run_named(self, run_id: str) -> Run:
         try:

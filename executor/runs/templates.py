@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.domain import Aggregate, event
 from eventsourcing.persistence import IntegrityError
 
@@ -99,10 +98,7 @@ class CircuitTemplates(Aggregate):
 
 
 def catalog(app: LedgerApp) -> CircuitTemplates | None:
-    try:
-        return cast(CircuitTemplates, app.repository.get(CircuitTemplates.create_id(app.require_origin())))
-    except AggregateNotFoundError:
-        return None
+    return cast(CircuitTemplates | None, app.find(CircuitTemplates.create_id(app.require_origin())))
 
 
 def resolver(app: LedgerApp) -> Resolver:

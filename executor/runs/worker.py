@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from qledger.ledger.app import LedgerApp
@@ -285,10 +284,9 @@ class Worker:
         self.metrics.breaker(transition.backend, transition.state == OPEN)
         for _ in range(3):  # another executor may record a change of the same breaker at once
             try:
-                try:
-                    breaker = cast(BackendBreaker, self.app.repository.get(
-                        BackendBreaker.create_id(transition.backend)))
-                except AggregateNotFoundError:
+                recorded = self.app.find(BackendBreaker.create_id(transition.backend))
+                breaker = cast(BackendBreaker | None, recorded)
+                if breaker is None:
                     breaker = BackendBreaker(principal=self.key.principal, backend=transition.backend)
                 breaker.change(principal=self.key.principal, state=transition.state,
                                reason=transition.reason)
