@@ -3,17 +3,68 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.sqlite import (
+    SQLiteApplicationRecorder,
+    SQLiteConnection,
+    SQLiteConnectionPool,
+    SQLiteCursor,
+    SQLiteDatastore,
+    SQLiteFactory,
+    SQLiteTransaction,
+)
 
 from qledger.ledger.source import EntryRow
 from qledger.ledger.store.chain_writer import ChainWriter
 from qledger.ledger.store.ledger_tables import CHECKPOINTS, ENTRIES, KEYS, TABLE_DDL
 from qledger.ledger.store.range_reader import EntryRangeReader
+
+
+class _WriteFirstTransaction(SQLiteTransaction):
+    """A writing transaction takes the write lock at BEGIN, not at its first write.
+
+    In WAL mode a deferred transaction that has read and then writes, after another process
+    committed, fails at once with "database is locked" (its snapshot is stale; SQLite does not
+    wait on its busy timeout then). BEGIN IMMEDIATE waits for the lock up to that timeout instead.
+    """
+
+    def __enter__(self) -> SQLiteCursor:
+        if not self.commit:
+            return super().__enter__()
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")
+        return cursor
+
+
+class _WriteFirstConnection(SQLiteConnection):
+    @contextmanager
+    def transaction(self, *, commit: bool) -> Iterator[SQLiteCursor]:
+        with _WriteFirstTransaction(self, commit=commit) as cursor, cursor:
+            yield cursor
+
+
+class _WriteFirstPool(SQLiteConnectionPool):
+    def _create_connection(self) -> SQLiteConnection:
+        made = super()._create_connection()
+        return _WriteFirstConnection(made._sqlite_conn, max_age=self.max_age)
+
+
+class LedgerSQLiteFactory(SQLiteFactory):
+    """The library's SQLite factory whose datastore serialises writers on the lock, not by failing."""
+
+    def __init__(self, env: Any):
+        super().__init__(env)
+        pool = self.datastore.pool
+        self.datastore.pool = _WriteFirstPool(
+            db_name=pool.db_name, lock_timeout=pool.lock_timeout, pool_size=pool.pool_size,
+            max_overflow=pool.max_overflow, pool_timeout=pool.pool_timeout, max_age=pool.max_age,
+            pre_ping=pool.pre_ping)
+        pool.close()
 
 
 class LedgerSQLiteRecorder(SQLiteApplicationRecorder, ChainWriter):

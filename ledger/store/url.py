@@ -40,7 +40,7 @@ def parse_store_url(url: str) -> StoreURL:
             if not parent.is_dir():
                 raise StoreUnavailableError(f"directory {parent} of SQLite store does not exist")
         return StoreURL(url, "sqlite", {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "PERSISTENCE_MODULE": "qledger.ledger.store.sqlite:LedgerSQLiteFactory",
             "SQLITE_DBNAME": path,
             "SQLITE_LOCK_TIMEOUT": "30",
             "APPLICATION_RECORDER_TOPIC": "qledger.ledger.store.sqlite:LedgerSQLiteRecorder",

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -131,3 +132,32 @@ def test_concurrent_checkpoints_of_one_size_are_one_checkpoint(store_url: str, q
             notes = list(pool.map(sign, range(8)))
         assert len(set(notes)) == 1  # every caller got the one stored checkpoint
     assert verify(app.source()).ok
+
+
+def test_sqlite_writers_wait_for_the_lock_instead_of_failing(sqlite_store_url: str,
+                                                             qledger_home: Path) -> None:
+    """A writing transaction that reads first must not fail when another connection commits meanwhile.
+
+    With SQLite's deferred BEGIN the second statement below failed at once with "database is
+    locked" (a stale WAL snapshot is not retried); writers now take the lock at BEGIN and wait.
+    """
+    first, _ = make_ledger(sqlite_store_url, qledger_home)
+    second = LedgerApp(sqlite_store_url, [], create_tables=False)
+    with first.ledger.datastore.transaction(commit=True) as cursor:
+        cursor.execute("CREATE TABLE scratch (writer TEXT)")
+
+    def write_from_second() -> None:
+        with second.ledger.datastore.transaction(commit=True) as other:
+            other.execute("INSERT INTO scratch VALUES ('second')")
+
+    with first.ledger.datastore.transaction(commit=True) as cursor:
+        cursor.execute("SELECT count(*) FROM scratch")
+        writer = threading.Thread(target=write_from_second)
+        writer.start()
+        writer.join(timeout=0.5)  # it must be waiting for this transaction's lock, not done
+        assert writer.is_alive()
+        cursor.execute("INSERT INTO scratch VALUES ('first')")
+    writer.join(timeout=30)
+    with first.ledger.read_transaction() as cursor:
+        cursor.execute("SELECT writer FROM scratch ORDER BY rowid")
+        assert [row[0] for row in cursor.fetchall()] == ["first", "second"]
