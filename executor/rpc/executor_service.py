@@ -118,6 +118,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if existing.workflow_sha256 != submission.workflow_sha256:
             raise AlreadyExistsError(f"idempotency key {submission.idempotency_key!r} already names run "
                                      f"{submission.run_id} with another workflow", "idempotency_key")
+        if existing.status not in TERMINAL:
+            # A no-op when it is queued; queues a run that a crash left recorded but unqueued.
+            self.queue.enqueue(existing.id)
+            self.wake()
         return pb.SubmitWorkflowResponse(run=run_message(existing), created=False)
 
     def _usage(self, project: str) -> dict[str, float]:

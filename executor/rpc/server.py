@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 import threading
 from collections.abc import Callable
@@ -35,9 +36,11 @@ from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
 from qledger.runs.queue import RunQueue, SweepItems
+from qledger.runs.submission import requeue_accepted
 from qledger.runs.templates import register_builtins
 from qledger.runs.worker import Worker
 
+log = logging.getLogger("qledger.executor")
 SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
 
 
@@ -185,6 +188,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         checkpointer = Periodic(max(0.05, min(1.0, settings.checkpoint_seconds)), app.checkpoint_if_due)
     queue = RunQueue(app)
     queue.ensure()
+    for run_id in requeue_accepted(app, queue):
+        log.warning("run %s was recorded but not queued; queued it now", run_id)
     sweep_items = SweepItems(app)
     sweep_items.ensure()
     HotArtifacts(app.ledger).ensure_table()

@@ -103,10 +103,26 @@ class RunQueue(_LeasedTable):
             if "trace_parent" not in {c["name"] for c in columns}:  # a queue from before tracing
                 self._run("ALTER TABLE {q} ADD COLUMN trace_parent TEXT")
 
+    _ENQUEUE = ("INSERT INTO {q} (run_id, enqueued_at, trace_parent) VALUES (%s, {clock}, %s) "
+                "ON CONFLICT DO NOTHING")
+
     def enqueue(self, run_id: UUID, trace_parent: str | None = None) -> None:
-        """Queue a run, with the submitter's trace context so its execution joins that trace."""
-        self._run(f"INSERT INTO {{q}} (run_id, enqueued_at, trace_parent) VALUES (%s, {self._clock()}, %s) "
-                  "ON CONFLICT DO NOTHING", (self._key(run_id), *self._now(), trace_parent))
+        """Queue a run, with the submitter's trace context so its execution joins that trace.
+        A run already queued keeps its row (and its lease, if an executor holds it)."""
+        self._run(self._ENQUEUE.replace("{clock}", self._clock()),
+                  (self._key(run_id), *self._now(), trace_parent))
+
+    def enqueue_with_next_append(self, run_id: UUID, trace_parent: str | None = None) -> None:
+        """Queue the run in the transaction that appends the calling thread's next entries, so
+        that an accepted run is always queued: a crash between the two cannot lose it."""
+        sql = self._ENQUEUE.replace("{clock}", self._clock()).format(q=self.table, now=PG_NOW)
+        self.writer.stage_statement(sql.replace("%s", self.writer.placeholder),
+                                    (self._key(run_id), *self._now(), trace_parent))
+
+    def queued(self) -> set[UUID]:
+        """Every run that has a queue row, done or not."""
+        rows = self._run("SELECT run_id FROM {q}", commit=False, fetch="all")
+        return {UUID(str(r["run_id"])) for r in rows}
 
     def claim(self, worker: str, lease_seconds: float) -> tuple[UUID, int, str | None] | None:
         """Take the oldest unclaimed (or lease-expired) run: its id, attempt count, trace context."""

@@ -18,7 +18,7 @@ from qledger.ledger.app import LedgerApp
 from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import InvalidRequestError, QledgerError
 from qledger.runs.queue import RunQueue
-from qledger.runs.run import RUN_SUBMITTED_TYPE, Run, run_id_for
+from qledger.runs.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
 from qledger.runs.templates import Resolver
 from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
 
@@ -111,13 +111,40 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
 
 def record_submission(app: LedgerApp, queue: RunQueue, submission: Submission,
                       trace_parent: str | None) -> bool:
-    """Append the client-signed entry as it was signed, then queue the run.  False when a
-    concurrent submission with the same key recorded it first (nothing is appended then)."""
+    """Append the client-signed entry as it was signed and queue the run, in one transaction.
+    False when a concurrent submission with the same key recorded it first (nothing is
+    appended then)."""
     signed = submission.signed
+    queue.enqueue_with_next_append(submission.run_id, trace_parent)
     try:
         app.recorder.insert_events([StoredEvent(submission.run_id, 1, signed.content.event_type,
                                                 signed.data)])
     except IntegrityError:
+        if app.find(submission.run_id) is None:
+            raise  # not the key of a run recorded first: some other constraint refused the append
         return False
-    queue.enqueue(submission.run_id, trace_parent)
+    finally:
+        app.ledger.discard_staged()  # left staged only if the append failed before its transaction
     return True
+
+
+def requeue_accepted(app: LedgerApp, queue: RunQueue, page: int = 1000) -> list[UUID]:
+    """Queue every accepted run that has no queue row and has not ended: runs recorded before
+    recording and queueing were one transaction, by a server killed between the two."""
+    queued = queue.queued()
+    requeued: list[UUID] = []
+    start: int | None = None
+    while True:
+        notifications = app.recorder.select_notifications(start, page, topics=[RUN_SUBMITTED_TYPE],
+                                                          inclusive_of_start=start is None)
+        for notification in notifications:
+            run_id = UUID(str(notification.originator_id))
+            if run_id in queued:
+                continue
+            run = app.find(run_id)
+            if run is not None and run.status not in TERMINAL:
+                queue.enqueue(run_id)
+                requeued.append(run_id)
+        if len(notifications) < page:
+            return requeued
+        start = notifications[-1].id

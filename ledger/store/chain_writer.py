@@ -103,6 +103,7 @@ class ChainWriter(ABC):
         self._prepared: list[PreparedEntry] = []
         self._staged = threading.local()
         self._artifacts: list[tuple[str, str, int, bytes]] = []
+        self._statements: list[tuple[str, tuple[Any, ...]]] = []
         self._write_lock = threading.Lock()
         # Same text each time, so the driver's own caches (psycopg's prepared statements) hit.
         self._sql_cache: dict[str, str] = {}
@@ -210,9 +211,18 @@ class ChainWriter(ABC):
             staged = self._staged.rows = []
         staged.append((sha256, media_type, len(data), data))
 
+    def stage_statement(self, sql: str, params: tuple[Any, ...]) -> None:
+        """Execute ``sql`` (in this dialect, placeholders already its own) in the transaction of
+        the next entries the calling thread appends: both are stored, or neither."""
+        staged = getattr(self._staged, "statements", None)
+        if staged is None:
+            staged = self._staged.statements = []
+        staged.append((sql, params))
+
     def discard_staged(self) -> None:
         """Drop what this thread staged: the save it was meant for failed."""
         self._staged.rows = []
+        self._staged.statements = []
 
     # -- phase 1: outside the transaction ---------------------------------------------
 
@@ -295,6 +305,8 @@ class ChainWriter(ABC):
                          "VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (sha256) DO NOTHING"),
                 self._artifacts,
             )
+        for sql, params in self._statements:
+            cursor.execute(sql, params)
 
     def chain(self, cursor: Any, notification_ids: Sequence[int], latest: int | None = None) -> None:
         """Chain the prepared entries; ``latest`` is the table's last position if already read."""
@@ -314,9 +326,11 @@ class ChainWriter(ABC):
         prepared = self.prepare(stored_events)
         # Taken now: if this insert fails they go with it, and a retried step stages them again.
         artifacts, self._staged.rows = getattr(self._staged, "rows", None) or [], []
+        statements, self._staged.statements = getattr(self._staged, "statements", None) or [], []
         with self._write_lock:
             self._prepared = prepared
             self._artifacts = artifacts
+            self._statements = statements
             self._pending_head = None
             try:
                 result = insert()
@@ -327,6 +341,7 @@ class ChainWriter(ABC):
             finally:
                 self._prepared = []
                 self._artifacts = []
+                self._statements = []
             self._head = self._pending_head
             return result
 

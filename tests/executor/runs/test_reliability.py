@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import time
 from typing import Any
+from uuid import UUID
 
 import grpc
 import pytest
+from eventsourcing.persistence import StoredEvent
 
 from qledger.api import qledger_pb2 as pb
 from qledger.ledger import dsse
+from qledger.ledger.content import EntryContent
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.ledger.verify import verify
 from qledger.rpc.status import retry_delay
@@ -18,6 +21,7 @@ from qledger.runs.backends import BackendCatalog, FaultConfig
 from qledger.runs.breaker import BackendBreaker
 from qledger.runs.commands import cancel_command, submit_command
 from qledger.runs.pipeline import RetryPolicy
+from qledger.runs.queue import RunQueue
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.run import run_id_for
 from tests.executor.conftest import Service, ServiceFactory, step_records
@@ -168,3 +172,67 @@ def test_quality_band_takes_more_shots_then_flags(service: Service) -> None:
     assert step_records(entries)["report"]["quality"] == "within band"
     assert step_records(entries)["execution"]["quality_rounds"] == []
     assert step_records(entries)["data_preparation"]["queue_ms"] >= 0  # queue time on the first step
+
+
+def submitted_entries(service: Service, run_id: str) -> int:
+    return len(service.app.source().stream_entries(UUID(run_id), 0))
+
+
+def refuse_queue_rows(service: Service, table: str, refuse: bool) -> None:
+    if service.app.store.is_postgres:
+        schema = table.rpartition(".")[0]
+        function = f"{schema}.refuse_queue_rows" if schema else "refuse_queue_rows"
+        statements = ([f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'no queue rows'; END $$",
+                       f"CREATE TRIGGER refuse BEFORE INSERT ON {table} FOR EACH ROW "
+                       f"EXECUTE FUNCTION {function}()"] if refuse else
+                      [f"DROP TRIGGER refuse ON {table}", f"DROP FUNCTION {function}()"])
+    else:
+        statements = ([f"CREATE TRIGGER refuse BEFORE INSERT ON {table} "
+                       "BEGIN SELECT RAISE(ABORT, 'no queue rows'); END"] if refuse
+                      else ["DROP TRIGGER refuse"])
+    with service.app.ledger.datastore.transaction(commit=True) as cursor:
+        for statement in statements:
+            cursor.execute(statement)
+
+
+def test_a_run_is_recorded_and_queued_together_or_not_at_all(service_factory: ServiceFactory) -> None:
+    service = service_factory()
+    queue = RunQueue(service.app)
+    command = submit_command(service.client, service.origin, BELL, "atomic")
+    run_id = str(run_id_for(service.client.principal, "atomic"))
+    refuse_queue_rows(service, queue.table, True)  # a database error in the middle of a submission
+    code, _ = code_of(lambda: service.submit_raw(command))
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert submitted_entries(service, run_id) == 0, "an entry was recorded without its queue row"
+    refuse_queue_rows(service, queue.table, False)
+    assert service.submit_raw(command).created
+    assert [e.event_type.rsplit(".", 1)[-1] for e in service.watch(run_id)][-1] == "Completed"
+
+
+def record_unqueued(service: Service, key: str) -> tuple[bytes, str]:
+    """What a server killed between recording and queueing left behind before the two were one
+    transaction: the client-signed entry, and no queue row."""
+    command = submit_command(service.client, service.origin, BELL, key)
+    content = EntryContent.from_bytes(dsse.parse(command).payload)
+    service.app.recorder.insert_events([StoredEvent(UUID(content.stream_id), 1, content.event_type, command)])
+    return command, content.stream_id
+
+
+def test_an_idempotent_retry_queues_a_recorded_but_unqueued_run(service_factory: ServiceFactory) -> None:
+    service = service_factory()
+    command, run_id = record_unqueued(service, "left-behind")
+    reply = service.submit_raw(command)
+    assert not reply.created and reply.run.run_id == run_id
+    assert service.watch(run_id)[-1].event_type.endswith("Completed")
+    assert service.submit_raw(command).run.status == "completed"  # and never runs twice
+    assert sum(e.event_type.endswith("Completed") for e in service.watch(run_id)) == 1
+
+
+def test_server_start_queues_recorded_but_unqueued_runs(service_factory: ServiceFactory) -> None:
+    first = service_factory()
+    _, run_id = record_unqueued(first, "orphan")
+    first.running.stop()
+    second = service_factory()
+    assert second.watch(run_id)[-1].event_type.endswith("Completed")
+    assert verify(second.app.source()).ok
