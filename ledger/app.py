@@ -13,7 +13,13 @@ from eventsourcing.persistence import PersistenceError, Recording
 
 from qledger.ledger import merkle
 from qledger.ledger.checkpoint import Checkpoint, parse_note
-from qledger.ledger.errors import ProofError, StoreNotInitialisedError, StoreUnavailableError, UnknownKeyError
+from qledger.ledger.errors import (
+    ProofError,
+    StoreNotInitialisedError,
+    StoreUnavailableError,
+    UnknownKeyError,
+    UnreadableEntryError,
+)
 from qledger.ledger.keyring import GENESIS_TYPE, KeyRing
 from qledger.ledger.keys import PublicKey, SigningKey
 from qledger.ledger.mapper import SigningMapper
@@ -96,6 +102,10 @@ class LedgerApp(Application[UUID]):
             return self.repository.get(aggregate_id)
         except AggregateNotFoundError:
             return None
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            # The library rebuilds an aggregate by calling its event methods with the payload:
+            # a member missing or mistyped fails there, for this aggregate only.
+            raise UnreadableEntryError(f"the entries of {aggregate_id} cannot be interpreted: {exc}") from exc
 
     def reload_origin(self) -> None:
         self._set_origin(self._read_origin())

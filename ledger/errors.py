@@ -70,6 +70,13 @@ class KeyFileError(QledgerError):
     hint = "check $QLEDGER_HOME; private key files must be mode 0600"
 
 
+class UnreadableEntryError(QledgerError):
+    """An entry is stored (signed, chained) but this version cannot interpret it: an entry
+    recorded before its kind was checked whole.  Readers skip it and say so."""
+
+    hint = "the ledger still verifies; the entry is reported, never rewritten (the log is append-only)"
+
+
 class ProofError(QledgerError):
     """A proof was requested for positions the tree does not have."""
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import sqlite3
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from eventsourcing.persistence import PersistenceError
+import psycopg
+from eventsourcing.persistence import InterfaceError, OperationalError, PersistenceError
 from psycopg import DatabaseError
 
 from qledger.ledger.content import EntryContent
@@ -30,8 +32,16 @@ from qledger.ledger.source import EntryRow, LedgerSource
 from qledger.ledger.store.chain_writer import ChainWriter
 
 TRACKING_TABLE = "qledger_projection_tracking"
+SKIPPED_TABLE = "qledger_projection_skipped"
 TRACKING_DDL = ("CREATE TABLE IF NOT EXISTS {tracking} (name TEXT PRIMARY KEY, "
                 "position {int} NOT NULL)")
+SKIPPED_DDL = ("CREATE TABLE IF NOT EXISTS {skipped} (name TEXT NOT NULL, position {int} NOT NULL, "
+               "error TEXT NOT NULL, PRIMARY KEY (name, position))")
+# A lost connection or a busy store: the page is tried again later, whole.  Anything else that
+# a page raises is about an entry, and only that entry is skipped.
+_OUTAGES: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, sqlite3.OperationalError,
+                                             psycopg.OperationalError, psycopg.InterfaceError)
+log = logging.getLogger("qledger.projections")
 
 
 class TrackingMovedError(Exception):
@@ -52,6 +62,7 @@ class ProjectionDB:
         self.cursor, self.writer = cursor, writer
         self.tables = {name: name for name in tables}
         self.tables["tracking"] = TRACKING_TABLE
+        self.tables["skipped"] = SKIPPED_TABLE
         self.names = {key: writer.table(name) for key, name in self.tables.items()}
         self._cache: dict[str, str] = {}
 
@@ -154,6 +165,7 @@ class ProjectionRunner:
         """Tables and tracking rows, if missing.  On PostgreSQL, ``qledger init`` runs this."""
         with self.writer.write_transaction() as cursor:
             self._db(cursor).execute(TRACKING_DDL)
+            self._db(cursor).execute(SKIPPED_DDL)
             for projection in self.projections.values():
                 db = self._db(cursor, projection)
                 for statement in projection.ddl:
@@ -165,13 +177,21 @@ class ProjectionRunner:
         """``create_tables`` unless they are all there: the service role may not CREATE."""
         try:
             if set(self.positions()) == set(self.projections):
+                self.skipped()
                 return
         except (PersistenceError, DatabaseError, sqlite3.Error):
             pass  # no tracking table yet
         self.create_tables()
 
     def table_names(self) -> list[str]:
-        return [TRACKING_TABLE] + [t for p in self.projections.values() for t in p.tables]
+        return [TRACKING_TABLE, SKIPPED_TABLE] + [t for p in self.projections.values() for t in p.tables]
+
+    def skipped(self) -> list[tuple[str, int, str]]:
+        """(projection, position, error) of every entry a projection could not apply."""
+        with self.writer.read_transaction() as cursor:
+            rows = self._db(cursor).rows(
+                "SELECT name, position, error FROM {skipped} ORDER BY position, name")
+        return [(r["name"], int(r["position"]), r["error"]) for r in rows]
 
     def positions(self) -> dict[str, int]:
         with self.writer.read_transaction() as cursor:
@@ -218,6 +238,7 @@ class ProjectionRunner:
                 for table in projection.tables:
                     db.execute(f"DELETE FROM {{{table}}}")
                 db.execute("UPDATE {tracking} SET position = 0 WHERE name = {p}", (projection.name,))
+                db.execute("DELETE FROM {skipped} WHERE name = {p}", (projection.name,))
         applied = self.catch_up([p.name for p in chosen], progress=progress)
         self._refresh_statistics(chosen)
         return applied
@@ -251,14 +272,43 @@ class ProjectionRunner:
         return applied
 
     def _apply_page(self, projection: Projection, page: list[ProjectedEntry], expected: int) -> None:
+        try:
+            self._apply_whole(projection, page, expected)
+        except TrackingMovedError:
+            raise
+        except _OUTAGES:
+            raise
+        except Exception as exc:  # an entry this projection cannot take: find it, skip only it
+            if len(page) > 1:
+                for entry in page:
+                    self._apply_page(projection, [entry], expected)
+                    expected = entry.position
+            else:
+                self._skip(projection, page[0], expected, exc)
+
+    def _skip(self, projection: Projection, entry: ProjectedEntry, expected: int, exc: Exception) -> None:
+        """Move past one entry and say so where admins look (``qledger projections status``)."""
+        error = f"{type(exc).__name__}: {exc}".replace("\x00", "\\x00")[:1000]
+        log.error("projection %s skips entry %d: %s", projection.name, entry.position, error)
         with self.writer.write_transaction() as cursor:
             db = self._db(cursor, projection)
-            # The tracking row first: its row lock makes a concurrent follower wait here, and
-            # the position check makes it give up once this transaction commits.
-            moved = db.rows("UPDATE {tracking} SET position = {p} WHERE name = {p} AND position = {p} "
-                            "RETURNING name", (page[-1].position, projection.name, expected))
-            if len(moved) != 1:
-                raise TrackingMovedError(f"{projection.name} is no longer at position {expected}")
+            self._move(db, projection, entry.position, expected)
+            db.execute("INSERT INTO {skipped} (name, position, error) VALUES ({p}, {p}, {p}) "
+                       "ON CONFLICT DO NOTHING", (projection.name, entry.position, error))
+
+    @staticmethod
+    def _move(db: ProjectionDB, projection: Projection, position: int, expected: int) -> None:
+        # The tracking row first: its row lock makes a concurrent follower wait here, and
+        # the position check makes it give up once this transaction commits.
+        moved = db.rows("UPDATE {tracking} SET position = {p} WHERE name = {p} AND position = {p} "
+                        "RETURNING name", (position, projection.name, expected))
+        if len(moved) != 1:
+            raise TrackingMovedError(f"{projection.name} is no longer at position {expected}")
+
+    def _apply_whole(self, projection: Projection, page: list[ProjectedEntry], expected: int) -> None:
+        with self.writer.write_transaction() as cursor:
+            db = self._db(cursor, projection)
+            self._move(db, projection, page[-1].position, expected)
             projection.apply(db, page)
 
 

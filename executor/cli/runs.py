@@ -38,11 +38,12 @@ def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
            wait: Annotated[bool, typer.Option(help="Watch the run's entries until it ends")] = False) -> None:
     """Sign and submit WORKFLOW (JSON); with --wait, show each step as it is recorded."""
     from qledger.cli.remote import submit_and_watch
-    from qledger.runs.workflow import read_workflow
+    from qledger.runs.workflow import check_shape, read_workflow
 
     with reported_errors(), grpc_errors():
         signer = KeyStore.default().load(principal)
         body = read_workflow(workflow)
+        check_shape(body)
 
         def show(entry: Any) -> None:
             from qledger.ledger import dsse

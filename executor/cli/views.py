@@ -199,12 +199,15 @@ def projections_rebuild(names: Annotated[list[str] | None, typer.Argument(help="
 
 @projections_app.command("status")
 def projections_status(store: StoreOption = None) -> None:
-    """Each projection's last processed position and how far it is behind the ledger."""
+    """Each projection's last processed position, how far it is behind the ledger, and the
+    entries it skipped because it could not apply them."""
     with reported_errors():
         app = open_app(store)
         runner = _runner(app)
         size = app.tree_size()
-        print_json({name: {"position": position, "lag": size - position}
+        skipped = runner.skipped()
+        print_json({name: {"position": position, "lag": size - position,
+                           "skipped": [{"position": p, "error": e} for n, p, e in skipped if n == name]}
                     for name, position in runner.positions().items()})
 
 

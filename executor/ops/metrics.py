@@ -40,6 +40,9 @@ class ExecutorMetrics:
                                     registry=r)
         self.entries = Counter("qledger_ledger_entries_appended", "Ledger entries written by this executor",
                                registry=r)
+        self.unreadable = Counter("qledger_unreadable_entries",
+                                  "Runs skipped because this version cannot interpret their entries",
+                                  ["reader"], registry=r)
         self.calibration_age = Gauge("qledger_calibration_age_seconds",
                                      "Age of the oldest calibration parameter the last run on a device "
                                      "model depended on", ["backend"], registry=r)

@@ -4,6 +4,7 @@ asks who is calling, calls the rules (``runs.submission``, ``runs.cancellation``
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import cast
@@ -23,6 +24,7 @@ from qledger.ledger.errors import (
     NotFoundError,
     PermissionDeniedError,
     UnauthenticatedError,
+    UnreadableEntryError,
 )
 from qledger.ledger.projection import ProjectionRunner
 from qledger.ops.tracing import trace_parent
@@ -38,6 +40,7 @@ from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
 from qledger.runs.workflow import project_of
 
+log = logging.getLogger("qledger.executor")
 WATCH_POLL_SECONDS = 0.05
 WATCH_LIMIT_SECONDS = 600.0
 
@@ -59,6 +62,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.executor_principal = executor_principal
         self.source = app.source()
         self.templates = resolver(app)
+        self._reported_unreadable: set[UUID] = set()
 
     def _run(self, run_id: UUID) -> Run | None:
         return cast(Run | None, self.app.find(run_id))
@@ -159,9 +163,20 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if not 0 <= request.limit <= 1000:
             raise InvalidRequestError("limit must be 0..1000", "limit")
         visible = self.authz.visible_projects(context, "ListRuns")
-        runs = [self._run(run_id) for run_id in self.queue.recent(request.limit or 50)]
+        runs = [self._readable_run(run_id) for run_id in self.queue.recent(request.limit or 50)]
         return pb.ListRunsResponse(runs=[run_message(r) for r in runs if r is not None and (
             visible is None or project_of(r.workflow) in visible)])
+
+    def _readable_run(self, run_id: UUID) -> Run | None:
+        """The run, or None (said once in the log) if this version cannot interpret its entries:
+        one such entry must not stop a listing for everyone."""
+        try:
+            return self._run(run_id)
+        except UnreadableEntryError as exc:
+            if run_id not in self._reported_unreadable:
+                self._reported_unreadable.add(run_id)
+                log.error("ListRuns skips run %s: %s", run_id, exc)
+            return None
 
     @rpc_method
     def WatchRun(self, request: pb.WatchRunRequest,
@@ -178,7 +193,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 if row.position > request.after_position:
                     yield entry_message(row)
             if not rows:
-                run = cast(Run, self.app.repository.get(run.id))
+                run = self._run_named(str(run.id))
                 if run.status in TERMINAL and run.version <= after:
                     return
                 # Woken at once by this process's workers; the timeout covers other executors.

@@ -39,6 +39,7 @@ from qledger.ledger.errors import (
     StoreUnavailableError,
     UnauthenticatedError,
     UnknownKeyError,
+    UnreadableEntryError,
 )
 
 _CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
@@ -58,6 +59,7 @@ _CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
     (NonCanonicalEntryError, grpc.StatusCode.INVALID_ARGUMENT),
     (ContentMismatchError, grpc.StatusCode.INVALID_ARGUMENT),
     (ProofError, grpc.StatusCode.OUT_OF_RANGE),
+    (UnreadableEntryError, grpc.StatusCode.DATA_LOSS),
     (StoreNotInitialisedError, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]

@@ -8,6 +8,7 @@ gRPC edge turns them into status codes in one place (``rpc.status``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -19,10 +20,12 @@ from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import InvalidRequestError, QledgerError
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
+from qledger.runs.schema import SUBMITTED_SCHEMA, unstorable_text, violation
 from qledger.runs.templates import Resolver
 from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
 
 MAX_IDEMPOTENCY_KEY = 128
+MAX_CLOCK_SKEW_SECONDS = 300  # as for signed calls (rpc.authz)
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,14 @@ def read_submission(data: bytes) -> SignedSubmission:
 
 
 def check_submission(signed: SignedSubmission, backends: frozenset[str],
-                     rerun_of: Run | None = None, templates: Resolver | None = None) -> Submission:
+                     rerun_of: Run | None = None, templates: Resolver | None = None,
+                     now: datetime | None = None) -> Submission:
     """Every member of the command, checked before anything is appended."""
     payload = signed.payload
+    found = unstorable_text(payload, "payload") or violation(SUBMITTED_SCHEMA, payload, "payload")
+    if found is not None:
+        raise InvalidRequestError(found.description, found.field)
+    _check_timestamp(signed.content.timestamp, now or datetime.now(UTC))
     key = payload.get("idempotency_key")
     if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
         raise InvalidRequestError(f"idempotency_key must be 1..{MAX_IDEMPOTENCY_KEY} characters",
@@ -107,6 +115,23 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
         raise InvalidRequestError("use RerunWorkflow to replay a run", "rerun_of")
     template = spec.template_source
     return Submission(signed, run_id, key, workflow, sha, template.sha256 if template else None)
+
+
+def _check_timestamp(stamp: str, now: datetime) -> None:
+    """The client sets its entry's time, and signs it; it must be the time of submission, give
+    or take the clock skew calls are allowed (a stale time would skew queue times and reports)."""
+    field = "command.envelope.timestamp"
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise InvalidRequestError(f"{stamp!r} is not an ISO 8601 time", field) from None
+    if moment.tzinfo is None:
+        raise InvalidRequestError("the entry time needs a UTC offset (e.g. +00:00)", field)
+    skew = (moment - now).total_seconds()
+    if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
+        raise InvalidRequestError(
+            f"the entry time is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the server's "
+            f"clock; at most {MAX_CLOCK_SKEW_SECONDS} s is accepted (check the client's clock)", field)
 
 
 def record_submission(app: LedgerApp, queue: RunQueue, submission: Submission,

@@ -21,6 +21,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 
 from qledger.ledger.app import LedgerApp
+from qledger.ledger.errors import UnreadableEntryError
 from qledger.ledger.keys import SigningKey
 from qledger.ledger.store.artifacts import HotArtifacts
 from qledger.ops.metrics import ExecutorMetrics
@@ -157,6 +158,11 @@ class Worker:
                 self.queue.finish(run_id, self.name)
             except LeaseLostError:
                 log.warning("lease on run %s lost; another executor has it", run_id)
+            except UnreadableEntryError as exc:
+                # Retrying cannot help: the entry is recorded as it is, for good.
+                log.error("run %s skipped, never retried: %s", run_id, exc)
+                self.metrics.unreadable.labels("worker").inc()
+                self.queue.finish(run_id, self.name)
             except Exception:
                 log.exception("run %s: executor error; the lease will expire and it is retried", run_id)
             finally:
@@ -176,7 +182,9 @@ class Worker:
             self._helping.release()
 
     def _load(self, run_id: UUID) -> Run:
-        return cast(Run, self.app.repository.get(run_id))
+        run = self.app.find(run_id)
+        assert run is not None, f"run {run_id} is queued but has no entry"  # queued with its entry
+        return cast(Run, run)
 
     def execute(self, run_id: UUID, attempt: int = 1, trace_parent: str | None = None) -> None:
         run = self._load(run_id)

@@ -22,6 +22,7 @@ from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.dag import DagError, Step, parse_steps
 from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, device_qubits
 from qledger.runs.pubs import PRIMITIVES, parse_pubs
+from qledger.runs.schema import WORKFLOW_SCHEMA, unstorable_text, violation
 from qledger.runs.templates import TEMPLATE_REF, Resolver, TemplateSource
 from qledger.runs.variational import parse_optimizer, parse_pauli_sum
 
@@ -137,9 +138,19 @@ def _get(obj: Any, path: str, kind: type, *, low: int | None = None, high: int |
     return value
 
 
+def check_shape(definition: Any) -> None:
+    """The definition against the shipped JSON Schema (``schemas/workflow.schema.json``), and its
+    text against what entries may hold.  Clients call it on the definition as written, before
+    canonical JSON turns ``2048.0`` into ``2048`` unseen."""
+    found = unstorable_text(definition, "workflow") or violation(WORKFLOW_SCHEMA, definition, "workflow")
+    if found is not None:
+        raise WorkflowError(found.field, found.description)
+
+
 def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
                    templates: Resolver | None = None) -> WorkflowSpec:
     """The definition, checked; ``templates`` resolves registered templates (``name@version``)."""
+    check_shape(definition)
     if not isinstance(definition, dict):
         raise WorkflowError("workflow", "must be an object")
     if definition.get("schema_version") != SCHEMA_VERSION:

@@ -110,8 +110,12 @@ def test_rebuilt_equals_incrementally_followed(ran: tuple[Service, dict[str, str
         assert small.read(name, small.projections[name].dump) == followed[name]
 
 
+class Killed(BaseException):
+    """Not an Exception: nothing in the process survives a kill -9, so nothing may catch it."""
+
+
 class Crashing(OperationsProjection):
-    """Fails while applying the page that holds ``position``, like a process killed mid-page."""
+    """Dies while applying the page that holds ``position``, like a process killed mid-page."""
 
     def __init__(self, position: int) -> None:
         self.position = position
@@ -119,7 +123,7 @@ class Crashing(OperationsProjection):
     def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
         super().apply(db, entries)
         if any(e.position == self.position for e in entries):
-            raise RuntimeError("killed mid-page")
+            raise Killed("killed mid-page")
 
 
 def test_restart_neither_skips_nor_double_counts(ran: tuple[Service, dict[str, str]]) -> None:
@@ -128,7 +132,7 @@ def test_restart_neither_skips_nor_double_counts(ran: tuple[Service, dict[str, s
     reference = projection_runner(app).read("operations", OperationsProjection().dump)
     crash_at = app.tree_size() - 7
     crashing = ProjectionRunner(app.ledger, app.source(), [Crashing(crash_at)], page_size=4)
-    with pytest.raises(RuntimeError, match="killed mid-page"):
+    with pytest.raises(Killed, match="killed mid-page"):
         crashing.rebuild()
     stopped_at = crashing.positions()["operations"]
     assert crash_at - 4 <= stopped_at < crash_at  # the failed page left nothing behind
@@ -324,3 +328,30 @@ def _conninfo(app: LedgerApp) -> str:
     env = app.store.env
     return f"host={env['POSTGRES_HOST']} port={env['POSTGRES_PORT']} dbname={env['POSTGRES_DBNAME']} " \
            f"user={env['POSTGRES_USER']}"
+
+
+class Refusing(OperationsProjection):
+    """Cannot take the entry at ``position`` (as PostgreSQL refuses a NUL in a text column)."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+
+    def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
+        if any(e.position == self.position for e in entries):
+            raise ValueError(f"cannot store entry {self.position}")
+        super().apply(db, entries)
+
+
+def test_an_entry_a_projection_cannot_apply_is_skipped_alone(ran: tuple[Service, dict[str, str]]) -> None:
+    service, _ = ran
+    app = service.app
+    reference = projection_runner(app).read("operations", OperationsProjection().dump)
+    bad = app.tree_size() - 5
+    refusing = ProjectionRunner(app.ledger, app.source(), [Refusing(bad)], page_size=4)
+    refusing.rebuild()
+    assert refusing.positions()["operations"] == app.tree_size()  # it went on past the entry
+    assert refusing.skipped() == [("operations", bad, f"ValueError: cannot store entry {bad}")]
+    fixed = ProjectionRunner(app.ledger, app.source(), [Refusing(-1)], page_size=4)
+    fixed.rebuild()  # a fixed projection, rebuilt: nothing skipped any more
+    assert fixed.skipped() == []
+    assert fixed.read("operations", OperationsProjection().dump) == reference

@@ -10,12 +10,17 @@ from uuid import UUID
 import grpc
 import pytest
 from eventsourcing.persistence import StoredEvent
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from qledger.api import qledger_pb2 as pb
+from qledger.cli import app as cli
 from qledger.ledger import dsse
 from qledger.ledger.content import EntryContent
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.ledger.verify import verify
+from qledger.provenance.projections import projection_runner
 from qledger.rpc.status import retry_delay
 from qledger.runs.backends import BackendCatalog, FaultConfig
 from qledger.runs.breaker import BackendBreaker
@@ -25,7 +30,7 @@ from qledger.runs.queue import RunQueue
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.run import run_id_for
 from tests.executor.conftest import Service, ServiceFactory, step_records
-from tests.executor.rpc.test_grpc import code_of
+from tests.executor.rpc.test_grpc import code_of, field_violations
 
 FAST_RETRY = RetryPolicy(attempts=3, initial_wait=0.01, max_wait=0.05)
 
@@ -236,3 +241,100 @@ def test_server_start_queues_recorded_but_unqueued_runs(service_factory: Service
     second = service_factory()
     assert second.watch(run_id)[-1].event_type.endswith("Completed")
     assert verify(second.app.source()).ok
+
+
+def signed_without(service: Service, key: str, member: str) -> bytes:
+    """A validly signed Submitted command that lacks one payload member."""
+    content = EntryContent.from_bytes(dsse.parse(submit_command(service.client, service.origin, BELL,
+                                                                key)).payload)
+    payload = {k: v for k, v in content.payload.items() if k != member}
+    return dsse.sign(EntryContent(**{**content.__dict__, "payload": payload}).to_bytes(),
+                     service.client).canonical
+
+
+@pytest.mark.parametrize("member", ["originator_topic", "nonce"])
+def test_a_malformed_signed_command_is_refused_before_anything_is_appended(
+        service_factory: ServiceFactory, member: str) -> None:
+    service = service_factory()
+    before = service.app.tree_size()
+    code, fields = code_of(lambda: service.submit_raw(signed_without(service, "poison", member)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and fields == [member]
+    assert service.app.tree_size() == before
+    assert service.executor.ListRuns(pb.ListRunsRequest(), timeout=10).runs == []
+
+
+def test_an_entry_no_reader_can_interpret_stops_nobody(service_factory: ServiceFactory) -> None:
+    """An entry recorded before commands were checked whole: readers skip it, visibly."""
+    service = service_factory()
+    poison = signed_without(service, "poison", "nonce")
+    content = EntryContent.from_bytes(dsse.parse(poison).payload)
+    RunQueue(service.app).enqueue_with_next_append(UUID(content.stream_id))
+    service.app.recorder.insert_events([StoredEvent(UUID(content.stream_id), 1, content.event_type, poison)])
+    service.app.ledger.discard_staged()
+    good = service.submit(BELL).run.run_id
+    assert service.watch(good)[-1].event_type.endswith("Completed")
+    listed = service.executor.ListRuns(pb.ListRunsRequest(), timeout=10).runs
+    assert [r.run_id for r in listed] == [good]
+    code, _ = code_of(lambda: service.run(content.stream_id))
+    assert code == grpc.StatusCode.DATA_LOSS
+    deadline = time.monotonic() + 10
+    while RunQueue(service.app).pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert RunQueue(service.app).pending() == 0, "the worker keeps retrying a run it cannot read"
+    assert verify(service.app.source()).ok
+
+
+def record_unchecked(service: Service, workflow: dict[str, Any], key: str) -> str:
+    """An entry as it was recorded before commands were checked whole; its run id."""
+    command = submit_command(service.client, service.origin, workflow, key)
+    content = EntryContent.from_bytes(dsse.parse(command).payload)
+    RunQueue(service.app).enqueue_with_next_append(UUID(content.stream_id))
+    service.app.recorder.insert_events([StoredEvent(UUID(content.stream_id), 1, content.event_type, command)])
+    service.app.ledger.discard_staged()
+    return content.stream_id
+
+
+def test_an_entry_a_projection_cannot_store_is_skipped_visibly(service_factory: ServiceFactory) -> None:
+    """A NUL in a workflow name: PostgreSQL's text columns refuse it.  The projections skip that
+    entry (and say which), and go on with everyone else's."""
+    service = service_factory()
+    poisoned = record_unchecked(service, {**BELL, "name": "bell\x00"}, "nul")
+    position = service.app.tree_size()
+    # The worker checks a definition again before it runs it: this one fails, on the record.
+    assert service.watch(poisoned)[-1].event_type.endswith("Failed")
+    good = service.submit(BELL).run.run_id
+    assert service.watch(good)[-1].event_type.endswith("Completed")
+    runner = projection_runner(service.app)
+    runner.catch_up()
+    assert set(runner.positions().values()) == {service.app.tree_size()}
+    skipped = runner.skipped()
+    if service.app.store.is_postgres:
+        assert skipped and {p for _, p, _ in skipped} <= set(range(position, service.app.tree_size() + 1))
+        assert all("NUL" in error for _, _, error in skipped), skipped
+        status = CliRunner().invoke(cli, ["projections", "status", "--store", service.app.store.url])
+        assert status.exit_code == 0, status.output
+        shown = json.loads(status.output)
+        assert [s["position"] for s in shown[skipped[0][0]]["skipped"]] == [
+            p for n, p, _ in skipped if n == skipped[0][0]]
+    lineage = json.loads(service.ledger.GetLineage(pb.RunRef(run_id=good), timeout=30).prov_json)
+    assert lineage["entity"]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(min_size=0, max_size=12))
+def test_any_name_is_refused_by_field_or_stored_for_every_reader(service: Service, name: str) -> None:
+    body = {**BELL, "name": name}
+    try:
+        reply = service.submit(body)
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+        assert field_violations(error) == ["workflow.name"], error.details()
+        assert name == "" or any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in name) or len(name) > 256
+        return
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f for c in name)
+    assert reply.run.workflow == name
+    runner = projection_runner(service.app)
+    runner.catch_up()
+    assert runner.skipped() == []
+    listed = service.executor.ListRuns(pb.ListRunsRequest(), timeout=10).runs
+    assert reply.run.run_id in [r.run_id for r in listed]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -14,7 +15,12 @@ from qledger.ledger.keys import SigningKey
 from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.run import run_id_for
-from qledger.runs.submission import MAX_IDEMPOTENCY_KEY, check_submission, read_submission
+from qledger.runs.submission import (
+    MAX_CLOCK_SKEW_SECONDS,
+    MAX_IDEMPOTENCY_KEY,
+    check_submission,
+    read_submission,
+)
 from qledger.runs.workflow import workflow_sha256
 
 BACKENDS = frozenset({"aer_ideal", "aer_noisy"})
@@ -61,6 +67,24 @@ def test_an_entry_of_another_type_is_not_a_submission() -> None:
     (lambda f: f["payload"]["workflow"]["execute"].update(backend="nowhere"), "workflow.execute.backend"),
     (lambda f: f["payload"].update(workflow_sha256="0" * 64), "workflow_sha256"),
     (lambda f: f["payload"].update(rerun_of="1b4e28ba-2fa1-11d2-883f-0016d3cca427"), "rerun_of"),
+    # Every member is required, and none other is stored.
+    (lambda f: f["payload"].pop("originator_topic"), "originator_topic"),
+    (lambda f: f["payload"].update(originator_topic="executor.run:Other"), "originator_topic"),
+    (lambda f: f["payload"].pop("nonce"), "nonce"),
+    (lambda f: f["payload"].update(nonce=7), "nonce"),
+    (lambda f: f["payload"].pop("rerun_of"), "rerun_of"),
+    (lambda f: f["payload"].update(comment="keep me forever"), "comment"),
+    (lambda f: f["payload"]["workflow"]["execute"].update(shotz=10), "workflow.execute.shotz"),
+    # Text no store can keep, or no terminal should print.
+    (lambda f: f["payload"]["workflow"].update(name="bell\x00"), "workflow.name"),
+    (lambda f: f["payload"]["workflow"].update(name="bell\x1b[2J"), "workflow.name"),
+    # The entry's time is the client's, and must be now.
+    (lambda f: f.update(timestamp=(datetime.now(UTC) - timedelta(hours=1)).isoformat()),
+     "command.envelope.timestamp"),
+    (lambda f: f.update(timestamp=(datetime.now(UTC) + timedelta(minutes=10)).isoformat()),
+     "command.envelope.timestamp"),
+    (lambda f: f.update(timestamp="2026-12-02T12:00:00"), "command.envelope.timestamp"),
+    (lambda f: f.update(timestamp="yesterday"), "command.envelope.timestamp"),
 ])
 def test_each_bad_member_is_refused_by_name(change: Any, field: str) -> None:
     def edit(fields: dict[str, Any]) -> None:
@@ -72,3 +96,19 @@ def test_each_bad_member_is_refused_by_name(change: Any, field: str) -> None:
     with pytest.raises(InvalidRequestError) as caught:
         check_submission(read_submission(data), BACKENDS)
     assert caught.value.field == field
+
+
+def test_a_time_within_the_allowed_skew_is_accepted() -> None:
+    data = resigned(submit_command(KEY, "o", BELL, "k"), lambda f: f.update(
+        timestamp=(datetime.now(UTC) - timedelta(seconds=MAX_CLOCK_SKEW_SECONDS - 30)).isoformat()))
+    assert check_submission(read_submission(data), BACKENDS).idempotency_key == "k"
+
+
+def test_a_lone_surrogate_is_not_canonical_json() -> None:
+    """No UTF-8 spells U+D800 alone; a command that escapes one is refused before its members."""
+    content = EntryContent.from_bytes(dsse.parse(submit_command(KEY, "o", BELL, "k")).payload)
+    raw = content.to_bytes().replace(b'"idempotency_key":"k"', b'"idempotency_key":"k\\ud800"')
+    assert b"\\ud800" in raw
+    with pytest.raises(InvalidRequestError) as caught:
+        read_submission(dsse.sign(raw, KEY).canonical)
+    assert caught.value.field == "command.envelope"

@@ -33,7 +33,9 @@ def test_yaml_and_json_are_the_same_definition() -> None:
     (lambda w: w["execute"].update(shots=True), "execute.shots"),
     (lambda w: w["execute"].update(backend="ibm_real"), "execute.backend"),
     (lambda w: w["circuit"].update(qubits=3), "circuit.qubits"),
-    (lambda w: w.update(extra=1), "workflow"),
+    (lambda w: w.update(extra=1), "extra"),  # an unknown member is named
+    (lambda w: w["execute"].update(shots=2048.0), "execute.shots"),  # not an integer
+    (lambda w: w.update(name="bell\x00"), "name"),
     (lambda w: w["execute"].update(priority="urgent"), "execute.priority"),
     (lambda w: w.update(schema_version=2), "schema_version"),
 ])
