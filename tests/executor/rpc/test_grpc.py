@@ -11,6 +11,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qledger.api import qledger_pb2 as pb
 from qledger.ledger import dsse, merkle
@@ -210,3 +212,48 @@ def test_qaoa_maxcut_hybrid_loop_against_brute_force(service: Service) -> None:
     assert 0.7 < report["approximation_ratio"] <= 1.0
     # The first proposal is the workflow's recorded starting point.
     assert loop["iterations"][0]["parameters"] == [0.8, 0.4]
+
+
+def every_method() -> list[tuple[str, bool]]:
+    """(full method path, whether it streams responses) of every qledger RPC."""
+    return [(f"/{service.full_name}/{method.name}", method.server_streaming)
+            for service in pb.DESCRIPTOR.services_by_name.values() for method in service.methods]
+
+
+def raw_call(channel: grpc.Channel, method: str, streaming: bool, body: bytes) -> grpc.RpcError | None:
+    """Send ``body`` as the request, bytes exactly as given; the error it got, if any."""
+    def identity(data: bytes) -> bytes:
+        return data
+
+    try:
+        if streaming:
+            list(channel.unary_stream(method, request_serializer=identity,
+                                      response_deserializer=identity)(body, timeout=10))
+        else:
+            channel.unary_unary(method, request_serializer=identity, response_deserializer=identity)(
+                body, timeout=10)
+    except grpc.RpcError as error:
+        return error
+    return None
+
+
+def test_a_body_that_is_not_the_request_message_is_invalid_argument(service: Service) -> None:
+    before = service.app.tree_size()
+    for method, streaming in every_method():
+        error = raw_call(service.channel, method, streaming, b"\xff\xff\xff")
+        assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, method  # type: ignore[attr-defined]
+        assert field_violations(error) == ["request"], method
+    assert service.app.tree_size() == before
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=64), index=st.integers(min_value=0))
+def test_random_bytes_to_any_rpc_never_hurt_the_server(service: Service, body: bytes, index: int) -> None:
+    methods = every_method()
+    method, streaming = methods[index % len(methods)]
+    before = service.app.tree_size()
+    error = raw_call(service.channel, method, streaming, body)
+    code = None if error is None else error.code()  # type: ignore[attr-defined]
+    assert code not in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN), (method, body, error)
+    assert service.app.tree_size() - before <= 1  # at most an on-demand checkpoint
+    assert service.executor.ListRuns(pb.ListRunsRequest(), timeout=10) is not None  # still serving
