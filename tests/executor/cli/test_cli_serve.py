@@ -211,3 +211,23 @@ def test_version() -> None:
     done = subprocess.run([sys.executable, "-m", "qledger.cli", "--version"], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0 and done.stdout == f"qledger {version('qledger-provenance')}\n"
+
+
+def test_submit_refuses_a_definition_as_written_before_signing(service: Service, tmp_path: Path) -> None:
+    """2048.0 reads as a float; canonical JSON would make it 2048 unseen, so the CLI refuses it."""
+    body = json.loads((WORKFLOWS / "bell.json").read_text())
+    body["execute"]["shots"] = 2048.0
+    path = tmp_path / "bell.json"
+    path.write_text(json.dumps(body))
+    before = service.app.tree_size()
+    result = CliRunner().invoke(cli, ["submit", str(path), "--server", service.running.address,
+                                      "--as", service.client.principal])
+    assert result.exit_code == 2, result.output
+    assert "execute.shots: must be an integer" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    body["execute"]["colour"] = "blue"
+    path.write_text(json.dumps({**body, "execute": {**body["execute"], "shots": 2048}}))
+    result = CliRunner().invoke(cli, ["submit", str(path), "--server", service.running.address,
+                                      "--as", service.client.principal])
+    assert result.exit_code == 2 and "execute.colour: is not a member of execute" in result.output
+    assert service.app.tree_size() == before
