@@ -25,12 +25,22 @@ BAND_SIGMAS = 3.0
 def run_facts(envelopes: list[bytes]) -> dict[str, Any]:
     """What a run's entries record, by step id, plus its workflow and status."""
     contents = [EntryContent.from_bytes(dsse.parse(e).payload) for e in envelopes]
-    records = {c.payload["step"]: c.payload["record"] for c in contents if "step" in c.payload}
+    records = {c.payload["step"]: c.payload["record"] for c in contents
+               if "step" in c.payload and "record" in c.payload}  # a Failed entry names a step too
     submitted = contents[0].payload
     return {"run_id": contents[0].stream_id, "workflow": submitted["workflow"],
             "workflow_sha256": submitted["workflow_sha256"], "records": records,
             "rerun_of": submitted.get("rerun_of"),
-            "status": contents[-1].event_type.rsplit(".", 1)[-1]}
+            "status": contents[-1].event_type.rsplit(".", 1)[-1], "outcome": _outcome(contents[-1])}
+
+
+def _outcome(last: EntryContent) -> dict[str, Any] | None:
+    """Why a run ended other than completed: a Failed entry's class, step and message, or who
+    cancelled it and why."""
+    kind = last.event_type.rsplit(".", 1)[-1]
+    keep = {"Failed": ("error_class", "kind", "step", "message"),
+            "Cancelled": ("requested_by", "reason")}.get(kind)
+    return None if keep is None else {name: last.payload.get(name) for name in keep}
 
 
 def _environment(facts: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +140,8 @@ def _compare_results(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
 
 
 def report(x: dict[str, Any], y: dict[str, Any] | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"run_id": x["run_id"], "status": x["status"], "environment": _environment(x),
+    out: dict[str, Any] = {"run_id": x["run_id"], "status": x["status"], "outcome": x.get("outcome"),
+                           "environment": _environment(x),
                            "result": x["records"].get("report"),
                            "counts": {x["run_id"]: x["records"].get("execution", {}).get("counts", {})}}
     if y is not None:
@@ -142,7 +153,11 @@ def report(x: dict[str, Any], y: dict[str, Any] | None) -> dict[str, Any]:
 def to_markdown(data: dict[str, Any]) -> str:
     env = data["environment"]
     result = json.dumps(data["result"], indent=2, sort_keys=True)
-    lines = [f"# Reproducibility report: run {data['run_id']}", "", f"Status: {data['status']}", "",
+    outcome = data.get("outcome")
+    said = "" if not outcome else (
+        f" ({outcome['kind']} {outcome['error_class']} in {outcome['step']}: {outcome['message']})"
+        if "error_class" in outcome else f" (by {outcome['requested_by']}: {outcome['reason']})")
+    lines = [f"# Reproducibility report: run {data['run_id']}", "", f"Status: {data['status']}{said}", "",
              "## Recorded environment", "",
              f"- SDK: {json.dumps(env['sdk'], sort_keys=True)}",
              f"- Seeds: {json.dumps(env['seeds'], sort_keys=True)}",

@@ -15,7 +15,7 @@ from qledger.cli import app as cli
 from qledger.ledger import dsse
 from qledger.provenance.report import report, run_facts, shot_noise_band
 from qledger.runs.reference_workflows import BELL
-from tests.executor.conftest import Service
+from tests.executor.conftest import Service, ServiceFactory
 
 
 def facts(service: Service, workflow: dict[str, Any]) -> dict[str, Any]:
@@ -122,3 +122,20 @@ class _Elements(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         self._in_data = False
+
+
+@pytest.mark.parametrize("output", ["md", "json", "html"])
+def test_a_report_renders_for_a_run_the_executor_lost(service_factory: ServiceFactory, output: str,
+                                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No attempt left: the run fails with ExecutorLost before any step is recorded."""
+    service = service_factory(max_attempts=0)
+    monkeypatch.setenv("QLEDGER_HOME", str(service.home))
+    run_id = service.submit(BELL).run.run_id
+    assert service.watch(run_id)[-1].event_type.endswith("Failed")
+    assert "ExecutorLost" in service.run(run_id).error
+    out = tmp_path / "report.out"
+    result = CliRunner().invoke(cli, ["report", run_id, "--format", output, "--store", service.app.store.url,
+                                      *(["-o", str(out)] if output == "html" else [])])
+    assert result.exit_code == 0, result.output
+    shown = out.read_text() if output == "html" else result.output
+    assert run_id in shown and "ExecutorLost" in shown
