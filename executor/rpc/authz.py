@@ -26,9 +26,9 @@ from qledger.ledger.errors import PermissionDeniedError, RequestRefusedError, Un
 from qledger.ledger.keys import PublicKey
 from qledger.ledger.registry import KeyRecord
 from qledger.rpc.call_signing import call_message, full_method
+from qledger.runs.submission import MAX_CLOCK_SKEW_SECONDS, clock_skew
 
 log = logging.getLogger("qledger.authz")
-MAX_CALL_SKEW_SECONDS = 300
 ANONYMOUS = "no client certificate and no valid call signature"
 
 # RPC -> what it does, and which roles may do that (in the run's project where there is one).
@@ -86,11 +86,11 @@ class Authorizer:
         if not (principal and key_id and issued and signature):
             return None
         try:
-            moment = datetime.fromisoformat(str(issued))
             raw = base64.b64decode(str(signature), validate=True)
         except (ValueError, binascii.Error):
             return None
-        if moment.tzinfo is None or abs((datetime.now(UTC) - moment).total_seconds()) > MAX_CALL_SKEW_SECONDS:
+        skew = clock_skew(str(issued), datetime.now(UTC))
+        if skew is None or abs(skew) > MAX_CLOCK_SKEW_SECONDS:
             return None
         message = call_message(full_method(method), str(issued))
         key = self.signer(str(key_id), lambda public: public.verify(raw, message), str(principal))

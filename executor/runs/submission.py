@@ -25,7 +25,7 @@ from qledger.runs.templates import Resolver
 from qledger.runs.workflow import WorkflowError, parse_workflow, project_of, workflow_sha256
 
 MAX_IDEMPOTENCY_KEY = 128
-MAX_CLOCK_SKEW_SECONDS = 300  # as for signed calls (rpc.authz)
+MAX_CLOCK_SKEW_SECONDS = 300  # for entry times and for signed calls (rpc.authz)
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,7 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
     if found is not None:
         raise InvalidRequestError(found.description, found.field)
     _check_timestamp(signed.content.timestamp, now or datetime.now(UTC))
-    key = payload.get("idempotency_key")
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_IDEMPOTENCY_KEY:
-        raise InvalidRequestError(f"idempotency_key must be 1..{MAX_IDEMPOTENCY_KEY} characters",
-                                  "idempotency_key")
+    key: str = payload["idempotency_key"]  # 1..MAX_IDEMPOTENCY_KEY characters, by the schema
     run_id = run_id_for(signed.content.principal, key)
     if signed.content.stream_id != str(run_id):
         raise InvalidRequestError("stream id must be the run id derived from principal and idempotency key",
@@ -117,17 +114,23 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
     return Submission(signed, run_id, key, workflow, sha, template.sha256 if template else None)
 
 
+def clock_skew(stamp: str, now: datetime) -> float | None:
+    """Seconds ``stamp`` (ISO 8601 with a UTC offset) is ahead of ``now``; None if it is not one."""
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    return None if moment.tzinfo is None else (moment - now).total_seconds()
+
+
 def _check_timestamp(stamp: str, now: datetime) -> None:
     """The client sets its entry's time, and signs it; it must be the time of submission, give
     or take the clock skew calls are allowed (a stale time would skew queue times and reports)."""
     field = "command.envelope.timestamp"
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        raise InvalidRequestError(f"{stamp!r} is not an ISO 8601 time", field) from None
-    if moment.tzinfo is None:
-        raise InvalidRequestError("the entry time needs a UTC offset (e.g. +00:00)", field)
-    skew = (moment - now).total_seconds()
+    skew = clock_skew(stamp, now)
+    if skew is None:
+        raise InvalidRequestError(f"{stamp!r} is not an ISO 8601 time with a UTC offset (e.g. +00:00)",
+                                  field)
     if abs(skew) > MAX_CLOCK_SKEW_SECONDS:
         raise InvalidRequestError(
             f"the entry time is {abs(skew):.0f} s {'ahead of' if skew > 0 else 'behind'} the server's "
