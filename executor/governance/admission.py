@@ -8,6 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from eventsourcing.persistence import IntegrityError
+
+from qledger.governance.budget_reservations import BudgetReservations, over_budget
 from qledger.governance.policy import Policy, budget_verdict
 from qledger.ledger.errors import ExhaustedError, PermissionDeniedError, RequestRefusedError
 from qledger.runs.workflow import project_of, reserved_shots
@@ -49,3 +52,20 @@ def admit(policy: Policy, workflow: dict[str, Any], workflow_sha256: str, submit
     if verdict.refusal:
         return Admission(Refusal("budget_refused", ExhaustedError(verdict.refusal, "workflow.execute.shots")))
     return Admission(warning=verdict.warning)
+
+
+def record_within_budget(reservations: BudgetReservations, quota: dict[str, Any] | None,
+                         used: dict[str, float], workflow: dict[str, Any],
+                         record: Callable[[], bool]) -> bool:
+    """``record()`` the run (it appends its entry) with the run's reservation of its project's
+    budget in the same transaction: ``admit`` read a usage that may be stale by now, and of
+    concurrent submissions only those that still fit are recorded."""
+    reservations.reserve_with_next_append(project_of(workflow), reserved_shots(workflow), quota, used)
+    try:
+        return record()
+    except IntegrityError as exc:
+        if not over_budget(exc):
+            raise
+        raise ExhaustedError(f"budget exceeded: submissions accepted meanwhile took what was left of project "
+                             f"{project_of(workflow)!r}'s quota (the run was not started)",
+                             "workflow.execute.shots") from None

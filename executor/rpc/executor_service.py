@@ -7,14 +7,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import cast
+from typing import NoReturn, cast
 from uuid import UUID
 
 import grpc
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
-from qledger.governance.admission import admit
+from qledger.governance.admission import admit, record_within_budget
+from qledger.governance.budget_reservations import BudgetReservations
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.errors import (
@@ -23,6 +24,7 @@ from qledger.ledger.errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    RequestRefusedError,
     UnauthenticatedError,
     UnreadableEntryError,
 )
@@ -35,7 +37,7 @@ from qledger.rpc.status import rpc_method
 from qledger.runs.cancellation import cancel, may_cancel, read_cancel
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import TERMINAL, Run
-from qledger.runs.submission import check_submission, read_submission, record_submission
+from qledger.runs.submission import Submission, check_submission, read_submission, record_submission
 from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
 from qledger.runs.workflow import project_of
@@ -61,6 +63,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         self.backends, self.changes, self.wake = backends, changes, wake
         self.executor_principal = executor_principal
         self.source = app.source()
+        self.reservations = BudgetReservations(app)
         self.templates = resolver(app)
         self._reported_unreadable: set[UUID] = set()
 
@@ -100,16 +103,23 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         submission = check_submission(signed, self.backends, rerun_of, self.templates)
         existing = self._run(submission.run_id)
         if existing is None:
-            admission = admit(self.authz.policies.current(), submission.workflow, submission.workflow_sha256,
-                              submission.principal, self._usage, submission.template_sha256)
+            policy = self.authz.policies.current()
+            quota = policy.quotas.get(submission.project)
+            used = self._usage(submission.project) if quota else {}
+            admission = admit(policy, submission.workflow, submission.workflow_sha256,
+                              submission.principal, lambda _: used, submission.template_sha256)
             if admission.refusal is not None:
-                self.authz.record(admission.refusal.kind, submission.principal, "SubmitWorkflow",
-                                  submission.project, str(admission.refusal.error))
-                raise admission.refusal.error
+                self._refused(admission.refusal.kind, submission, admission.refusal.error)
             pending = self.queue.pending()
             if pending >= self.max_pending:
                 raise ExhaustedError(f"{pending} runs are waiting; try again shortly", retry_seconds=2)
-            if record_submission(self.app, self.queue, submission, trace_parent()):
+            try:
+                created = record_within_budget(
+                    self.reservations, quota, used, submission.workflow,
+                    lambda: record_submission(self.app, self.queue, submission, trace_parent()))
+            except ExhaustedError as exc:
+                self._refused("budget_refused", submission, exc)
+            if created:
                 if admission.warning:
                     self.authz.record("budget_warning", submission.principal, "SubmitWorkflow",
                                       submission.project, admission.warning)
@@ -127,6 +137,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             self.queue.enqueue(existing.id)
             self.wake()
         return pb.SubmitWorkflowResponse(run=run_message(existing), created=False)
+
+    def _refused(self, kind: str, submission: Submission, error: RequestRefusedError) -> NoReturn:
+        self.authz.record(kind, submission.principal, "SubmitWorkflow", submission.project, str(error))
+        raise error
 
     def _usage(self, project: str) -> dict[str, float]:
         self.projections.catch_up(["usage"])

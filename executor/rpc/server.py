@@ -20,6 +20,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.budget_reservations import BudgetReservations
 from qledger.governance.routing import route
 from qledger.ledger.admin import ROOT, SERVICE_ROLE, InitResult, init_store
 from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
@@ -162,12 +163,13 @@ class RunningServer:
 def prepare_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,
                   service_role: str = SERVICE_ROLE) -> InitResult:
     """Everything a server needs in a store, made by its owner (``qledger init``): the ledger's
-    tables, triggers, grants, genesis and keys, the projection tables, the run queue and the
-    table of sweep chunks.  The server itself, running as the service role, only creates what
-    is missing."""
+    tables, triggers, grants, genesis and keys, the projection tables, the run queue, the
+    table of sweep chunks and the budget reservations.  The server itself, running as the
+    service role, only creates what is missing."""
     result = init_store(app, keys, origin, service_role, projection_runner(app))
     RunQueue(app).create(service_role if app.store.is_postgres else None)
     SweepItems(app).create(service_role if app.store.is_postgres else None)
+    BudgetReservations(app).create(service_role if app.store.is_postgres else None)
     register_builtins(app, keys.load(ROOT))
     return result
 
@@ -193,6 +195,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         log.warning("run %s was recorded but not queued; queued it now", run_id)
     sweep_items = SweepItems(app)
     sweep_items.ensure()
+    BudgetReservations(app).ensure()
     HotArtifacts(app.ledger).ensure_table()
     ctx = ExecutionContext(catalog or BackendCatalog(),
                            BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),

@@ -28,8 +28,9 @@ ITEM_COLUMNS = ("run_id", "pub", "start", "stop", "seed", "backend", "noise_seed
 PG_NOW = "extract(epoch from clock_timestamp())"
 
 
-class _LeasedTable:
-    """A table of claimable rows on either store: statements, keys and the lease clock."""
+class StateTable:
+    """A table of mutable executor state beside the ledger, on either store: its statements,
+    keys and (for claimable rows) the lease clock."""
 
     name = ""
 
@@ -84,7 +85,7 @@ class _LeasedTable:
                     SQL(self.table), Identifier(service_role)))
 
 
-class RunQueue(_LeasedTable):
+class RunQueue(StateTable):
     name = TABLE
     probe = "run_id, trace_parent"
 
@@ -192,7 +193,7 @@ class ItemState:
     execute_ms: float | None
 
 
-class SweepItems(_LeasedTable):
+class SweepItems(StateTable):
     """The chunks of sweeps, so that every executor process on one store computes them.
 
     The run's own executor publishes them, takes the next one it has to record unless another

@@ -1,0 +1,93 @@
+"""A quota holds under concurrency: submissions racing for the last free runs, on two servers
+(each with its own connection to one store), are accepted only as far as the quota goes."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from eventsourcing.persistence import IntegrityError
+
+from qledger.api import qledger_pb2 as pb
+from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.governance.budget_reservations import BudgetReservations, over_budget
+from qledger.governance.changes import set_quota
+from qledger.ledger.admin import CHECKPOINTER, ROOT
+from qledger.ledger.app import LedgerApp
+from qledger.ledger.keys import KeyStore
+from qledger.ledger.verify import verify
+from qledger.rpc.channel import client_channel
+from qledger.rpc.server import ExecutorSettings, start_server
+from qledger.runs.commands import submit_command
+from qledger.runs.reference_workflows import BELL
+from qledger.runs.workflow import DEFAULT_PROJECT
+from tests.executor.conftest import ServiceFactory
+from tests.executor.rpc.test_authz import audit_entries
+from tests.ledger.helpers import write_notes
+
+QUOTA_RUNS, SUBMISSIONS = 5, 20
+
+
+def test_concurrent_submissions_on_two_servers_never_overrun_a_run_quota(
+        service_factory: ServiceFactory, store_url: str, qledger_home: Path) -> None:
+    first = service_factory(workers=1)
+    keys = KeyStore(qledger_home)
+    set_quota(first.app, keys.load(ROOT), DEFAULT_PROJECT, shots=None, runs=QUOTA_RUNS,
+              executor_seconds=None, warn_at=0.9)
+    # A second server with its own store connection: its appends race the first's in the database.
+    other_app = LedgerApp(store_url, create_tables=False)
+    second = start_server(other_app, keys.load("executor-1"), keys.load(CHECKPOINTER),
+                          settings=ExecutorSettings(workers=1, authorize=False))
+    channels = [first.channel, client_channel(second.address)]
+    stubs = [pb_grpc.ExecutorStub(channel) for channel in channels]
+    commands = [submit_command(first.client, first.origin, BELL, str(uuid.uuid4()))
+                for _ in range(SUBMISSIONS)]
+
+    def submit(i: int) -> grpc.StatusCode:
+        request = pb.SubmitWorkflowRequest(command=pb.SignedEnvelope(envelope=commands[i]))
+        try:
+            stubs[i % 2].SubmitWorkflow(request, timeout=60)
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[attr-defined, no-any-return]
+        return grpc.StatusCode.OK
+
+    try:
+        with ThreadPoolExecutor(SUBMISSIONS) as pool:
+            codes = list(pool.map(submit, range(SUBMISSIONS)))
+        assert codes.count(grpc.StatusCode.OK) == QUOTA_RUNS, codes
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == SUBMISSIONS - QUOTA_RUNS, codes
+        submitted = [n for n in first.app.recorder.select_notifications(1, 10_000)
+                     if n.topic.endswith("Submitted")]
+        assert len(submitted) == QUOTA_RUNS
+        refusals = [e for e in audit_entries(first) if e["payload"]["kind"] == "budget_refused"]
+        assert len(refusals) == SUBMISSIONS - QUOTA_RUNS
+        assert BudgetReservations(first.app).reserved(DEFAULT_PROJECT) == {
+            "runs": QUOTA_RUNS, "shots": QUOTA_RUNS * BELL["execute"]["shots"]}
+        assert verify(first.app.source()).ok
+    finally:
+        channels[1].close()
+        second.stop()
+
+
+def test_a_reservation_starts_from_the_projected_usage_and_a_dropped_quota_forgets_it(
+        service_factory: ServiceFactory) -> None:
+    service = service_factory()
+    reservations = BudgetReservations(service.app)
+    quota = {"runs": 3, "shots": None, "executor_seconds": None, "warn_at": 0.9}
+
+    def append_with(quota_: dict[str, object] | None, used_runs: int) -> None:
+        reservations.reserve_with_next_append("p", 100, quota_, {"runs": used_runs, "shots": 7})
+        write_notes(service.app, service.client.principal, 1)  # the next append, in this thread
+
+    append_with(quota, 2)  # the projection counted two runs before any reservation existed
+    assert reservations.reserved("p") == {"runs": 3, "shots": 107}
+    size = service.app.tree_size()
+    with pytest.raises(IntegrityError) as refused:
+        append_with(quota, 0)  # the row, not the (stale) projection, decides from now on
+    assert over_budget(refused.value) and service.app.tree_size() == size  # the entry went with it
+    assert reservations.reserved("p") == {"runs": 3, "shots": 107}
+    append_with(None, 0)
+    assert reservations.reserved("p") is None
