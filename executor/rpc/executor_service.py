@@ -114,12 +114,12 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             if pending >= self.max_pending:
                 raise ExhaustedError(f"{pending} runs are waiting; try again shortly", retry_seconds=2)
             try:
-                created = record_within_budget(
+                recorded = record_within_budget(
                     self.reservations, quota, used, submission.workflow,
                     lambda: record_submission(self.app, self.queue, submission, trace_parent()))
             except ExhaustedError as exc:
                 self._refused("budget_refused", submission, exc)
-            if created:
+            if recorded:
                 if admission.warning:
                     self.authz.record("budget_warning", submission.principal, "SubmitWorkflow",
                                       submission.project, admission.warning)
