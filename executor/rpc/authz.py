@@ -4,8 +4,8 @@ and projects from the ledger's governance entries, every denial recorded as an e
 Identity is never a field the caller fills in.  It is, in order: the signer of the command
 (SubmitWorkflow, RerunWorkflow, CancelRun carry signed commands); the common name of a
 verified client certificate (mutual TLS); or a per-call signature in metadata by a key the
-ledger has registered (``qledger-principal``, ``qledger-key-id``, ``qledger-time``,
-``qledger-signature`` over ``qledger-call-v1 \\n method \\n time``).
+ledger has registered, over the method, the time, a nonce and the request body's digest
+(``rpc.call_signing``), used once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from qledger.ledger.app import LedgerApp
 from qledger.ledger.errors import PermissionDeniedError, RequestRefusedError, UnauthenticatedError
 from qledger.ledger.keys import PublicKey
 from qledger.ledger.registry import KeyRecord
-from qledger.rpc.call_signing import call_message, full_method
+from qledger.rpc.call_signing import SeenNonces, call_message, full_method
+from qledger.rpc.received import received_body_sha256
 from qledger.runs.submission import MAX_CLOCK_SKEW_SECONDS, clock_skew
 
 log = logging.getLogger("qledger.authz")
@@ -74,16 +75,20 @@ class Authorizer:
     def __init__(self, app: LedgerApp, recorder_principal: str, enabled: bool) -> None:
         self.app, self.recorder_principal, self.enabled = app, recorder_principal, enabled
         self.policies = PolicyCache(app)
+        # Long enough that a signature's time is out of the window before its nonce is forgotten.
+        self.nonces = SeenNonces(2 * MAX_CLOCK_SKEW_SECONDS + 60)
 
     def identify(self, context: grpc.ServicerContext, method: str) -> str | None:
-        """The caller's principal from its certificate or its call signature; None if neither."""
+        """The caller's principal from its certificate or its call signature; None if neither.
+        Called once per call: a call signature's nonce is spent here."""
         names = (context.auth_context() or {}).get("x509_common_name")
         if names:
             return bytes(names[0]).decode()
         metadata = dict(context.invocation_metadata() or ())
         principal, key_id = metadata.get("qledger-principal"), metadata.get("qledger-key-id")
-        issued, signature = metadata.get("qledger-time"), metadata.get("qledger-signature")
-        if not (principal and key_id and issued and signature):
+        issued, nonce = metadata.get("qledger-time"), metadata.get("qledger-nonce")
+        signature, body = metadata.get("qledger-signature"), received_body_sha256()
+        if not (principal and key_id and issued and nonce and signature and body):
             return None
         try:
             raw = base64.b64decode(str(signature), validate=True)
@@ -92,9 +97,14 @@ class Authorizer:
         skew = clock_skew(str(issued), datetime.now(UTC))
         if skew is None or abs(skew) > MAX_CLOCK_SKEW_SECONDS:
             return None
-        message = call_message(full_method(method), str(issued))
+        message = call_message(full_method(method), str(issued), str(nonce), body)
         key = self.signer(str(key_id), lambda public: public.verify(raw, message), str(principal))
-        return None if key is None else key.principal
+        if key is None:
+            return None
+        if not self.nonces.first_use(key.key_id, str(nonce)):
+            log.warning("refused a replayed call signature (key %s…, %s)", key.key_id[:16], method)
+            return None
+        return key.principal
 
     def signer(self, key_id: str, signed_by: Callable[[PublicKey], bool],
                principal: str | None = None) -> KeyRecord | None:

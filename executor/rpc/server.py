@@ -33,7 +33,7 @@ from qledger.rpc.authz import Authorizer
 from qledger.rpc.channel import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from qledger.rpc.executor_service import ExecutorService
 from qledger.rpc.ledger_service import LedgerService
-from qledger.rpc.status import MalformedRequestInterceptor
+from qledger.rpc.received import RequestBodyInterceptor
 from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
@@ -204,7 +204,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts, sweep_items=sweep_items)
     server = grpc.server(ThreadPoolExecutor(max_workers=16),
-                         interceptors=[MalformedRequestInterceptor(), server_interceptor()], options=[
+                         interceptors=[RequestBodyInterceptor(), server_interceptor()], options=[
         ("grpc.so_reuseport", 0),  # never share a port with another server
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),

@@ -15,7 +15,6 @@ from typing import Any, NoReturn, TypeVar, cast
 import grpc
 from eventsourcing.persistence import PersistenceError
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -148,47 +147,3 @@ def rpc_method(method: F) -> F:
         except PersistenceError as exc:
             abort(context, grpc.StatusCode.UNAVAILABLE, _unavailable(exc))
     return cast(F, unary)
-
-
-class _Malformed:
-    """What a request body that is not its message becomes, so the handler can refuse it."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-class MalformedRequestInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """A body that does not parse as the method's request message is INVALID_ARGUMENT naming
-    ``request``: gRPC itself would answer INTERNAL, as if the server were at fault."""
-
-    def intercept_service(self, continuation: Callable[..., Any], details: Any) -> Any:
-        handler = continuation(details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        parse = handler.request_deserializer
-
-        def tolerant(data: bytes) -> Any:
-            try:
-                return parse(data)
-            except DecodeError as exc:
-                return _Malformed(f"the request body is not a {details.method} request: {exc}")
-
-        if handler.response_streaming:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                if isinstance(request, _Malformed):
-                    abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason, "request")
-                yield from inner_stream(request, context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=tolerant, response_serializer=handler.response_serializer)
-        inner = handler.unary_unary
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            if isinstance(request, _Malformed):
-                abort(context, grpc.StatusCode.INVALID_ARGUMENT, request.reason, "request")
-            return inner(request, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=tolerant, response_serializer=handler.response_serializer)

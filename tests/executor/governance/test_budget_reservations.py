@@ -25,7 +25,7 @@ from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.workflow import DEFAULT_PROJECT
 from tests.executor.conftest import ServiceFactory
-from tests.executor.rpc.test_authz import audit_entries
+from tests.executor.rpc.conftest import audit_entries
 from tests.ledger.helpers import write_notes
 
 QUOTA_RUNS, SUBMISSIONS = 5, 20

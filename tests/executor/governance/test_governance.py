@@ -28,7 +28,7 @@ from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.workflow import DEFAULT_PROJECT
 from tests.executor.conftest import Service, ServiceFactory, step_records
-from tests.executor.rpc.test_authz import audit_entries
+from tests.executor.rpc.conftest import audit_entries
 from tests.ledger.helpers import RawStore
 
 HARDWARE = {**BELL, "execute": {**BELL["execute"], "backend": "hardware"}}

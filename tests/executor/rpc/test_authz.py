@@ -15,64 +15,13 @@ from typer.testing import CliRunner
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.cli import app as cli
-from qledger.governance.changes import grant_role
-from qledger.governance.policy import ALL_PROJECTS, AuditEvent
-from qledger.ledger import dsse
-from qledger.ledger.admin import ROOT, add_key
-from qledger.ledger.content import EntryContent
-from qledger.ledger.keys import KeyStore, SigningKey
+from qledger.ledger.admin import ROOT
+from qledger.ledger.keys import SigningKey
 from qledger.rpc.authz import ACTIONS
 from qledger.rpc.call_signing import call_metadata
 from qledger.rpc.channel import client_channel
 from qledger.runs.commands import cancel_command, submit_command
-from qledger.runs.reference_workflows import BELL
-from tests.executor.conftest import Service, ServiceFactory
-
-ALPHA = {**BELL, "project": "alpha"}
-# who -> (role, project) grants; "nobody" has a registered key and no role.
-PRINCIPALS = {
-    "sub": [("submitter", "alpha")], "beta-sub": [("submitter", "beta")], "appr": [("approver", "alpha")],
-    "aud": [("auditor", ALL_PROJECTS)], "adm": [("admin", ALL_PROJECTS)], "nobody": [],
-}
-ANYONE_WITH_A_ROLE = {"sub", "beta-sub", "appr", "aud", "adm"}
-WATCHERS = {"sub", "appr", "aud", "adm"}  # of project alpha
-EXPECTED = {  # RPC -> who may call it on project alpha's run
-    "SubmitWorkflow": {"sub", "adm"}, "RerunWorkflow": {"sub", "adm"}, "CancelRun": {"sub", "adm"},
-    "GetRun": WATCHERS, "WatchRun": WATCHERS, "ListRuns": WATCHERS | {"beta-sub"},
-    "GetCheckpoint": ANYONE_WITH_A_ROLE,
-    "GetEntry": {"aud", "adm"}, "StreamEntries": {"aud", "adm"}, "GetInclusionProof": {"aud", "adm"},
-    "GetConsistencyProof": {"aud", "adm"},
-    "ExportBundle": {"aud", "adm"}, "GetLineage": {"aud", "adm"}, "GetReport": {"aud", "adm"},
-}
-
-
-def audit_entries(service: Service) -> list[dict[str, Any]]:
-    from eventsourcing.utils import get_topic
-
-    rows = service.app.recorder.select_notifications(
-        start=None, limit=10000, topics=[get_topic(AuditEvent.Observed)])  # type: ignore[attr-defined]
-    return [EntryContent.from_bytes(dsse.parse(r.state).payload).to_json() for r in rows]
-
-
-Governed = tuple[Service, dict[str, SigningKey], str]
-
-
-@pytest.fixture
-def governed(service_factory: ServiceFactory) -> Governed:
-    service = service_factory(export=True, authorize=True)
-    keys = KeyStore(service.home)
-    root = keys.load(ROOT)
-    signers = {}
-    for name, grants in PRINCIPALS.items():
-        signers[name] = add_key(service.app, keys, name, "client")
-        for role, project in grants:
-            grant_role(service.app, root, name, role, project)
-    command = submit_command(signers["sub"], service.origin, ALPHA, "baseline")
-    with client_channel(service.running.address, signer=signers["sub"]) as channel:
-        run_id = pb_grpc.ExecutorStub(channel).SubmitWorkflow(pb.SubmitWorkflowRequest(
-            command=pb.SignedEnvelope(envelope=command)), timeout=30).run.run_id
-        list(pb_grpc.ExecutorStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id), timeout=60))
-    return service, signers, run_id
+from tests.executor.rpc.conftest import ALPHA, EXPECTED, Governed, audit_entries
 
 
 def calls(origin: str, key: SigningKey, run_id: str) -> dict[str, Callable[[Any, Any], Any]]:
@@ -144,13 +93,14 @@ def test_identity_is_never_a_field_the_caller_sets(governed: Governed) -> None:
             stub.GetRun(request, timeout=10)
         assert anonymous.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         # Claiming to be "adm" without adm's key: the signature is by nobody's key.
+        body = request.SerializeToString()
         forged = [(k, "adm" if k == "qledger-principal" else v)
-                  for k, v in call_metadata(signers["nobody"], "/qledger.v1.Executor/GetRun")]
+                  for k, v in call_metadata(signers["nobody"], "/qledger.v1.Executor/GetRun", body)]
         with pytest.raises(grpc.RpcError) as claimed:
             stub.GetRun(request, metadata=forged, timeout=10)
         assert claimed.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
         # A signature for another method does not carry over.
-        other = call_metadata(signers["adm"], "/qledger.v1.Executor/ListRuns")
+        other = call_metadata(signers["adm"], "/qledger.v1.Executor/ListRuns", body)
         with pytest.raises(grpc.RpcError) as replayed:
             stub.GetRun(request, metadata=other, timeout=10)
         assert replayed.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
