@@ -144,26 +144,27 @@ def approve(workflow: Path, author: Annotated[str, typer.Option(help="Who wrote 
 def audit_events(store: StoreOption = None,
                  kind: Annotated[str | None, typer.Option(help=", ".join(AUDIT_KINDS))] = None,
                  limit: Annotated[int, typer.Option(min=1, max=100000)] = 100) -> None:
-    """The access and budget events executors recorded (who, what, when): the last LIMIT,
-    newest last."""
+    """The access, rate and budget events executors recorded (who, what, when): the last LIMIT,
+    newest last.  Refusals repeated within a window are one summary event with a count."""
     from eventsourcing.utils import get_topic
 
-    from qledger.governance.policy import AuditEvent
+    from qledger.governance.policy import AuditEvent, AuditSummary
     from qledger.ledger import dsse
     from qledger.ledger.content import EntryContent
 
     if kind is not None and kind not in AUDIT_KINDS:
         raise fail(f"unknown kind {kind!r}; kinds are {', '.join(AUDIT_KINDS)}")
-    topic = get_topic(AuditEvent.Observed)  # type: ignore[attr-defined]
+    summary = get_topic(AuditSummary.Summarised)  # type: ignore[attr-defined]
+    topics = [get_topic(AuditEvent.Observed), summary]  # type: ignore[attr-defined]
     events: deque[dict[str, Any]] = deque(maxlen=limit)  # memory stays at LIMIT events
     with reported_errors():
         app = open_app(store)
         start: int | None = None
-        while rows := app.recorder.select_notifications(start=start, limit=PAGE, topics=[topic]):
+        while rows := app.recorder.select_notifications(start=start, limit=PAGE, topics=topics):
             for row in rows:
                 content = EntryContent.from_bytes(dsse.parse(row.state).payload)
                 if kind is None or content.payload["kind"] == kind:
                     events.append({"at": content.timestamp, "recorded_by": content.principal,
-                                   **content.payload})
+                                   "summary": row.topic == summary, **content.payload})
             start = rows[-1].id + 1
     typer.echo(json.dumps(list(events), indent=2, sort_keys=True))

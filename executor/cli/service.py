@@ -94,6 +94,14 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
           authorize: Annotated[bool, typer.Option(envvar="QLEDGER_AUTHORIZE",
                                                   help="Authorise every call by role and project")]
           = True,
+          max_denials_per_second: Annotated[float, typer.Option(
+              min=0.01, envvar="QLEDGER_MAX_DENIALS_PER_SECOND",
+              help="Refused calls a peer may make a second (20 s' worth at once) before RESOURCE_EXHAUSTED")]
+          = 5.0,
+          max_calls_per_second: Annotated[float, typer.Option(
+              min=0.01, envvar="QLEDGER_MAX_CALLS_PER_SECOND",
+              help="Calls a principal may make a second (20 s' worth at once)")]
+          = 1000.0,
           log_format: Annotated[str, typer.Option(envvar="QLEDGER_LOG_FORMAT", help="json or text")]
           = "json",
           plaintext: Annotated[bool, typer.Option(envvar="QLEDGER_PLAINTEXT",
@@ -104,6 +112,7 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
     import signal
     import time
 
+    from qledger.governance.flood_control import FloodLimits
     from qledger.ops.tracing import configure_json_logging, configure_tracing_from_environment
     from qledger.rpc.server import ExecutorSettings, TLSConfig, start_server
 
@@ -134,7 +143,9 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
                                                     metrics_address=metrics_address,
                                                     checkpoint_every=checkpoint_every,
                                                     checkpoint_seconds=checkpoint_seconds,
-                                                    authorize=authorize), tls=tls,
+                                                    authorize=authorize,
+                                                    flood=FloodLimits(max_denials_per_second,
+                                                                      max_calls_per_second)), tls=tls,
                                    export_key=exporter)
         except OSError as exc:
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None

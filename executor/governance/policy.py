@@ -21,7 +21,7 @@ from qledger.ledger.topics import wire_topics
 ROLES = ("submitter", "approver", "auditor", "admin")
 ALL_PROJECTS = "*"
 ROOT = "root"  # the genesis admin: admin everywhere, whatever the role table says
-AUDIT_KINDS = ("access_denied", "approval_required", "budget_refused", "budget_warning")
+AUDIT_KINDS = ("access_denied", "approval_required", "budget_refused", "budget_warning", "rate_limited")
 
 
 class GovernanceError(QledgerError):
@@ -99,6 +99,22 @@ class AuditEvent(Aggregate):
     def __init__(self, *, principal: str, kind: str, subject: str, action: str, project: str,
                  reason: str) -> None:
         self.kind, self.subject, self.action = kind, subject, action
+
+    @staticmethod
+    def create_id() -> UUID:
+        return uuid4()
+
+
+@wire_topics("executor.governance")
+class AuditSummary(Aggregate):
+    """Refusals of one kind, to one subject, of one action, from one peer, counted over a
+    window: a flood costs one such entry per window instead of one entry per call.  The first
+    refusal of each window has an ``AuditEvent`` of its own; ``count`` are those after it."""
+
+    @event("Summarised")
+    def __init__(self, *, principal: str, kind: str, peer: str, subject: str, action: str, count: int,
+                 window_start: str, window_end: str, reason: str) -> None:
+        self.kind, self.peer, self.count = kind, peer, count
 
     @staticmethod
     def create_id() -> UUID:

@@ -1,5 +1,7 @@
 """Who is calling, and may they: identity from a client certificate or a signing key, roles
-and projects from the ledger's governance entries, every denial recorded as an entry.
+and projects from the ledger's governance entries, every denial recorded: the first of each
+kind from a peer in a window as an entry, the rest counted into a summary entry, and a peer or
+principal going too fast refused with RESOURCE_EXHAUSTED (``governance.flood_control``).
 
 Identity is never a field the caller fills in.  It is, in order: the signer of the command
 (SubmitWorkflow, RerunWorkflow, CancelRun carry signed commands); the common name of a
@@ -13,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import NoReturn, cast
@@ -20,9 +23,15 @@ from typing import NoReturn, cast
 import grpc
 from eventsourcing.persistence import PersistenceError
 
-from qledger.governance.policy import ALL_PROJECTS, ROLES, ROOT, AuditEvent, Governance, Policy
+from qledger.governance.flood_control import FloodLimits, Refusal, RefusalWindows, TokenBuckets
+from qledger.governance.policy import ALL_PROJECTS, ROLES, ROOT, AuditEvent, AuditSummary, Governance, Policy
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.errors import PermissionDeniedError, RequestRefusedError, UnauthenticatedError
+from qledger.ledger.errors import (
+    ExhaustedError,
+    PermissionDeniedError,
+    RequestRefusedError,
+    UnauthenticatedError,
+)
 from qledger.ledger.keys import PublicKey
 from qledger.ledger.registry import KeyRecord
 from qledger.rpc.call_signing import SeenNonces, call_message, full_method
@@ -72,9 +81,15 @@ class PolicyCache:
 
 
 class Authorizer:
-    def __init__(self, app: LedgerApp, recorder_principal: str, enabled: bool) -> None:
+    def __init__(self, app: LedgerApp, recorder_principal: str, enabled: bool,
+                 limits: FloodLimits | None = None) -> None:
         self.app, self.recorder_principal, self.enabled = app, recorder_principal, enabled
         self.policies = PolicyCache(app)
+        self.limits = limits = limits or FloodLimits()
+        burst = limits.burst_seconds
+        self.denials = TokenBuckets(limits.denials_per_second, limits.denials_per_second * burst)  # per peer
+        self.calls = TokenBuckets(limits.calls_per_second, limits.calls_per_second * burst)  # per principal
+        self.refusals = RefusalWindows(limits.window_seconds)
         # Long enough that a signature's time is out of the window before its nonce is forgotten.
         self.nonces = SeenNonces(2 * MAX_CLOCK_SKEW_SECONDS + 60)
 
@@ -123,12 +138,10 @@ class Authorizer:
         record the denial).  ``principal`` is the signer of a command the call carries."""
         if not self.enabled:
             return principal or ""  # no identity needed, so none is worked out
-        who = principal or self.identify(context, method)
-        if who is None:
-            self._deny(UnauthenticatedError(ANONYMOUS), "anonymous", method, project)
+        who = self._identified(context, method, project, principal)
         if not self.allowed(who, method, project):
             self._deny(PermissionDeniedError(f"{who} has no role that may {ACTIONS[method]} in project "
-                                             f"{project!r}"), who, method, project)
+                                             f"{project!r}"), peer_host(context), who, method, project)
         return who
 
     def allowed(self, who: str, method: str, project: str) -> bool:
@@ -142,14 +155,12 @@ class Authorizer:
         a caller who may see none is denied, and the denial recorded."""
         if not self.enabled:
             return None
-        who = self.identify(context, method)
-        if who is None:
-            self._deny(UnauthenticatedError(ANONYMOUS), "anonymous", method, ALL_PROJECTS)
+        who = self._identified(context, method, ALL_PROJECTS)
         policy = self.policies.current()
         scopes = set().union(*(policy.projects_of(who, role) for role in ALLOWED[ACTIONS[method]]))
         if not scopes:
             self._deny(PermissionDeniedError(f"{who} has no role that may {ACTIONS[method]} in any project"),
-                       who, method, ALL_PROJECTS)
+                       peer_host(context), who, method, ALL_PROJECTS)
         return None if ALL_PROJECTS in scopes else scopes
 
     def record(self, kind: str, subject: str, action: str, project: str, reason: str) -> None:
@@ -161,6 +172,63 @@ class Authorizer:
             # The caller still gets its status; a store outage has its own alarms.
             log.error("could not record %s of %s on %s: %s", kind, subject, action, exc)
 
-    def _deny(self, error: RequestRefusedError, who: str, method: str, project: str) -> NoReturn:
-        self.record("access_denied", who, method, project, str(error))
+    def _identified(self, context: grpc.ServicerContext, method: str, project: str,
+                    principal: str | None = None) -> str:
+        """Who is calling, within the limits: a peer whose calls were refused too often is
+        refused before any signature is checked, and a principal calling too often next."""
+        peer = peer_host(context)
+        wait = self.denials.wait(peer)
+        if wait:
+            self._limit(ExhaustedError(f"too many refused calls from {peer}; try again in {wait:.0f} s",
+                                       retry_seconds=math.ceil(wait)), peer, "unidentified", method, project)
+        who = principal or self.identify(context, method)
+        if who is None:
+            self._deny(UnauthenticatedError(ANONYMOUS), peer, "anonymous", method, project)
+        wait = self.calls.take(who)
+        if wait:
+            self._limit(ExhaustedError(f"{who} is calling faster than {self.limits.calls_per_second:g} "
+                                       f"calls a second; try again in {wait:.1f} s",
+                                       retry_seconds=math.ceil(wait)), peer, who, method, project)
+        return who
+
+    def record_summaries(self, flush_all: bool = False) -> None:
+        """Record a summary of each window of refusals that has ended (or of every window, when
+        the server stops) with refusals beyond its first."""
+        for summary in self.refusals.due(flush_all):
+            refusal = summary.refusal
+            try:
+                self.app.save(AuditSummary(
+                    principal=self.recorder_principal, kind=refusal.kind, peer=refusal.peer,
+                    subject=refusal.subject, action=refusal.action, count=summary.count,
+                    window_start=_iso(summary.window_start), window_end=_iso(summary.window_end),
+                    reason=summary.reason))
+            except PersistenceError as exc:
+                log.error("could not record %d %s refusals from %s: %s", summary.count, refusal.kind,
+                          refusal.peer, exc)
+
+    def _deny(self, error: RequestRefusedError, peer: str, who: str, method: str, project: str) -> NoReturn:
+        self.denials.take(peer)
+        self._refuse("access_denied", error, peer, who, method, project)
+
+    def _limit(self, error: ExhaustedError, peer: str, who: str, method: str, project: str) -> NoReturn:
+        self._refuse("rate_limited", error, peer, who, method, project)
+
+    def _refuse(self, kind: str, error: RequestRefusedError, peer: str, who: str, method: str,
+                project: str) -> NoReturn:
+        """Record the first refusal of its kind in its window in full; the rest are counted."""
+        if self.refusals.note(Refusal(kind, peer, who, method), str(error)):
+            self.record(kind, who, method, project, f"{error} [peer {peer}]")
         raise error
+
+
+def peer_host(context: grpc.ServicerContext) -> str:
+    """The caller's address without its port (a new connection must not make a new caller)."""
+    peer = str(context.peer() or "unknown")
+    kind, _, address = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    return address.rpartition(":")[0].strip("[]") or address
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat()

@@ -21,6 +21,7 @@ from opentelemetry.instrumentation.grpc import server_interceptor
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.budget_reservations import BudgetReservations
+from qledger.governance.flood_control import FloodLimits
 from qledger.governance.routing import route
 from qledger.ledger.admin import ROOT, SERVICE_ROLE, InitResult, init_store
 from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
@@ -130,6 +131,7 @@ class ExecutorSettings:
     # Every call authorised by role and project (governance entries); off only for harnesses
     # that test something else.
     authorize: bool = True
+    flood: FloodLimits = field(default_factory=FloodLimits)
 
 
 @dataclass
@@ -140,6 +142,8 @@ class RunningServer:
     metrics_server: Any = None
     follower: ProjectionFollower | None = None
     checkpointer: Periodic | None = None
+    authz: Authorizer | None = None
+    summaries: Periodic | None = None
 
     @property
     def metrics_port(self) -> int | None:
@@ -151,6 +155,10 @@ class RunningServer:
 
     def stop(self, grace: float = 2.0) -> None:
         self.server.stop(grace).wait()
+        if self.summaries is not None:
+            self.summaries.stop()
+        if self.authz is not None:
+            self.authz.record_summaries(flush_all=True)  # counted refusals are not lost at exit
         self.worker.stop()
         if self.follower is not None:
             self.follower.stop()
@@ -209,7 +217,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
     ])
-    authz = Authorizer(app, executor_key.principal, settings.authorize)
+    authz = Authorizer(app, executor_key.principal, settings.authorize, settings.flood)
     backends = ctx.catalog.names()
     worker.route = lambda spec, run_id: route(authz.policies.current(), spec, run_id, backends)
     projections = projection_runner(app)
@@ -239,7 +247,9 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
                if settings.metrics_port is not None else None)
     if checkpointer is not None:
         checkpointer.start()
-    return RunningServer(server, port, worker, metrics, follower, checkpointer)
+    summaries = Periodic(max(0.05, min(5.0, settings.flood.window_seconds / 4)), authz.record_summaries)
+    summaries.start()
+    return RunningServer(server, port, worker, metrics, follower, checkpointer, authz, summaries)
 
 
 class Periodic:

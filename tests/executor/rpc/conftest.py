@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
+from eventsourcing.utils import get_topic
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.changes import grant_role
-from qledger.governance.policy import ALL_PROJECTS, AuditEvent
+from qledger.governance.policy import ALL_PROJECTS, AuditEvent, AuditSummary
 from qledger.ledger import dsse
 from qledger.ledger.admin import ROOT, add_key
 from qledger.ledger.content import EntryContent
@@ -37,12 +39,24 @@ EXPECTED = {  # RPC -> who may call it on project alpha's run
 }
 
 
-def audit_entries(service: Service) -> list[dict[str, Any]]:
-    from eventsourcing.utils import get_topic
-
-    rows = service.app.recorder.select_notifications(
-        start=None, limit=10000, topics=[get_topic(AuditEvent.Observed)])  # type: ignore[attr-defined]
+def audit_entries(service: Service, event: Any = AuditEvent.Observed) -> list[dict[str, Any]]:  # type: ignore[attr-defined]
+    rows = service.app.recorder.select_notifications(start=None, limit=10000, topics=[get_topic(event)])
     return [EntryContent.from_bytes(dsse.parse(r.state).payload).to_json() for r in rows]
+
+
+def refusal_counts(service: Service) -> Counter[tuple[str, str, str]]:
+    """(kind, subject, action) -> how many refusals the ledger accounts for: entries of their
+    own plus the counts of summaries, once the server has summarised every open window."""
+    assert service.running.authz is not None
+    service.running.authz.record_summaries(flush_all=True)
+    counts: Counter[tuple[str, str, str]] = Counter()
+    for entry in audit_entries(service):
+        p = entry["payload"]
+        counts[(p["kind"], p["subject"], p["action"])] += 1
+    for entry in audit_entries(service, AuditSummary.Summarised):  # type: ignore[attr-defined]
+        p = entry["payload"]
+        counts[(p["kind"], p["subject"], p["action"])] += p["count"]
+    return counts
 
 
 Governed = tuple[Service, dict[str, SigningKey], str]
