@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,8 +32,35 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _start_throwaway_cluster() -> tuple[str, Path, list[str]] | None:
-    """Start a private cluster with pg_ctl when no server answers (e.g. a bare laptop)."""
+@dataclass
+class Cluster:
+    """A private PostgreSQL cluster this test run started (and may stop and start again)."""
+
+    url: str
+    data: Path
+    run_as: list[str]
+    pg_ctl: str
+    port: int
+
+    def start(self) -> None:
+        # The server's output goes to its log file: a server holding our pipe would keep
+        # pg_ctl's caller waiting for end of file for ever.
+        subprocess.run([*self.run_as, self.pg_ctl, "-D", str(self.data), "-l", str(self.data / "log"),
+                        "-o", f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1", "-w", "start"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self, mode: str = "fast") -> None:
+        """``immediate`` is a crash: no checkpoint, every connection cut."""
+        subprocess.run([*self.run_as, self.pg_ctl, "-D", str(self.data), "stop", "-m", mode],
+                       check=False, capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.data, ignore_errors=True)
+
+
+def start_private_cluster() -> Cluster | None:
+    """Start a private cluster with pg_ctl (None where PostgreSQL is not installed)."""
     candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
     pg_ctl = shutil.which("pg_ctl") or (str(candidates[-1]) if candidates else None)
     if pg_ctl is None:
@@ -43,16 +71,23 @@ def _start_throwaway_cluster() -> tuple[str, Path, list[str]] | None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     run_as: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses root; run the throwaway cluster as nobody
+    if os.geteuid() == 0:  # initdb refuses root; run the private cluster as nobody
         shutil.chown(data, "nobody")
         run_as = ["runuser", "-u", "nobody", "--"]
     subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
                     "--auth=trust"], check=True, capture_output=True)
-    subprocess.run([*run_as, pg_ctl, "-D", str(data), "-o",
-                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "-w", "start"],
-                   check=True, capture_output=True)
-    stop = [*run_as, pg_ctl, "-D", str(data), "stop", "-m", "fast"]
-    return f"postgresql://postgres@127.0.0.1:{port}/postgres", data, stop
+    cluster = Cluster(f"postgresql://postgres@127.0.0.1:{port}/postgres", data, run_as, pg_ctl, port)
+    cluster.start()
+    return cluster
+
+
+def _require(cluster: Cluster | None, url: str) -> Cluster:
+    if cluster is None or not _answers(cluster.url):
+        message = f"no PostgreSQL answers at {url} and no private cluster could be started"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)  # under CI a PostgreSQL test is never skipped
+        pytest.skip(message)
+    return cluster
 
 
 @pytest.fixture(scope="session")
@@ -61,15 +96,17 @@ def pg_server_url() -> Iterator[str]:
     if _answers(url):
         yield url
         return
-    started = _start_throwaway_cluster()
-    if started is None or not _answers(started[0]):
-        message = f"no PostgreSQL answers at {url} and no throwaway cluster could be started"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)  # under CI a PostgreSQL test is never skipped
-        pytest.skip(message)
-    yield started[0]
-    subprocess.run(started[2], check=False, capture_output=True)
-    shutil.rmtree(started[1], ignore_errors=True)
+    cluster = _require(start_private_cluster(), url)
+    yield cluster.url
+    cluster.remove()
+
+
+@pytest.fixture
+def restartable_pg() -> Iterator[Cluster]:
+    """A PostgreSQL server of this test's own, which it may crash and restart at will."""
+    cluster = _require(start_private_cluster(), "a private cluster")
+    yield cluster
+    cluster.remove()
 
 
 @pytest.fixture

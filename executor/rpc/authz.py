@@ -174,13 +174,10 @@ class Authorizer:
 
     def _identified(self, context: grpc.ServicerContext, method: str, project: str,
                     principal: str | None = None) -> str:
-        """Who is calling, within the limits: a peer whose calls were refused too often is
-        refused before any signature is checked, and a principal calling too often next."""
+        """Who is calling, within the limits: a principal calling too often is refused, and so
+        is an unidentified caller from a peer whose calls were refused too often.  Identified
+        callers on that peer go on being served: the limit is on what refusals cost."""
         peer = peer_host(context)
-        wait = self.denials.wait(peer)
-        if wait:
-            self._limit(ExhaustedError(f"too many refused calls from {peer}; try again in {wait:.0f} s",
-                                       retry_seconds=math.ceil(wait)), peer, "unidentified", method, project)
         who = principal or self.identify(context, method)
         if who is None:
             self._deny(UnauthenticatedError(ANONYMOUS), peer, "anonymous", method, project)
@@ -207,7 +204,10 @@ class Authorizer:
                           refusal.peer, exc)
 
     def _deny(self, error: RequestRefusedError, peer: str, who: str, method: str, project: str) -> NoReturn:
-        self.denials.take(peer)
+        wait = self.denials.take(peer)
+        if wait:
+            self._limit(ExhaustedError(f"too many refused calls from {peer}; try again in {wait:.1f} s",
+                                       retry_seconds=math.ceil(wait)), peer, who, method, project)
         self._refuse("access_denied", error, peer, who, method, project)
 
     def _limit(self, error: ExhaustedError, peer: str, who: str, method: str, project: str) -> NoReturn:

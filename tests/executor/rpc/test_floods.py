@@ -58,8 +58,8 @@ def test_a_flood_of_unsigned_and_forged_calls_is_refused_and_summarised(
             channel.close()
     codes = [code for code, _ in outcomes]
     assert set(codes) == {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    # The burst (2/s for 5 s) and what the rate refilled during the flood were checked; the rest
-    # was refused before any signature was, each saying when to try again.
+    # The burst (2/s for 5 s) and what the rate refilled during the flood were denied one by one;
+    # the rest was refused as too many, each saying when to try again.
     assert codes.count(grpc.StatusCode.UNAUTHENTICATED) <= 10 + 2 * 30
     assert all(delay and delay >= 1 for code, delay in outcomes if code == grpc.StatusCode.RESOURCE_EXHAUSTED)
     # Ledger growth is bounded: the first denial and the first rate limiting in full, and after
@@ -68,7 +68,7 @@ def test_a_flood_of_unsigned_and_forged_calls_is_refused_and_summarised(
     assert service.app.tree_size() - size <= 4
     assert counts[("access_denied", "anonymous", "GetCheckpoint")] == \
         codes.count(grpc.StatusCode.UNAUTHENTICATED)
-    assert counts[("rate_limited", "unidentified", "GetCheckpoint")] == \
+    assert counts[("rate_limited", "anonymous", "GetCheckpoint")] == \
         codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
     [summary, *_] = [e["payload"] for e in audit_entries(service, AuditSummary.Summarised)]  # type: ignore[attr-defined]
     assert summary["peer"] == "127.0.0.1" and summary["window_start"] < summary["window_end"]
