@@ -247,10 +247,14 @@ class ChainWriter(ABC):
     def key_record(self, key_id: str) -> KeyRecord | None:
         """The key as the ledger currently records it (re-read once if not known yet)."""
         for refresh in (False, True):
-            if refresh or self._head is None:
+            # One read of the shared head: a failed append on another thread may reset it to
+            # None at any moment.  A head loaded here may be older than the table by the time it
+            # is stored; appends check the head against the table, so that costs a re-read.
+            head = self._head
+            if refresh or head is None:
                 with self.read_transaction() as cursor:
-                    self._head = self.load_head(cursor)
-            record = self._head.registry.keys.get(key_id)
+                    head = self._head = self.load_head(cursor)
+            record = head.registry.keys.get(key_id)
             if record is not None:
                 return record
         return None

@@ -45,7 +45,10 @@ from qledger.runs.reference_workflows import BELL
 from qledger.runs.workflow import DEFAULT_PROJECT
 from tests.conftest import Cluster
 from tests.executor.conftest import ServiceFactory
+from tests.executor.rpc.test_checkpointing import checkpoint_sizes
 from tests.executor.runs.test_crash_and_scale import prepare, spawn_server, stream, wait_for
+
+pytestmark = pytest.mark.reliability
 
 # Statuses that mean the service failed rather than answered.
 BROKEN = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
@@ -122,9 +125,9 @@ def assert_sound(app: LedgerApp, accepted: set[str], seconds: float = 120) -> No
 
 
 def submit_until_answered(address: Callable[[], str], command: bytes, seconds: float = 120,
-                          failures: list[grpc.StatusCode] | None = None) -> str:
+                          failures: list[tuple[grpc.StatusCode, str]] | None = None) -> str:
     """Replay one signed command (the same idempotency key) until a server answers it; each
-    failed try's status is added to ``failures``."""
+    failed try's status and message are added to ``failures``."""
     deadline = time.monotonic() + seconds
     while True:
         try:
@@ -135,7 +138,7 @@ def submit_until_answered(address: Callable[[], str], command: bytes, seconds: f
         except grpc.RpcError as exc:
             assert exc.code() in BROKEN | {grpc.StatusCode.RESOURCE_EXHAUSTED}, exc  # type: ignore[attr-defined]
             if failures is not None:
-                failures.append(exc.code())  # type: ignore[attr-defined]
+                failures.append((exc.code(), exc.details()))  # type: ignore[attr-defined]
             assert time.monotonic() < deadline, f"no server answered for {seconds} s: {exc}"
             time.sleep(0.1)
 
@@ -155,11 +158,21 @@ def test_load_with_idempotent_replays(in_process: tuple[LedgerApp, SigningKey, R
     app, alice, running = in_process
     origin = app.require_origin()
     commands = [submit_command(alice, origin, QUICK, f"load-{i}") for i in range(24)]
+
+    def client(command: bytes) -> str:
+        # As `qledger submit` does: the checkpoint first (for the origin), then the command.
+        with client_channel(running.address) as channel:
+            pb_grpc.LedgerStub(channel).GetCheckpoint(pb.GetCheckpointRequest(), timeout=30)
+        return submit_until_answered(lambda: running.address, command, failures=failures)
+
+    failures: list[tuple[grpc.StatusCode, str]] = []
     # Each command is sent three times, by different clients at once: one run each.
     with ThreadPoolExecutor(8) as pool:
-        run_ids = list(pool.map(lambda c: submit_until_answered(lambda: running.address, c),
-                                [c for c in commands for _ in range(3)]))
+        run_ids = list(pool.map(client, [c for c in commands for _ in range(3)]))
     assert len(set(run_ids)) == len(commands)
+    assert failures == []  # no spurious UNAVAILABLE (nor anything else) under load
+    sizes = checkpoint_sizes(app)
+    assert len(sizes) == len(set(sizes)), "two checkpoints of one tree size"
     assert_sound(app, set(run_ids))
     submitted = Counter(n.originator_id for n in app.recorder.select_notifications(1, 100_000)
                         if n.topic.endswith("Submitted"))

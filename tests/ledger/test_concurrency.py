@@ -109,6 +109,7 @@ def test_a_revocation_by_another_writer_binds_a_writer_with_a_stale_head(
     assert verify(first.source()).ok
 
 
+@pytest.mark.reliability
 def test_concurrent_checkpoints_of_one_size_are_one_checkpoint(store_url: str, qledger_home: Path) -> None:
     import threading
     from concurrent.futures import ThreadPoolExecutor

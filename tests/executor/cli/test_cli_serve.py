@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from typer.testing import CliRunner
 
@@ -184,6 +185,7 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
     assert unasked.returncode == 2 and "--plaintext" in unasked.stderr
 
 
+@pytest.mark.reliability
 def test_a_second_server_on_a_busy_port_is_refused(service: Service, qledger_home: Path) -> None:
     from qledger.ledger.admin import CHECKPOINTER
     from qledger.rpc.server import ListenError, start_server
@@ -213,6 +215,7 @@ def test_version() -> None:
     assert done.returncode == 0 and done.stdout == f"qledger {version('qledger-provenance')}\n"
 
 
+@pytest.mark.reliability
 def test_submit_refuses_a_definition_as_written_before_signing(service: Service, tmp_path: Path) -> None:
     """2048.0 reads as a float; canonical JSON would make it 2048 unseen, so the CLI refuses it."""
     body = json.loads((WORKFLOWS / "bell.json").read_text())

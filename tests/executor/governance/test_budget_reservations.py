@@ -31,6 +31,7 @@ from tests.ledger.helpers import write_notes
 QUOTA_RUNS, SUBMISSIONS = 5, 20
 
 
+@pytest.mark.reliability
 def test_concurrent_submissions_on_two_servers_never_overrun_a_run_quota(
         service_factory: ServiceFactory, store_url: str, qledger_home: Path) -> None:
     first = service_factory(workers=1)

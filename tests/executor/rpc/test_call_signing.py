@@ -20,6 +20,8 @@ from qledger.rpc.channel import client_channel
 from qledger.rpc.received import handling
 from tests.executor.rpc.conftest import Governed, refusal_counts
 
+pytestmark = pytest.mark.reliability
+
 GET_RUN = "/qledger.v1.Executor/GetRun"
 
 

@@ -9,6 +9,7 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import pytest
 from typer.testing import CliRunner
 
 from qledger.api import qledger_pb2 as pb
@@ -26,6 +27,8 @@ from qledger.rpc.status import retry_delay
 from qledger.runs.workflow import DEFAULT_PROJECT
 from tests.executor.conftest import ServiceFactory
 from tests.executor.rpc.conftest import audit_entries, refusal_counts
+
+pytestmark = pytest.mark.reliability
 
 FLOOD = 1000
 

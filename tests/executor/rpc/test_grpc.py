@@ -97,6 +97,7 @@ def test_same_workflow_same_seeds_identical_results(service: Service) -> None:
     assert records[0]["transpilation"]["qasm3_sha256"] == records[1]["transpilation"]["qasm3_sha256"]
 
 
+@pytest.mark.reliability
 def test_idempotency(service: Service) -> None:
     first = service.submit(BELL, key="nightly-42")
     service.watch(first.run.run_id)
@@ -115,6 +116,7 @@ def test_idempotency(service: Service) -> None:
     assert service.app.tree_size() == size + len(RUN_KINDS)
 
 
+@pytest.mark.reliability
 def test_signature_rejection_leaves_ledger_intact(service: Service) -> None:
     size = service.app.tree_size()
     stranger = SigningKey.generate("alice")  # claims alice, key never registered
@@ -237,6 +239,7 @@ def raw_call(channel: grpc.Channel, method: str, streaming: bool, body: bytes) -
     return None
 
 
+@pytest.mark.reliability
 def test_a_body_that_is_not_the_request_message_is_invalid_argument(service: Service) -> None:
     before = service.app.tree_size()
     for method, streaming in every_method():
@@ -246,6 +249,7 @@ def test_a_body_that_is_not_the_request_message_is_invalid_argument(service: Ser
     assert service.app.tree_size() == before
 
 
+@pytest.mark.reliability
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=st.binary(max_size=64), index=st.integers(min_value=0))
 def test_random_bytes_to_any_rpc_never_hurt_the_server(service: Service, body: bytes, index: int) -> None:

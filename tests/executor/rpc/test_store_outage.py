@@ -22,6 +22,7 @@ from qledger.runs.reference_workflows import BELL
 from tests.ledger.helpers import make_ledger
 
 
+@pytest.mark.reliability
 def test_store_down_is_unavailable(pg_store_url: str, qledger_home: Path) -> None:
     admin_app, alice = make_ledger(pg_store_url, qledger_home)
     keys = KeyStore(qledger_home)

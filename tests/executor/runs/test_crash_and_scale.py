@@ -13,6 +13,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.ledger import dsse
@@ -67,6 +69,7 @@ def wait_for(predicate: Any, seconds: float) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.reliability
 def test_kill_9_mid_run_then_restart_resumes(store_url: str, qledger_home: Path) -> None:
     app, alice = prepare(store_url, qledger_home)
     first, address = spawn_server(store_url, qledger_home, latency=30.0)
@@ -96,6 +99,7 @@ def test_kill_9_mid_run_then_restart_resumes(store_url: str, qledger_home: Path)
     assert verify(app.source()).ok
 
 
+@pytest.mark.reliability
 def test_two_executor_processes_share_one_store(pg_store_url: str, qledger_home: Path) -> None:
     app, alice = prepare(pg_store_url, qledger_home)
     servers = [spawn_server(pg_store_url, qledger_home, latency=0.3) for _ in range(2)]
@@ -123,6 +127,7 @@ def test_two_executor_processes_share_one_store(pg_store_url: str, qledger_home:
     assert verify(app.source()).ok
 
 
+@pytest.mark.reliability
 def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url: str,
                                                                     qledger_home: Path) -> None:
     from uuid import UUID

@@ -150,6 +150,7 @@ def test_rerun_reproduces_the_recorded_run(service: Service) -> None:
     assert code_of(lambda: service.executor.RerunWorkflow(request))[0] == grpc.StatusCode.INVALID_ARGUMENT
 
 
+@pytest.mark.reliability
 def test_backpressure_is_resource_exhausted_with_retry_info(service_factory: ServiceFactory) -> None:
     service = service_factory(catalog(slow=FaultConfig(latency_seconds=1.0)), workers=1, max_pending=1)
     service.submit(workflow("slow"))
@@ -201,6 +202,7 @@ def refuse_queue_rows(service: Service, table: str, refuse: bool) -> None:
             cursor.execute(statement)
 
 
+@pytest.mark.reliability
 def test_a_run_is_recorded_and_queued_together_or_not_at_all(service_factory: ServiceFactory) -> None:
     service = service_factory()
     queue = RunQueue(service.app)
@@ -224,6 +226,7 @@ def record_unqueued(service: Service, key: str) -> tuple[bytes, str]:
     return command, content.stream_id
 
 
+@pytest.mark.reliability
 def test_an_idempotent_retry_queues_a_recorded_but_unqueued_run(service_factory: ServiceFactory) -> None:
     service = service_factory()
     command, run_id = record_unqueued(service, "left-behind")
@@ -234,6 +237,7 @@ def test_an_idempotent_retry_queues_a_recorded_but_unqueued_run(service_factory:
     assert sum(e.event_type.endswith("Completed") for e in service.watch(run_id)) == 1
 
 
+@pytest.mark.reliability
 def test_server_start_queues_recorded_but_unqueued_runs(service_factory: ServiceFactory) -> None:
     first = service_factory()
     _, run_id = record_unqueued(first, "orphan")
@@ -252,6 +256,7 @@ def signed_without(service: Service, key: str, member: str) -> bytes:
                      service.client).canonical
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("member", ["originator_topic", "nonce"])
 def test_a_malformed_signed_command_is_refused_before_anything_is_appended(
         service_factory: ServiceFactory, member: str) -> None:
@@ -263,6 +268,7 @@ def test_a_malformed_signed_command_is_refused_before_anything_is_appended(
     assert service.executor.ListRuns(pb.ListRunsRequest(), timeout=10).runs == []
 
 
+@pytest.mark.reliability
 def test_an_entry_no_reader_can_interpret_stops_nobody(service_factory: ServiceFactory) -> None:
     """An entry recorded before commands were checked whole: readers skip it, visibly."""
     service = service_factory()
@@ -294,6 +300,7 @@ def record_unchecked(service: Service, workflow: dict[str, Any], key: str) -> st
     return content.stream_id
 
 
+@pytest.mark.reliability
 def test_an_entry_a_projection_cannot_store_is_skipped_visibly(service_factory: ServiceFactory) -> None:
     """A NUL in a workflow name: PostgreSQL's text columns refuse it.  The projections skip that
     entry (and say which), and go on with everyone else's."""
@@ -320,6 +327,7 @@ def test_an_entry_a_projection_cannot_store_is_skipped_visibly(service_factory: 
     assert lineage["entity"]
 
 
+@pytest.mark.reliability
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(name=st.text(min_size=0, max_size=12))
 def test_any_name_is_refused_by_field_or_stored_for_every_reader(service: Service, name: str) -> None:

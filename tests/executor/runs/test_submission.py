@@ -86,6 +86,7 @@ def test_an_entry_of_another_type_is_not_a_submission() -> None:
     (lambda f: f.update(timestamp="2026-12-02T12:00:00"), "command.envelope.timestamp"),
     (lambda f: f.update(timestamp="yesterday"), "command.envelope.timestamp"),
 ])
+@pytest.mark.reliability
 def test_each_bad_member_is_refused_by_name(change: Any, field: str) -> None:
     def edit(fields: dict[str, Any]) -> None:
         fields["payload"] = copy.deepcopy(fields["payload"])
@@ -98,12 +99,14 @@ def test_each_bad_member_is_refused_by_name(change: Any, field: str) -> None:
     assert caught.value.field == field
 
 
+@pytest.mark.reliability
 def test_a_time_within_the_allowed_skew_is_accepted() -> None:
     data = resigned(submit_command(KEY, "o", BELL, "k"), lambda f: f.update(
         timestamp=(datetime.now(UTC) - timedelta(seconds=MAX_CLOCK_SKEW_SECONDS - 30)).isoformat()))
     assert check_submission(read_submission(data), BACKENDS).idempotency_key == "k"
 
 
+@pytest.mark.reliability
 def test_a_lone_surrogate_is_not_canonical_json() -> None:
     """No UTF-8 spells U+D800 alone; a command that escapes one is refused before its members."""
     content = EntryContent.from_bytes(dsse.parse(submit_command(KEY, "o", BELL, "k")).payload)
