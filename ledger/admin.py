@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -26,6 +27,21 @@ class InitResult:
     created_genesis: bool
     registered: list[str]
     origin: str
+
+
+def unique_origin() -> str:
+    """An origin line no other ledger has (C2SP: a schema-less URL naming the log), for a
+    ledger whose owner chose none: checkpoints of two ledgers must never be confusable."""
+    return f"qledger.local/{secrets.token_hex(8)}"
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why ``origin`` cannot be a checkpoint's first line (C2SP tlog-checkpoint); None if it can."""
+    if not origin or len(origin) > 255:
+        return "an origin is 1 to 255 characters"
+    if any(c.isspace() or not c.isprintable() for c in origin):
+        return "an origin has no spaces or control characters (e.g. ledger.example.com/prod)"
+    return None
 
 
 def init_store(app: LedgerApp, keys: KeyStore, origin: str = DEFAULT_ORIGIN,

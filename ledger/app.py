@@ -59,7 +59,12 @@ class LedgerApp(Application[UUID]):
             super().__init__(env)
             origin = self._read_origin()
         except (PersistenceError, OSError) as exc:
-            raise StoreUnavailableError(f"cannot open store {self.store.url}: {exc}") from exc
+            cause = None
+            if self.store.is_postgres:
+                # Only here: a SQLite ledger (and verification) never loads the PostgreSQL driver.
+                from qledger.ledger.store.postgres import connection_problem
+                cause = connection_problem(self.store.env)
+            raise StoreUnavailableError(f"cannot open store {self.store.url}: {cause or exc}") from exc
         self._set_origin(origin)
 
     # -- wiring ---------------------------------------------------------------------------

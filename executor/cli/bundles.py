@@ -46,7 +46,8 @@ def verify_bundle_command(
     trusted_key: Annotated[Path | None, typer.Option(help="File with the export key's public key (hex)")]
     = None,
 ) -> None:
-    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint."""
+    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint.  Exit
+    0 valid, 1 invalid, 2 unreadable, 4 self-consistent but not checked against a pinned key."""
     from qledger.ledger.keys import PublicKey
     from qledger.provenance.bundle import BundleInvalidError, verify_bundle
 
@@ -63,5 +64,13 @@ def verify_bundle_command(
             report = verify_bundle(data, pinned)
         except BundleInvalidError as exc:
             raise fail(f"INVALID: {exc}", 1) from None
-    typer.echo(f"VALID: run {report.stream_id}, {report.entries} entries proven against the checkpoint "
-               f"of size {report.tree_size}, {len(report.subjects)} subjects")
+    proven = (f"run {report.stream_id}, {report.entries} entries proven against the checkpoint of size "
+              f"{report.tree_size}, {len(report.subjects)} subjects")
+    if not report.pinned:
+        # Like cosign without a key: a bundle any ledger could have made checks out against itself.
+        typer.echo(f"UNPINNED: self-consistent only: {proven}; signed by export key "
+                   f"{report.signer_key_id} ({report.signer or 'unnamed'}) of ledger {report.origin!r}, "
+                   "which you have not pinned: pass --trusted-key FILE with that ledger's export key "
+                   "(`qledger keys public exporter` on it)")
+        raise typer.Exit(4)
+    typer.echo(f"VALID: {proven}")

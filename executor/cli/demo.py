@@ -8,6 +8,8 @@ and the run's signed lineage bundle is exported and verified offline.
 
 from __future__ import annotations
 
+import json
+import shlex
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,10 +27,23 @@ from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
 from qledger.provenance.bundle import verify_bundle
 from qledger.provenance.bundle_export import export_bundle
+from qledger.provenance.report import run_facts
 from qledger.rpc.channel import client_channel
 from qledger.rpc.server import start_server
 from qledger.runs.reference_workflows import BELL
 from qledger.runs.workflow import DEFAULT_PROJECT
+
+
+def next_commands(root: Path, store: str, run_id: str) -> list[str]:
+    """What to type after the demo: each command reads the demo's own store and keys."""
+    flags = f"--store {shlex.quote(store)}"
+    return [f"export QLEDGER_HOME={shlex.quote(str(root / 'home'))}",
+            f"qledger verify {flags}",
+            f"qledger query runs {flags}",
+            f"qledger report {run_id} {flags}",
+            f"qledger lineage {run_id} --format dot {flags}",
+            f"qledger verify-bundle {shlex.quote(str(root / f'run-{run_id}.bundle.json'))} "
+            f"--trusted-key <(qledger keys public exporter)"]
 
 
 def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
@@ -81,5 +96,12 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     bundle = verify_bundle(bundle_path.read_bytes(), trusted_export_key=pinned)
     say(f"lineage bundle {bundle_path}: VALID offline ({bundle.entries} entries proven against the "
         f"checkpoint of size {bundle.tree_size}, {len(bundle.subjects)} subjects)")
+    execution = run_facts([r.state or b"" for r in app.source().stream_entries(UUID(run.run_id), 0)])[
+        "records"].get("execution", {})
+    say(f"counts ({execution.get('shots')} shots on {execution.get('backend', {}).get('name')}): "
+        f"{json.dumps(execution.get('counts'), sort_keys=True)}")
+    say(f"the ledger and its keys stay in {root}; explore them with:")
+    for line in next_commands(root, store, run.run_id):
+        say(f"  {line}")
     return (run.status == "completed" and included and report.ok and offline.ok
             and offline.root_hash == report.root_hash)

@@ -11,7 +11,6 @@ import typer
 
 from qledger.cli.calls import ServerOption, grpc_errors
 from qledger.ledger import admin
-from qledger.ledger.app import DEFAULT_ORIGIN
 from qledger.ledger.cli_common import StoreOption, fail, open_app, reported_errors
 from qledger.ledger.keys import KeyStore
 
@@ -23,15 +22,23 @@ def register(app: typer.Typer) -> None:
 
 
 def init(store: StoreOption = None,
-         origin: Annotated[str, typer.Option(help="The ledger's origin line")] = DEFAULT_ORIGIN,
+         origin: Annotated[str | None, typer.Option(
+             help="The ledger's origin line, e.g. ledger.example.com/prod (default: a unique "
+                  "qledger.local/<random>); chosen once, at genesis")] = None,
          service_role: Annotated[str, typer.Option(help="PostgreSQL role to grant INSERT, SELECT")]
          = admin.SERVICE_ROLE) -> None:
     """Create tables, triggers, grants, the genesis entry and the root and checkpoint keys."""
     from qledger.rpc.server import prepare_store
 
+    problem = admin.origin_problem(origin) if origin is not None else None
+    if problem:
+        raise fail(f"--origin {origin!r}: {problem}")
     with reported_errors():
         ledger = open_app(store, initialised=False)
-        result = prepare_store(ledger, KeyStore.default(), origin, service_role)
+        result = prepare_store(ledger, KeyStore.default(), origin or admin.unique_origin(), service_role)
+        if origin is not None and result.origin != origin:
+            raise fail(f"{ledger.store.url} was initialised with origin {result.origin!r}; "
+                       "a ledger's origin is chosen once, at genesis")
         typer.echo(f"{'initialised' if result.created_genesis else 'already initialised'}: "
                    f"{ledger.store.url} (origin {result.origin}, {ledger.tree_size()} entries)")
 

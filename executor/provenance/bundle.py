@@ -82,6 +82,10 @@ class BundleReport:
     entries: int
     tree_size: int
     subjects: list[dict[str, Any]]
+    origin: str = ""
+    signer_key_id: str = ""  # the export key that signed the bundle
+    signer: str = ""  # its principal, as the bundle's own entries register it
+    pinned: bool = False  # checked against a key the verifier trusts, not only the bundle's own
 
 
 def _fail(message: str) -> BundleInvalidError:
@@ -201,5 +205,6 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
     for subject in statement["subject"]:
         if artifacts.get(subject["name"]) != subject["digest"]["sha256"]:
             raise _fail(f"subject {subject['name']} does not match the recorded artifact")
-    return BundleReport(stream_id, len(entries), size, statement["subject"])
+    return BundleReport(stream_id, len(entries), size, statement["subject"], origin, envelope.key_id,
+                        str(listed.get("principal", "")) if listed else "", trusted is not None)
 

@@ -76,10 +76,22 @@ def _tvd(a: dict[str, int], b: dict[str, int]) -> float:
     return 0.5 * sum(abs(a.get(k, 0) / na - b.get(k, 0) / nb) for k in set(a) | set(b))
 
 
+def _unrelated(x: dict[str, Any], y: dict[str, Any]) -> bool:
+    """Runs of two different workflows (by name): a comparison of them measures nothing."""
+    return bool(x["workflow"].get("name") != y["workflow"].get("name"))
+
+
+def _verdict(x: dict[str, Any], y: dict[str, Any], measured: str) -> str:
+    if _unrelated(x, y):
+        return (f"different workflows ({x['workflow'].get('name')!r} and {y['workflow'].get('name')!r}): "
+                "not a reproduction of one another")
+    return measured
+
+
 def _changes(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     rx, ry = x["records"], y["records"]
     wx, wy = x["workflow"], y["workflow"]
-    changed = []
+    changed = ["workflow"] if _unrelated(x, y) else []  # said first: it overrides everything below
     if rx.get("data_preparation", {}).get("datasets") != ry.get("data_preparation", {}).get("datasets"):
         changed.append("data")
     sx, sy = rx.get("circuit_synthesis", {}), ry.get("circuit_synthesis", {})
@@ -118,7 +130,8 @@ def compare(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
     return {"runs": [x["run_id"], y["run_id"]], "same_workflow": x["workflow_sha256"] == y["workflow_sha256"],
             "identical_transpiled_circuit": same_circuit, "identical_counts": cx == cy,
             "hellinger_fidelity": round(hellinger_fidelity(cx, cy), 6), "total_variation_distance":
-            round(tvd, 6), "shot_noise_band": round(band, 6), "verdict": verdict, "changed": changed,
+            round(tvd, 6), "shot_noise_band": round(band, 6), "verdict": _verdict(x, y, verdict),
+            "changed": changed,
             "baseline": [x["records"].get("report"), y["records"].get("report")]}
 
 
@@ -135,7 +148,7 @@ def _compare_results(x: dict[str, Any], y: dict[str, Any]) -> dict[str, Any]:
     identical = rx is not None and rx == ry
     return {"runs": [x["run_id"], y["run_id"]], "same_workflow": x["workflow_sha256"] == y["workflow_sha256"],
             "identical_transpiled_circuit": same_circuit, "identical_results": identical,
-            "verdict": "reproduced exactly" if identical and same_circuit else "diverged",
+            "verdict": _verdict(x, y, "reproduced exactly" if identical and same_circuit else "diverged"),
             "changed": _changes(x, y), "baseline": [x["records"].get("report"), y["records"].get("report")]}
 
 

@@ -59,6 +59,28 @@ class ListenError(QledgerError):
     hint = "choose another --listen address, or stop the server that holds it"
 
 
+class UnregisteredKeyError(QledgerError):
+    """A key the server signs with is not registered (for its purpose, unrevoked) in its store."""
+
+    hint = ("register it with `qledger keys add NAME --purpose PURPOSE --store URL`, URL being the "
+            "database this server uses, as its admin")
+
+
+def require_registered(app: LedgerApp, key: SigningKey, purpose: str) -> None:
+    """Refuse to serve with a signing key the ledger would refuse: every run would fail later,
+    far from the cause, with the client waiting."""
+    record = app.ledger.key_record(key.key_id)
+    if record is None:
+        raise UnregisteredKeyError(f"the {purpose} key {key.principal!r} ({key.key_id[:16]}…) is not "
+                                   f"registered in {app.store.url}")
+    if record.revoked_at is not None:
+        raise UnregisteredKeyError(f"the {purpose} key {key.principal!r} ({key.key_id[:16]}…) was revoked "
+                                   f"at position {record.revoked_at}")
+    if record.purpose != purpose or record.principal != key.principal:
+        raise UnregisteredKeyError(f"key {key.key_id[:16]}… is registered to {record.principal!r} as "
+                                   f"{record.purpose!r}, not to {key.principal!r} as {purpose!r}")
+
+
 def require_free(listen: str) -> None:
     """Refuse an address another process listens on.  gRPC would share it (SO_REUSEPORT) and
     clients would then reach two ledgers at random; binding a plain socket first tells."""
@@ -189,6 +211,10 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     if tls is None:
         require_loopback(listen)
     require_free(listen)
+    app.require_origin()
+    for key, purpose in ((executor_key, "executor"), (checkpoint_key, "checkpoint"), (export_key, "export")):
+        if key is not None:
+            require_registered(app, key, purpose)
     settings = settings or ExecutorSettings()
     app.add_signer(executor_key)
     checkpointer = None

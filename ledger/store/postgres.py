@@ -222,3 +222,16 @@ def grant_statements(schema: str, role: str, tables: Sequence[str],
         SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA {} TO {}").format(Identifier(schema), role_id)
     )
     return statements
+
+
+def connection_problem(env: dict[str, str]) -> str | None:
+    """What stops one plain connection with the store's settings (the pool only says that it
+    timed out): "role ... does not exist", "Connection refused"...; None if one connects."""
+    try:
+        with psycopg.connect(host=env["POSTGRES_HOST"], port=env["POSTGRES_PORT"],
+                             dbname=env["POSTGRES_DBNAME"], user=env["POSTGRES_USER"],
+                             password=env.get("POSTGRES_PASSWORD") or None,
+                             connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT") or 5)):
+            return None
+    except psycopg.Error as exc:
+        return " ".join(str(exc).split())  # one line: libpq's messages span several

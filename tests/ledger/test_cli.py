@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 from typer.testing import CliRunner
@@ -143,3 +145,40 @@ def test_a_read_command_on_a_missing_ledger_says_so_and_creates_nothing(tmp_path
 def test_a_read_command_on_an_uninitialised_postgres_schema_says_so(pg_store_url: str) -> None:
     code, out = qledger("verify", "--store", pg_store_url)
     assert code == 2 and out.strip() == f"qledger: no ledger at {pg_store_url} (run `qledger init` first)"
+
+
+def test_each_init_chooses_a_unique_origin_unless_told(tmp_path: Path, qledger_home: Path) -> None:
+    origins = []
+    for name in ("a", "b"):
+        code, out = qledger("init", "--store", f"sqlite:///{tmp_path / name}.db")
+        assert code == 0, out
+        origins.append(out.split("(origin ", 1)[1].split(",", 1)[0])
+    assert origins[0] != origins[1] and all(o.startswith("qledger.local/") for o in origins)
+    chosen = f"sqlite:///{tmp_path / 'c'}.db"
+    code, out = qledger("init", "--store", chosen, "--origin", "ledger.example.com/prod")
+    assert code == 0 and "(origin ledger.example.com/prod," in out
+    # Chosen once: asking for another origin later is refused, not silently ignored.
+    code, out = qledger("init", "--store", chosen, "--origin", "ledger.example.com/other")
+    assert code == 2 and "initialised with origin 'ledger.example.com/prod'" in out
+    assert qledger("init", "--store", chosen)[0] == 0  # re-running without --origin is fine
+    code, out = qledger("init", "--store", f"sqlite:///{tmp_path / 'd'}.db", "--origin", "two words")
+    assert code == 2 and "no spaces" in out and not (tmp_path / "d.db").exists()
+
+
+def test_a_postgres_store_that_cannot_be_opened_says_why(pg_server_url: str) -> None:
+    parsed = urlparse(pg_server_url)
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        free = probe.getsockname()[1]
+    server, database = f"{parsed.hostname}:{parsed.port}", parsed.path.lstrip("/")
+    cases = {
+        f"postgresql://{parsed.username}@{server}/qledger_no_such_db":
+            'database "qledger_no_such_db" does not exist',
+        f"postgresql://qledger_no_such_role@{server}/{database}":
+            'role "qledger_no_such_role" does not exist',
+        f"postgresql://postgres@127.0.0.1:{free}/test": "Connection refused",
+    }
+    for url, cause in cases.items():
+        code, out = qledger("verify", "--store", f"{url}?connect_timeout=2")
+        assert code == 2 and cause in out and out.count("\n") == 1, (url, out)
+        assert "couldn't get a connection" not in out

@@ -207,6 +207,30 @@ def test_a_second_server_on_a_busy_port_is_refused(service: Service, qledger_hom
     assert qledger(qledger_home, "health", "--server", busy).stdout.strip() == "SERVING"
 
 
+def test_serve_refuses_a_signing_key_its_store_has_not_registered(service: Service,
+                                                                   qledger_home: Path) -> None:
+    from qledger.ledger.admin import CHECKPOINTER
+    from qledger.rpc.server import UnregisteredKeyError, start_server
+
+    keys = KeyStore(qledger_home)
+    stranger = keys.load_or_create("executor-2")  # a key file here, no entry in the store
+    with pytest.raises(UnregisteredKeyError, match=r"executor-2.*not registered"):
+        start_server(service.app, stranger, keys.load(CHECKPOINTER))
+    # Registered, but for another purpose, or revoked: refused as well.
+    service.app.register_key("root", "executor-2", stranger.public, "client")
+    with pytest.raises(UnregisteredKeyError, match=r"as 'client', not .* as 'executor'"):
+        start_server(service.app, stranger, keys.load(CHECKPOINTER))
+    retired = keys.load_or_create("executor-3")
+    service.app.register_key("root", "executor-3", retired.public, "executor")
+    service.app.revoke_key("root", retired.key_id, "rotated")
+    with pytest.raises(UnregisteredKeyError, match="was revoked"):
+        start_server(service.app, retired, keys.load(CHECKPOINTER))
+    refused = qledger(qledger_home, "serve", "--plaintext", "--listen", "127.0.0.1:0", "--executor",
+                      "executor-2", "--store", service.app.store.url, timeout=60)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "registered to 'executor-2' as 'client'" in refused.stderr and "qledger keys add" in refused.stderr
+
+
 def test_version() -> None:
     from importlib.metadata import version
 

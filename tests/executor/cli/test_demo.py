@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -32,6 +34,21 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert isinstance(run, Run) and run.status == "completed"
     assert run.steps == ["data_preparation", "circuit_synthesis", "transpilation", "execution",
                          "post_processing", "report"]
+    # It ends with the run's counts and the commands to explore what it kept; each one works as
+    # printed, in a shell, and finds the demo's run.
+    said = result.output.split("\ncounts (", 1)[1].splitlines()[0]
+    shots = BELL["execute"]["shots"]
+    assert said.startswith(f"{shots} shots on aer_ideal): ")
+    counts = json.loads(said.split("): ", 1)[1])
+    assert set(counts) <= {"00", "11"} and sum(counts.values()) == shots
+    commands = result.output.split("explore them with:\n", 1)[1].splitlines()
+    assert len(commands) == 6 and all(line.startswith("  ") for line in commands)
+    for command in commands[1:]:
+        done = subprocess.run(["bash", "-c", f"set -euo pipefail; {commands[0].strip()}; {command.strip()}"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (command, done.stderr)
+        found = str(run.id) in done.stdout or "OK" in done.stdout or "VALID" in done.stdout
+        assert found, (command, done.stdout)
 
 
 def test_same_seeds_give_identical_counts_and_circuit_hashes() -> None:

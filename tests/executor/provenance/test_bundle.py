@@ -159,6 +159,11 @@ def test_cli_export_and_verify_bundle(two_runs: tuple[Service, list[UUID], Signi
     assert pin.read_text().strip() == exporter.public.raw.hex()
     result = runner.invoke(cli, ["verify-bundle", str(out), "--trusted-key", str(pin)])
     assert result.exit_code == 0 and result.output.startswith("VALID"), result.output
+    # Without a pinned key the bundle only checks out against itself, and the command says so.
+    unpinned = runner.invoke(cli, ["verify-bundle", str(out)])
+    assert unpinned.exit_code == 4 and unpinned.output.startswith("UNPINNED: self-consistent only")
+    assert exporter.key_id in unpinned.output and repr(service.origin) in unpinned.output
+    assert unpinned.output.count("\n") == 1
     envelope = json.loads(out.read_bytes())
     payload = json.loads(base64.b64decode(envelope["payload"]))
     payload["predicate"]["summary"]["submitted_by"] = "mallory"

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from qledger.cli import app as cli
 from qledger.ledger import dsse
-from qledger.provenance.report import report, run_facts, shot_noise_band
+from qledger.provenance.report import report, run_facts, shot_noise_band, to_markdown
 from qledger.runs.reference_workflows import BELL
 from tests.executor.conftest import Service, ServiceFactory
 
@@ -46,6 +46,13 @@ def test_verdicts_and_what_changed(service: Service) -> None:
     diverged = report(first, three_qubits)["comparison"]
     assert diverged["verdict"] == "diverged" and "circuit" in diverged["changed"]
     assert diverged["total_variation_distance"] > diverged["shot_noise_band"]
+
+    # Two unrelated workflows are said to be so before anything else.
+    ghz = facts(service, {**BELL, "name": "ghz-3", "circuit": {"template": "ghz", "qubits": 3}})
+    unrelated = report(first, ghz)["comparison"]
+    assert unrelated["verdict"].startswith("different workflows ('bell-sampling' and 'ghz-3')")
+    assert unrelated["changed"][0] == "workflow" and "circuit" in unrelated["changed"]
+    assert "different workflows" in to_markdown(report(first, ghz))
 
     recorded = report(first, None)
     assert recorded["environment"]["seeds"] == {"seed_transpiler": 11, "seed_simulator": 7}
