@@ -155,6 +155,8 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
                                                                       max_calls_per_second)), tls=tls,
                                    export_key=exporter)
         except OSError as exc:
+            if exc.filename is None:
+                raise fail(f"cannot serve: {exc.strerror or exc}") from None
             raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
         except (ValueError, RuntimeError) as exc:
             raise fail(str(exc)) from None

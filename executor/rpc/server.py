@@ -100,6 +100,41 @@ def require_free(listen: str) -> None:
             raise ListenError(f"cannot listen on {listen}: {exc.strerror}") from None
 
 
+class TLSMaterialError(QledgerError):
+    """The server's certificate, key or client CA is not what its option says."""
+
+    hint = ("--tls-cert takes the PEM certificate (chain), --tls-key its private key, --client-ca a "
+            "CA certificate")
+
+
+def tls_problem(cert: bytes, key: bytes, client_ca: bytes | None) -> str | None:
+    """What is wrong with the TLS material, in the words of its options; None if nothing.  gRPC
+    itself would only say that it failed to bind."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    if b"PRIVATE KEY-----" in cert and b"-----BEGIN CERTIFICATE" in key:
+        return "--tls-cert holds a private key and --tls-key a certificate: they are swapped"
+    try:
+        certificate = x509.load_pem_x509_certificate(cert)
+    except ValueError:
+        holds_key = b"PRIVATE KEY" in cert
+        return "--tls-cert is not a PEM certificate" + (" (it holds a private key)" if holds_key else "")
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as exc:
+        return f"--tls-key is not an unencrypted PEM private key ({exc})"
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificate.public_key().public_bytes(*spki) != private.public_key().public_bytes(*spki):
+        return "--tls-key is not the private key of the certificate in --tls-cert"
+    if client_ca is not None:
+        try:
+            x509.load_pem_x509_certificates(client_ca)
+        except ValueError:
+            return "--client-ca is not a PEM certificate"
+    return None
+
+
 @dataclass(frozen=True)
 class TLSConfig:
     """Server certificate and key (PEM); with ``client_ca``, clients must present a certificate
@@ -111,7 +146,11 @@ class TLSConfig:
 
     @classmethod
     def from_files(cls, cert: Path, key: Path, client_ca: Path | None = None) -> TLSConfig:
-        return cls(cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+        config = cls(cert.read_bytes(), key.read_bytes(), client_ca.read_bytes() if client_ca else None)
+        problem = tls_problem(config.cert, config.key, config.client_ca)
+        if problem:
+            raise TLSMaterialError(problem)
+        return config
 
     def credentials(self) -> grpc.ServerCredentials:
         return grpc.ssl_server_credentials([(self.key, self.cert)], root_certificates=self.client_ca,
@@ -264,13 +303,21 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
         raise ListenError(f"cannot serve on {listen}: {exc}" + (
             "; check that --tls-cert is a PEM certificate and --tls-key its private key" if tls else "")
         ) from None
+    metrics = None
+    if settings.metrics_port is not None:
+        where = f"{settings.metrics_address}:{settings.metrics_port}"
+        try:
+            metrics = worker.metrics.serve(settings.metrics_port, settings.metrics_address)
+        except OSError as exc:
+            server.stop(0)
+            hint = " (another process holds it; choose another --metrics-port)" \
+                if exc.errno == errno.EADDRINUSE else ""
+            raise ListenError(f"cannot serve metrics on {where}: {exc.strerror}{hint}") from None
     # Started first: it makes sure the projection tables exist before any call reads them.
     follower = projection_follower(app, projections, settings.projection_poll_seconds).start()
     worker.metrics.watch_projections(follower)
     server.start()
     worker.start()
-    metrics = (worker.metrics.serve(settings.metrics_port, settings.metrics_address)
-               if settings.metrics_port is not None else None)
     if checkpointer is not None:
         checkpointer.start()
     summaries = Periodic(max(0.05, min(5.0, settings.flood.window_seconds / 4)), authz.record_summaries)

@@ -231,6 +231,36 @@ def test_serve_refuses_a_signing_key_its_store_has_not_registered(service: Servi
     assert "registered to 'executor-2' as 'client'" in refused.stderr and "qledger keys add" in refused.stderr
 
 
+def test_serve_says_what_is_wrong_with_its_tls_files_and_its_metrics_port(service: Service,
+                                                                          qledger_home: Path,
+                                                                          tmp_path: Path) -> None:
+    from qledger.ledger.admin import CHECKPOINTER
+    from qledger.rpc.server import ExecutorSettings, ListenError, start_server
+    from tests.executor.rpc.test_tls import issue
+
+    cert, key, _, _ = issue("localhost", None)
+    (tmp_path / "server.pem").write_bytes(cert)
+    (tmp_path / "server.key").write_bytes(key)
+    store = service.app.store.url
+    swapped = qledger(qledger_home, "serve", "--listen", "127.0.0.1:0", "--store", store,
+                      "--tls-cert", str(tmp_path / "server.key"), "--tls-key", str(tmp_path / "server.pem"))
+    assert swapped.returncode == 2 and swapped.stderr.count("\n") == 1, swapped.stderr
+    assert "swapped" in swapped.stderr and "bind" not in swapped.stderr
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        keys = KeyStore(qledger_home)
+        refused = f"cannot serve metrics on 127.0.0.1:{port}: Address already in use"
+        with pytest.raises(ListenError, match=refused):
+            start_server(service.app, keys.load("executor-1"), keys.load(CHECKPOINTER),
+                         settings=ExecutorSettings(metrics_port=port))
+        busy = qledger(qledger_home, "serve", "--plaintext", "--listen", "127.0.0.1:0", "--metrics-port",
+                       str(port), "--store", store)
+        assert busy.returncode == 2 and busy.stderr.count("\n") == 1, busy.stderr
+        assert "--metrics-port" in busy.stderr and "None" not in busy.stderr
+
+
 def test_version() -> None:
     from importlib.metadata import version
 

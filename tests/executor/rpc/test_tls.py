@@ -81,3 +81,24 @@ def test_mutual_tls(sqlite_store_url: str, qledger_home: Path) -> None:
     # Plaintext is refused off loopback; TLS may listen anywhere.
     with pytest.raises(PlaintextRefusedError):
         start_server(app, executor_key, None, listen="0.0.0.0:0")
+
+
+def test_tls_material_that_is_not_what_its_option_says_is_named(tmp_path: Path) -> None:
+    from qledger.rpc.server import TLSMaterialError
+
+    ca_cert, _, ca_name, ca_key = issue("qledger test CA", None, ca=True)
+    cert, key, _, _ = issue("localhost", (ca_name, ca_key))
+    _, other_key, _, _ = issue("localhost", (ca_name, ca_key))
+    files = {}
+    for name, data in {"cert": cert, "key": key, "other": other_key, "ca": ca_cert, "junk": b"hello"}.items():
+        files[name] = tmp_path / name
+        files[name].write_bytes(data)
+    assert TLSConfig.from_files(files["cert"], files["key"], files["ca"]).cert == cert
+    cases = [((files["key"], files["cert"], None), "they are swapped"),
+             ((files["cert"], files["other"], None), "not the private key of the certificate"),
+             ((files["junk"], files["key"], None), "--tls-cert is not a PEM certificate"),
+             ((files["cert"], files["junk"], None), "--tls-key is not an unencrypted PEM private key"),
+             ((files["cert"], files["key"], files["junk"]), "--client-ca is not a PEM certificate")]
+    for arguments, said in cases:
+        with pytest.raises(TLSMaterialError, match=said):
+            TLSConfig.from_files(*arguments)
