@@ -17,6 +17,7 @@ from uuid import UUID
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.cli.calls import Target
 from qledger.cli.remote import submit_and_watch
 from qledger.governance.changes import grant_role
 from qledger.governance.policy import ALL_PROJECTS
@@ -65,7 +66,7 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     try:
         say(f"executor serving on {running.address}; demo-client submits {BELL['name']}, signed")
         # Every call is signed by demo-client's key: that, not a request field, is who calls.
-        run = submit_and_watch(running.address, client, BELL, None, True, lambda entry: say(
+        run = submit_and_watch(Target(running.address), client, BELL, None, True, lambda entry: say(
             f"  position {entry.position}: {entry.event_type.rsplit('.', 1)[-1]}"))
         say(f"run {run.run_id} {run.status}: steps {', '.join(run.steps)}")
         with client_channel(running.address, signer=client) as channel:

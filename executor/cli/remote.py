@@ -9,15 +9,16 @@ from typing import Any
 
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
+from qledger.cli.calls import Target
 from qledger.ledger.checkpoint import parse_note
 from qledger.ledger.keys import SigningKey
-from qledger.rpc.channel import client_channel
 from qledger.runs.commands import submit_command
 
 
-def submit_and_watch(address: str, key: SigningKey, workflow: dict[str, Any], idempotency_key: str | None,
-                     wait: bool, on_entry: Callable[[pb.LedgerEntry], None]) -> pb.Run:
-    with client_channel(address, signer=key) as channel:
+def submit_and_watch(server: Target, key: SigningKey, workflow: dict[str, Any],
+                     idempotency_key: str | None, wait: bool,
+                     on_entry: Callable[[pb.LedgerEntry], None]) -> pb.Run:
+    with server.channel(key) as channel:
         executor = pb_grpc.ExecutorStub(channel)
         ledger = pb_grpc.LedgerStub(channel)
         note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
@@ -32,21 +33,21 @@ def submit_and_watch(address: str, key: SigningKey, workflow: dict[str, Any], id
         return run
 
 
-def get_run(address: str, run_id: str, key: SigningKey | None = None) -> pb.Run:
-    with client_channel(address, signer=key) as channel:
+def get_run(server: Target, run_id: str, key: SigningKey | None = None) -> pb.Run:
+    with server.channel(key) as channel:
         run: pb.Run = pb_grpc.ExecutorStub(channel).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
         return run
 
 
-def list_runs(address: str, limit: int, key: SigningKey | None = None) -> list[pb.Run]:
-    with client_channel(address, signer=key) as channel:
+def list_runs(server: Target, limit: int, key: SigningKey | None = None) -> list[pb.Run]:
+    with server.channel(key) as channel:
         reply = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest(limit=limit), timeout=30)
         return list(reply.runs)
 
 
-def rerun_and_wait(address: str, key: SigningKey, run_id: str) -> str:
+def rerun_and_wait(server: Target, key: SigningKey, run_id: str) -> str:
     """Replay RUN_ID's recorded workflow through RerunWorkflow, wait for it to end, return its id."""
-    with client_channel(address, signer=key) as channel:
+    with server.channel(key) as channel:
         executor = pb_grpc.ExecutorStub(channel)
         ledger = pb_grpc.LedgerStub(channel)
         note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
@@ -61,10 +62,10 @@ def rerun_and_wait(address: str, key: SigningKey, run_id: str) -> str:
         return str(reply.run.run_id)
 
 
-def remote_report(address: str, run_id: str, against: str | None, key: SigningKey | None = None
+def remote_report(server: Target, run_id: str, against: str | None, key: SigningKey | None = None
                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The server's report JSON for RUN_ID (against another run) and the run's PROV-JSON."""
-    with client_channel(address, signer=key) as channel:
+    with server.channel(key) as channel:
         ledger = pb_grpc.LedgerStub(channel)
         report = ledger.GetReport(pb.GetReportRequest(run_id=run_id, against_run_id=against or ""),
                                   timeout=60)

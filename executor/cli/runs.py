@@ -8,7 +8,15 @@ from typing import Annotated, Any
 
 import typer
 
-from qledger.cli.calls import ServerOption, grpc_errors
+from qledger.cli.calls import (
+    CAOption,
+    CertOption,
+    KeyOption,
+    ServerNameOption,
+    ServerOption,
+    grpc_errors,
+    target,
+)
 from qledger.ledger.cli_common import fail, print_json, reported_errors
 from qledger.ledger.keys import KeyStore
 
@@ -34,12 +42,15 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep the demo store 
 
 def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
            principal: Annotated[str, typer.Option("--as", help="Whose key signs the command")] = "client",
-           key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
-           wait: Annotated[bool, typer.Option(help="Watch the run's entries until it ends")] = False) -> None:
+           idempotency_key: Annotated[str | None, typer.Option("--idempotency-key")] = None,
+           wait: Annotated[bool, typer.Option(help="Watch the run's entries until it ends")] = False,
+           ca: CAOption = None, cert: CertOption = None, key: KeyOption = None,
+           server_name: ServerNameOption = None) -> None:
     """Sign and submit WORKFLOW (JSON); with --wait, show each step as it is recorded."""
     from qledger.cli.remote import submit_and_watch
     from qledger.runs.workflow import check_shape, read_workflow
 
+    to = target(server, ca, cert, key, server_name)
     with reported_errors(), grpc_errors():
         signer = KeyStore.default().load(principal)
         body = read_workflow(workflow)
@@ -54,7 +65,7 @@ def submit(workflow: Path, server: ServerOption = "127.0.0.1:50051",
             typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]:<13} {step:<20} "
                        f"signed by {content.principal}")
 
-        run = submit_and_watch(server, signer, body, key, wait, show)
+        run = submit_and_watch(to, signer, body, idempotency_key, wait, show)
     typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
     if run.status == "failed":
         raise typer.Exit(1)
@@ -65,22 +76,26 @@ AsCaller = Annotated[str, typer.Option("--as", help="Whose key signs the calls")
 
 def runs_list(server: ServerOption = "127.0.0.1:50051",
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-              principal: AsCaller = "client") -> None:
+              principal: AsCaller = "client", ca: CAOption = None, cert: CertOption = None,
+              key: KeyOption = None, server_name: ServerNameOption = None) -> None:
     """The most recent runs you may see, newest first: id, status, workflow, submitter."""
     from qledger.cli.remote import list_runs
 
     with reported_errors(), grpc_errors():
-        runs = list_runs(server, limit, KeyStore.default().load(principal))
+        to = target(server, ca, cert, key, server_name)
+        runs = list_runs(to, limit, KeyStore.default().load(principal))
     for run in runs:
         typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by}")
 
 
 def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051",
-              principal: AsCaller = "client") -> None:
+              principal: AsCaller = "client", ca: CAOption = None, cert: CertOption = None,
+              key: KeyOption = None, server_name: ServerNameOption = None) -> None:
     from qledger.cli.remote import get_run
 
     with reported_errors(), grpc_errors():
-        run = get_run(server, run_id, KeyStore.default().load(principal))
+        to = target(server, ca, cert, key, server_name)
+        run = get_run(to, run_id, KeyStore.default().load(principal))
     print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
                  "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
                  "version": run.version})

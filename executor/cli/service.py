@@ -9,7 +9,15 @@ from typing import Annotated
 
 import typer
 
-from qledger.cli.calls import ServerOption, grpc_errors
+from qledger.cli.calls import (
+    CAOption,
+    CertOption,
+    KeyOption,
+    ServerNameOption,
+    ServerOption,
+    grpc_errors,
+    target,
+)
 from qledger.ledger import admin
 from qledger.ledger.cli_common import StoreOption, fail, open_app, reported_errors
 from qledger.ledger.keys import KeyStore
@@ -171,26 +179,14 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
     running.stop()
 
 
-def health(server: ServerOption = "127.0.0.1:50051",
-           ca: Annotated[Path | None, typer.Option(envvar="QLEDGER_CA", help="CA of the server (TLS)")]
-           = None,
-           cert: Annotated[Path | None, typer.Option(envvar="QLEDGER_CLIENT_CERT", help="Client certificate")]
-           = None,
-           key: Annotated[Path | None, typer.Option(envvar="QLEDGER_CLIENT_KEY", help="Client key")] = None,
-           server_name: Annotated[str | None, typer.Option(help="Name in the server's certificate")]
-           = None) -> None:
+def health(server: ServerOption = "127.0.0.1:50051", ca: CAOption = None, cert: CertOption = None,
+           key: KeyOption = None, server_name: ServerNameOption = None) -> None:
     """gRPC health check of a server (grpc.health.v1): exit 0 when SERVING.  For probes."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from qledger.rpc.channel import client_channel
-
-    with reported_errors(), grpc_errors():
-        try:
-            material = [p.read_bytes() if p else None for p in (ca, cert, key)]
-        except OSError as exc:
-            raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
-        with client_channel(server, material[0], material[1], material[2], server_name) as channel:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    to = target(server, ca, cert, key, server_name)
+    with reported_errors(), grpc_errors(), to.channel() as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     typer.echo(status)
     if status != "SERVING":

@@ -15,7 +15,7 @@ from uuid import UUID
 
 import typer
 
-from qledger.cli.calls import grpc_errors
+from qledger.cli.calls import CAOption, CertOption, KeyOption, ServerNameOption, Target, grpc_errors, target
 from qledger.ledger.cli_common import StoreOption, fail, open_app, parse_run_id, print_json, reported_errors
 
 if TYPE_CHECKING:
@@ -117,6 +117,7 @@ def report_command(
     principal: Annotated[str, typer.Option("--as", help="Whose key signs the rerun")] = "client",
     format_: Annotated[str, typer.Option("--format", help="md, json or html")] = "md",
     output: Annotated[Path | None, typer.Option("-o", "--output")] = None,
+    ca: CAOption = None, cert: CertOption = None, key: KeyOption = None, server_name: ServerNameOption = None,
 ) -> None:
     """Reproducibility report: RUN's recorded environment, and a comparison --against RUN2 or with
     a fresh --rerun.  HTML is one self-contained file with the lineage picture and both runs'
@@ -129,7 +130,8 @@ def report_command(
         raise fail("--rerun needs --server (the executor runs it) and excludes --against")
     with reported_errors():
         if server is not None:
-            data, document = _remote_report(server, run, against, rerun, principal)
+            data, document = _remote_report(target(server, ca, cert, key, server_name), run, against, rerun,
+                                            principal)
         else:
             data, document = _local_report(store, run, against)
         if format_ == "json":
@@ -156,7 +158,7 @@ def _local_report(store: str | None, run: str, against: str | None) -> tuple[dic
     return report(facts[0], facts[1] if len(facts) > 1 else None), document
 
 
-def _remote_report(server: str, run: str, against: str | None, rerun: bool, principal: str
+def _remote_report(server: Target, run: str, against: str | None, rerun: bool, principal: str
                    ) -> tuple[dict[str, Any], ProvDocument]:
     from prov.model import ProvDocument
 

@@ -34,9 +34,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def qledger(home: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def qledger(home: Path, *args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "qledger.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO, env={**os.environ, "QLEDGER_HOME": str(home)})
+                          timeout=timeout, cwd=REPO,
+                          env={**os.environ, "QLEDGER_HOME": str(home), **(env or {})})
 
 
 def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -> None:
@@ -259,6 +261,57 @@ def test_serve_says_what_is_wrong_with_its_tls_files_and_its_metrics_port(servic
                        str(port), "--store", store)
         assert busy.returncode == 2 and busy.stderr.count("\n") == 1, busy.stderr
         assert "--metrics-port" in busy.stderr and "None" not in busy.stderr
+
+
+def test_every_client_command_speaks_mutual_tls(sqlite_store_url: str, qledger_home: Path,
+                                                tmp_path: Path) -> None:
+    from qledger.governance.changes import grant_role
+    from qledger.ledger.admin import CHECKPOINTER, ROOT, add_key
+    from qledger.rpc.server import TLSConfig, start_server
+    from tests.executor.rpc.test_tls import issue
+
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    executor_key = add_key(app, keys, "executor-1", "executor")
+    add_key(app, keys, "client", "client")
+    for role in ("submitter", "auditor"):
+        grant_role(app, keys.load(ROOT), "client", role, "*")
+    ca_cert, _, ca_name, ca_key = issue("qledger test CA", None, ca=True)
+    server_cert, server_key, _, _ = issue("localhost", (ca_name, ca_key))
+    client_cert, client_key, _, _ = issue("client", (ca_name, ca_key))
+    files = {}
+    for name, data in {"ca.pem": ca_cert, "client.pem": client_cert, "client.key": client_key}.items():
+        files[name] = str(tmp_path / name)
+        (tmp_path / name).write_bytes(data)
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER), listen="127.0.0.1:0",
+                           tls=TLSConfig(server_cert, server_key, client_ca=ca_cert))
+    address = f"127.0.0.1:{running.port}"
+    tls_env = {"QLEDGER_SERVER": address, "QLEDGER_CA": files["ca.pem"],
+               "QLEDGER_CLIENT_CERT": files["client.pem"], "QLEDGER_CLIENT_KEY": files["client.key"],
+               "QLEDGER_SERVER_NAME": "localhost"}
+    workflow = REPO / "executor" / "workflows" / "bell.json"
+    try:
+        # By the environment alone...
+        submitted = qledger(qledger_home, "submit", str(workflow), "--wait", env=tls_env)
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = submitted.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
+        for args in (["runs", "list"], ["runs", "show", run_id], ["health"],
+                     ["report", run_id, "--server", address, "--format", "json"]):
+            done = qledger(qledger_home, *args, env=tls_env)
+            answered = run_id in done.stdout or "SERVING" in done.stdout
+            assert done.returncode == 0 and answered, (args, done.stderr)
+        # ... or by grpcurl's flags.
+        flags = ["--server", address, "--ca", files["ca.pem"], "--cert", files["client.pem"], "--key",
+                 files["client.key"], "--server-name", "localhost"]
+        assert run_id in qledger(qledger_home, "runs", "show", run_id, *flags).stdout
+        # Plaintext to a TLS server, or half a client identity, fail in one line.
+        plain = qledger(qledger_home, "runs", "list", "--server", address, timeout=60)
+        assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and "UNAVAILABLE" in plain.stderr
+        half = qledger(qledger_home, "runs", "list", "--server", address, "--ca", files["ca.pem"], "--cert",
+                       files["client.pem"])
+        assert half.returncode == 2 and "--cert and --key go together" in half.stderr
+    finally:
+        running.stop()
 
 
 def test_version() -> None:
