@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import trace
@@ -88,12 +89,30 @@ class RunContextFilter(logging.Filter):
         return True
 
 
+class IsoJsonFormatter(JsonFormatter):
+    """JSON lines whose time is ISO 8601 in UTC with its offset (2026-12-03T08:38:38.123+00:00)."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+
+
 def configure_json_logging(level: int = logging.INFO, stream: Any = None) -> logging.Handler:
+    """Every log line as one JSON object, qledger's from ``level`` and the libraries' (and
+    Python's warnings) from WARNING, on one stream: nothing else is written to it."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter("{asctime}{levelname}{name}{message}{run_id}{trace_id}{span_id}",
-                                       style="{", rename_fields={"levelname": "level", "asctime": "time"}))
+    handler.setFormatter(IsoJsonFormatter("{asctime}{levelname}{name}{message}{run_id}{trace_id}{span_id}",
+                                          style="{", rename_fields={"levelname": "level", "asctime": "time"}))
     handler.addFilter(RunContextFilter())
-    root = logging.getLogger("qledger")
+    root = logging.getLogger()
     root.addHandler(handler)
-    root.setLevel(level)
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    logging.getLogger("qledger").setLevel(level)
+    logging.captureWarnings(True)
     return handler
+
+
+def remove_json_logging(handler: logging.Handler) -> None:
+    """Undo ``configure_json_logging``: its handler, and warnings back to where they went."""
+    logging.getLogger().removeHandler(handler)
+    logging.captureWarnings(False)

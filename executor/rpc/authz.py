@@ -217,6 +217,9 @@ class Authorizer:
                 project: str) -> NoReturn:
         """Record the first refusal of its kind in its window in full; the rest are counted."""
         if self.refusals.note(Refusal(kind, peer, who, method), str(error)):
+            # Logged as it is recorded: the first of its kind in its window, the rest counted.
+            log.warning("%s: %s calling %s from %s: %s", kind, who, method, peer, error,
+                        extra={"refusal": kind, "subject": who, "grpc_method": method, "peer": peer})
             self.record(kind, who, method, project, f"{error} [peer {peer}]")
         raise error
 

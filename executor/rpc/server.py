@@ -30,6 +30,7 @@ from qledger.ledger.follow import ProjectionFollower
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.ledger.store.artifacts import HotArtifacts, StagedArtifacts
 from qledger.provenance.projections import projection_follower, projection_runner
+from qledger.rpc.access_log import AccessLogInterceptor
 from qledger.rpc.authz import Authorizer
 from qledger.rpc.channel import MAX_RECEIVE_BYTES, MAX_SEND_BYTES
 from qledger.rpc.executor_service import ExecutorService
@@ -276,8 +277,9 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts, sweep_items=sweep_items)
-    server = grpc.server(ThreadPoolExecutor(max_workers=16),
-                         interceptors=[RequestBodyInterceptor(), server_interceptor()], options=[
+    # Outermost first: bodies parsed (or refused), the call's span, then its access log line.
+    interceptors = [RequestBodyInterceptor(), server_interceptor(), AccessLogInterceptor()]
+    server = grpc.server(ThreadPoolExecutor(max_workers=16), interceptors=interceptors, options=[
         ("grpc.so_reuseport", 0),  # never share a port with another server
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),

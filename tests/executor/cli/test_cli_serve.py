@@ -76,6 +76,12 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
         missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}",
                           "--as", "alice")
         assert missing.returncode == 2 and missing.stderr.startswith("qledger: INVALID_ARGUMENT")
+        # A reference workflow by name, from any directory: no source checkout needed.
+        by_name = subprocess.run([sys.executable, "-m", "qledger.cli", "submit", "bell", "--server",
+                                  f"127.0.0.1:{port}", "--as", "alice", "--wait"], capture_output=True,
+                                 text=True, timeout=120, cwd=qledger_home,
+                                 env={**os.environ, "QLEDGER_HOME": str(qledger_home)})
+        assert by_name.returncode == 0 and by_name.stdout.strip().endswith("completed"), by_name.stderr
         # A registered key with no role: identified, and refused (every call is authorised).
         denied = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
                          "--as", "bob")
@@ -312,6 +318,21 @@ def test_every_client_command_speaks_mutual_tls(sqlite_store_url: str, qledger_h
         assert half.returncode == 2 and "--cert and --key go together" in half.stderr
     finally:
         running.stop()
+
+
+def test_reference_workflows_are_listed_and_shown_by_name(qledger_home: Path) -> None:
+    listed = qledger(qledger_home, "workflows", "list")
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines()[0].split()[:3] == ["NAME", "WORKFLOW", "BACKEND"]
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["bell"][1:3] == ["bell-sampling", "aer_ideal"] and rows["ghz_brisbane"][2] == "fake:brisbane"
+    assert set(rows) == {p.stem for p in WORKFLOWS.glob("*.json")}
+    shown = qledger(qledger_home, "workflows", "show", "bell")
+    assert json.loads(shown.stdout) == json.loads((WORKFLOWS / "bell.json").read_text())
+    unknown = qledger(qledger_home, "workflows", "show", "nope")
+    assert unknown.returncode == 2 and "no reference workflow 'nope'; they are bell," in unknown.stderr
+    not_a_file = qledger(qledger_home, "submit", "nope.json")
+    assert not_a_file.returncode == 2 and "cannot read nope.json" in not_a_file.stderr
 
 
 def test_version() -> None:
