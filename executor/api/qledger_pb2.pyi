@@ -13,7 +13,7 @@ class SignedEnvelope(_message.Message):
     def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("run_id", "workflow", "status", "steps", "submitted_by", "error", "version", "workflow_json", "rerun_of")
+    __slots__ = ("run_id", "workflow", "status", "steps", "submitted_by", "error", "version", "workflow_json", "rerun_of", "submitted_at", "updated_at", "results_json")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,9 @@ class Run(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKFLOW_JSON_FIELD_NUMBER: _ClassVar[int]
     RERUN_OF_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_JSON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     workflow: str
     status: str
@@ -32,7 +35,10 @@ class Run(_message.Message):
     version: int
     workflow_json: str
     rerun_of: str
-    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., workflow_json: _Optional[str] = ..., rerun_of: _Optional[str] = ...) -> None: ...
+    submitted_at: str
+    updated_at: str
+    results_json: str
+    def __init__(self, run_id: _Optional[str] = ..., workflow: _Optional[str] = ..., status: _Optional[str] = ..., steps: _Optional[_Iterable[str]] = ..., submitted_by: _Optional[str] = ..., error: _Optional[str] = ..., version: _Optional[int] = ..., workflow_json: _Optional[str] = ..., rerun_of: _Optional[str] = ..., submitted_at: _Optional[str] = ..., updated_at: _Optional[str] = ..., results_json: _Optional[str] = ...) -> None: ...
 
 class SubmitWorkflowRequest(_message.Message):
     __slots__ = ("command",)

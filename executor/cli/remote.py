@@ -12,7 +12,7 @@ from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.cli.calls import Target
 from qledger.ledger.checkpoint import parse_note
 from qledger.ledger.keys import SigningKey
-from qledger.runs.commands import submit_command
+from qledger.runs.commands import cancel_command, submit_command
 
 
 def submit_and_watch(server: Target, key: SigningKey, workflow: dict[str, Any],
@@ -71,3 +71,21 @@ def remote_report(server: Target, run_id: str, against: str | None, key: Signing
                                   timeout=60)
         lineage = ledger.GetLineage(pb.RunRef(run_id=run_id), timeout=60)
         return json.loads(report.json), json.loads(lineage.prov_json)
+
+
+def watch(server: Target, run_id: str, key: SigningKey | None,
+          on_entry: Callable[[pb.LedgerEntry], None]) -> None:
+    """Every entry of the run, as it is recorded, until the run ends."""
+    with server.channel(key) as channel:
+        for entry in pb_grpc.ExecutorStub(channel).WatchRun(pb.WatchRunRequest(run_id=run_id)):
+            on_entry(entry)
+
+
+def cancel(server: Target, run_id: str, reason: str, key: SigningKey) -> pb.Run:
+    """Cancel the run with a command signed by ``key``."""
+    with server.channel(key) as channel:
+        note = pb_grpc.LedgerStub(channel).GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        command = cancel_command(key, parse_note(note).checkpoint.origin, run_id, reason)
+        run: pb.Run = pb_grpc.ExecutorStub(channel).CancelRun(pb.CancelRunRequest(
+            command=pb.SignedEnvelope(envelope=command)), timeout=30)
+        return run

@@ -3,6 +3,7 @@ command line."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,6 +30,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(runs_app, name="runs")
     runs_app.command("list")(runs_list)
     runs_app.command("show")(runs_show)
+    runs_app.command("watch")(runs_watch)
+    runs_app.command("cancel")(runs_cancel)
+    runs_app.command("rerun")(runs_rerun)
     app.command("demo")(demo)
     app.add_typer(workflows_app, name="workflows")
     workflows_app.command("list")(workflows_list)
@@ -88,46 +92,156 @@ def submit(workflow: Annotated[str, typer.Argument(
         check_shape(body)
         signer = KeyStore.default().load(principal)
 
-        def show(entry: Any) -> None:
-            from qledger.ledger import dsse
-            from qledger.ledger.content import EntryContent
-
-            content = EntryContent.from_bytes(dsse.parse(entry.envelope).payload)
-            step = content.payload.get("step", "")
-            typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]:<13} {step:<20} "
-                       f"signed by {content.principal}")
-
-        run = submit_and_watch(to, signer, body, idempotency_key, wait, show)
-    typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
-    if run.status == "failed":
-        raise typer.Exit(1)
+        run = submit_and_watch(to, signer, body, idempotency_key, wait, _show_entry)
+    _ended(run)
 
 
 AsCaller = Annotated[str, typer.Option("--as", help="Whose key signs the calls")]
+FormatOption = Annotated[str, typer.Option("--format", help="text or json")]
+
+
+def _format(format_: str) -> str:
+    if format_ not in ("text", "json"):
+        raise fail("--format is text or json")
+    return format_
+
+
+def run_json(run: Any) -> dict[str, Any]:
+    """A run as ``--format json`` shows it."""
+    return {"run_id": run.run_id, "workflow": run.workflow, "status": run.status, "steps": list(run.steps),
+            "submitted_by": run.submitted_by, "submitted_at": run.submitted_at, "updated_at": run.updated_at,
+            "error": run.error, "version": run.version, "rerun_of": run.rerun_of or None,
+            "results": json.loads(run.results_json or "{}")}
 
 
 def runs_list(server: ServerOption = "127.0.0.1:50051",
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
-              principal: AsCaller = "client", ca: CAOption = None, cert: CertOption = None,
-              key: KeyOption = None, server_name: ServerNameOption = None) -> None:
-    """The most recent runs you may see, newest first: id, status, workflow, submitter."""
+              principal: AsCaller = "client", format_: FormatOption = "text", ca: CAOption = None,
+              cert: CertOption = None, key: KeyOption = None, server_name: ServerNameOption = None) -> None:
+    """The most recent runs you may see, newest first."""
     from qledger.cli.remote import list_runs
 
     with reported_errors(), grpc_errors():
         to = target(server, ca, cert, key, server_name)
         runs = list_runs(to, limit, KeyStore.default().load(principal))
+    if _format(format_) == "json":
+        print_json([run_json(run) for run in runs])
+        return
+    typer.echo(f"{'RUN':<36}  {'STATUS':<10} {'WORKFLOW':<24} {'SUBMITTER':<16} SUBMITTED")
     for run in runs:
-        typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by}")
+        typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by:<16} "
+                   f"{run.submitted_at[:19].replace('T', ' ')}")
 
 
-def runs_show(run_id: str, server: ServerOption = "127.0.0.1:50051",
-              principal: AsCaller = "client", ca: CAOption = None, cert: CertOption = None,
+def runs_show(run_id: Annotated[str, typer.Argument(help="A run id, or a prefix of one no other run has")],
+              server: ServerOption = "127.0.0.1:50051", principal: AsCaller = "client",
+              format_: FormatOption = "text", ca: CAOption = None, cert: CertOption = None,
               key: KeyOption = None, server_name: ServerNameOption = None) -> None:
+    """A run: its status, steps, times and results (counts, expectation values, energy)."""
     from qledger.cli.remote import get_run
 
     with reported_errors(), grpc_errors():
         to = target(server, ca, cert, key, server_name)
-        run = get_run(to, run_id, KeyStore.default().load(principal))
-    print_json({"run_id": run.run_id, "workflow": run.workflow, "status": run.status,
-                 "steps": list(run.steps), "submitted_by": run.submitted_by, "error": run.error,
-                 "version": run.version})
+        signer = KeyStore.default().load(principal)
+        run = get_run(to, _resolve(to, run_id, signer), signer)
+    shown = run_json(run)
+    if _format(format_) == "json":
+        print_json(shown)
+        return
+    for name in ("run_id", "workflow", "status", "submitted_by", "submitted_at", "updated_at", "rerun_of",
+                 "error"):
+        if shown[name]:
+            typer.echo(f"{name.replace('_', ' ') + ':':<14}{shown[name]}")
+    typer.echo(f"{'steps:':<14}{', '.join(shown['steps']) or '-'}")
+    results = shown["results"]
+    if "counts" in results:
+        counts = json.dumps(results["counts"], sort_keys=True)
+        typer.echo(f"{'counts:':<14}{counts}  ({results.get('shots')} shots)")
+    if "energy" in results:
+        typer.echo(f"{'energy:':<14}{results['energy']} ± {results.get('energy_std')}")
+    for pub in results.get("pubs", []):
+        start, stop = pub["bindings"]
+        what = (f"evs {json.dumps(pub['evs'])} stds {json.dumps(pub['stds'])}" if "evs" in pub
+                else f"counts in artifact sha256:{pub['result_sha256']}")
+        typer.echo(f"{'pub ' + str(pub['pub']) + ':':<14}bindings {start}..{stop - 1}: {what}")
+
+
+def _resolve(to: Any, prefix: str, signer: Any) -> str:
+    """The full id of the one run ``prefix`` starts (the 1000 most recent runs are searched)."""
+    from uuid import UUID
+
+    from qledger.cli.remote import list_runs
+
+    try:
+        return str(UUID(prefix))
+    except ValueError:
+        pass
+    if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix.lower()):
+        raise fail(f"{prefix!r} is neither a run id nor a prefix of one (at least 4 hex digits)")
+    found = [run.run_id for run in list_runs(to, 1000, signer) if run.run_id.startswith(prefix.lower())]
+    if len(found) != 1:
+        raise fail(f"{len(found)} of your recent runs start with {prefix!r}" + (
+            f": {', '.join(found[:5])}" if found else "") + "; give more of the id")
+    return found[0]
+
+
+def runs_watch(run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix")],
+               server: ServerOption = "127.0.0.1:50051", principal: AsCaller = "client",
+               ca: CAOption = None, cert: CertOption = None, key: KeyOption = None,
+               server_name: ServerNameOption = None) -> None:
+    """Follow a run's entries as they are recorded, until it ends (WatchRun); exit 1 if it failed."""
+    from qledger.cli.remote import get_run, watch
+
+    with reported_errors(), grpc_errors():
+        to = target(server, ca, cert, key, server_name)
+        signer = KeyStore.default().load(principal)
+        full = _resolve(to, run_id, signer)
+        watch(to, full, signer, _show_entry)
+        run = get_run(to, full, signer)
+    _ended(run)
+
+
+def runs_cancel(run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix")],
+                reason: Annotated[str, typer.Option(help="Why, recorded in the Cancelled entry")],
+                server: ServerOption = "127.0.0.1:50051", principal: AsCaller = "client",
+                ca: CAOption = None, cert: CertOption = None, key: KeyOption = None,
+                server_name: ServerNameOption = None) -> None:
+    """Cancel a run (CancelRun, a command signed by --as): recorded, with the reason."""
+    from qledger.cli.remote import cancel
+
+    with reported_errors(), grpc_errors():
+        to = target(server, ca, cert, key, server_name)
+        signer = KeyStore.default().load(principal)
+        run = cancel(to, _resolve(to, run_id, signer), reason, signer)
+    typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+
+
+def runs_rerun(run_id: Annotated[str, typer.Argument(help="A run id or a unique prefix")],
+               server: ServerOption = "127.0.0.1:50051", principal: AsCaller = "client",
+               ca: CAOption = None, cert: CertOption = None, key: KeyOption = None,
+               server_name: ServerNameOption = None) -> None:
+    """Replay a run's recorded workflow (RerunWorkflow) and wait for it; prints the new run."""
+    from qledger.cli.remote import get_run, rerun_and_wait
+
+    with reported_errors(), grpc_errors():
+        to = target(server, ca, cert, key, server_name)
+        signer = KeyStore.default().load(principal)
+        again = rerun_and_wait(to, signer, _resolve(to, run_id, signer))
+        run = get_run(to, again, signer)
+    _ended(run)
+
+
+def _show_entry(entry: Any) -> None:
+    from qledger.ledger import dsse
+    from qledger.ledger.content import EntryContent
+
+    content = EntryContent.from_bytes(dsse.parse(entry.envelope).payload)
+    step = content.payload.get("step", "")
+    typer.echo(f"  {entry.position:>8}  {entry.event_type.rsplit('.', 1)[-1]:<13} {step:<20} "
+               f"signed by {content.principal}")
+
+
+def _ended(run: Any) -> None:
+    typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
+    if run.status == "failed":
+        raise typer.Exit(1)

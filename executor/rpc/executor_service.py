@@ -36,7 +36,7 @@ from qledger.rpc.entries import entry_message
 from qledger.rpc.status import rpc_method
 from qledger.runs.cancellation import cancel, may_cancel, read_cancel
 from qledger.runs.queue import RunQueue
-from qledger.runs.run import TERMINAL, Run
+from qledger.runs.run import TERMINAL, Run, results_of
 from qledger.runs.submission import Submission, check_submission, read_submission, record_submission
 from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
@@ -51,7 +51,9 @@ def run_message(run: Run) -> pb.Run:
     return pb.Run(run_id=str(run.id), workflow=str(run.workflow.get("name", "")), status=run.status,
                   steps=run.steps, submitted_by=run.submitted_by, error=run.error,
                   version=run.version, workflow_json=canonical_bytes(run.workflow).decode(),
-                  rerun_of=run.rerun_of or "")
+                  rerun_of=run.rerun_of or "", submitted_at=run.created_on.isoformat(),
+                  updated_at=run.modified_on.isoformat(),
+                  results_json=canonical_bytes(results_of(run.records)).decode())
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):

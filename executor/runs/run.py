@@ -60,3 +60,20 @@ class Run(Aggregate):
 
 RUN_TOPIC = get_topic(Run)
 RUN_SUBMITTED_TYPE = get_topic(Run.Submitted)  # type: ignore[attr-defined]
+
+
+RESULT_MEMBERS = ("counts", "shots", "energy", "energy_std", "parameters", "evaluations")
+PUB_RESULT_MEMBERS = ("pub", "bindings", "shots", "evs", "stds", "precision", "result_sha256")
+
+
+def results_of(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a run's step records say it produced: the execution step's counts (or a variational
+    loop's energy), and each PUB result (expectation values inline, a Sampler chunk's counts by
+    the digest of their artifact)."""
+    results: dict[str, Any] = {}
+    for record in records:
+        if record.get("kind") == "execution":
+            results |= {k: record[k] for k in RESULT_MEMBERS if k in record}
+        elif record.get("kind") == "pub_result":
+            results.setdefault("pubs", []).append({k: record[k] for k in PUB_RESULT_MEMBERS if k in record})
+    return results

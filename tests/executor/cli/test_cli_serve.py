@@ -21,7 +21,7 @@ from qledger.cli import app as cli
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
-from qledger.runs.reference_workflows import WORKFLOWS
+from qledger.runs.reference_workflows import BELL, WORKFLOWS
 from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
 
@@ -39,6 +39,13 @@ def qledger(home: Path, *args: str, timeout: float = 120,
     return subprocess.run([sys.executable, "-m", "qledger.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO,
                           env={**os.environ, "QLEDGER_HOME": str(home), **(env or {})})
+
+
+def in_process(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The command run in this process (no interpreter start-up: the suite's time budget), with
+    what a subprocess would give: exit code, stdout, stderr."""
+    result = CliRunner().invoke(cli, list(args), env={"QLEDGER_HOME": str(home), **(env or {})})
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
 def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -> None:
@@ -63,19 +70,38 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
         assert done.returncode == 0, done.stderr
         assert "StepRecorded" in done.stdout and done.stdout.strip().endswith("completed")
         run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
-        shown = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
-                        "--as", "alice")
-        assert '"status": "completed"' in shown.stdout
+        server_flags = ["--server", f"127.0.0.1:{port}", "--as", "alice"]
+        # Shown by a unique prefix, with its results; as JSON on request.
+        shown = in_process(qledger_home, "runs", "show", run_id[:8], *server_flags)
+        assert shown.returncode == 0, shown.stderr
+        assert f"run id:       {run_id}" in shown.stdout and "status:       completed" in shown.stdout
+        counts_line = next(line for line in shown.stdout.splitlines() if line.startswith("counts:"))
+        counts = json.loads(counts_line.split(None, 1)[1].rsplit("  (", 1)[0])
+        assert set(counts) <= {"00", "11"} and sum(counts.values()) == BELL["execute"]["shots"]
+        as_json = json.loads(in_process(qledger_home, "runs", "show", run_id, "--format", "json",
+                                     *server_flags).stdout)
+        assert as_json["results"]["counts"] == counts and as_json["submitted_at"] <= as_json["updated_at"]
+        assert in_process(qledger_home, "runs", "show", "zz", *server_flags).returncode == 2
+        watched = in_process(qledger_home, "runs", "watch", run_id[:8], *server_flags)
+        assert watched.returncode == 0 and watched.stdout.count("StepRecorded") == 6
+        rerun = in_process(qledger_home, "runs", "rerun", run_id, *server_flags)
+        assert rerun.returncode == 0 and rerun.stdout.strip().endswith("completed"), rerun.stderr
+        cancelled = in_process(qledger_home, "runs", "cancel", run_id, "--reason", "too late", *server_flags)
+        assert cancelled.returncode == 0 and "completed" in cancelled.stdout  # an ended run stays as it ended
         # The same workflow in YAML is the same definition: same hash, so it is accepted.
         done = qledger(qledger_home, "submit", str(WORKFLOWS / "ghz_noisy.yaml"), "--server",
                        f"127.0.0.1:{port}", "--as", "alice", "--wait", "--idempotency-key", "ghz-1")
         assert done.returncode == 0 and done.stdout.strip().endswith("completed"), done.stderr
-        listed = qledger(qledger_home, "runs", "list", "--server", f"127.0.0.1:{port}", "--as", "alice")
-        lines = listed.stdout.strip().splitlines()
-        assert len(lines) == 2 and "ghz-noisy" in lines[0] and lines[1].startswith(run_id)
-        missing = qledger(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}",
+        listed = in_process(qledger_home, "runs", "list", *server_flags)
+        header, *lines = listed.stdout.strip().splitlines()
+        assert header.split() == ["RUN", "STATUS", "WORKFLOW", "SUBMITTER", "SUBMITTED"]
+        assert len(lines) == 3 and "ghz-noisy" in lines[0] and lines[2].startswith(run_id)
+        assert lines[2].split()[-2] == as_json["submitted_at"][:10]  # the date, then the time
+        listed_json = in_process(qledger_home, "runs", "list", "--format", "json", *server_flags)
+        assert len(json.loads(listed_json.stdout)) == 3
+        missing = in_process(qledger_home, "runs", "show", "x", "--server", f"127.0.0.1:{port}",
                           "--as", "alice")
-        assert missing.returncode == 2 and missing.stderr.startswith("qledger: INVALID_ARGUMENT")
+        assert missing.returncode == 2 and "neither a run id nor a prefix" in missing.stderr
         # A reference workflow by name, from any directory: no source checkout needed.
         by_name = subprocess.run([sys.executable, "-m", "qledger.cli", "submit", "bell", "--server",
                                   f"127.0.0.1:{port}", "--as", "alice", "--wait"], capture_output=True,
@@ -83,7 +109,7 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
                                  env={**os.environ, "QLEDGER_HOME": str(qledger_home)})
         assert by_name.returncode == 0 and by_name.stdout.strip().endswith("completed"), by_name.stderr
         # A registered key with no role: identified, and refused (every call is authorised).
-        denied = qledger(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
+        denied = in_process(qledger_home, "runs", "show", run_id, "--server", f"127.0.0.1:{port}",
                          "--as", "bob")
         assert denied.returncode == 2 and denied.stderr.startswith("qledger: PERMISSION_DENIED")
     finally:
@@ -303,18 +329,18 @@ def test_every_client_command_speaks_mutual_tls(sqlite_store_url: str, qledger_h
         run_id = submitted.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
         for args in (["runs", "list"], ["runs", "show", run_id], ["health"],
                      ["report", run_id, "--server", address, "--format", "json"]):
-            done = qledger(qledger_home, *args, env=tls_env)
+            done = in_process(qledger_home, *args, env=tls_env)
             answered = run_id in done.stdout or "SERVING" in done.stdout
             assert done.returncode == 0 and answered, (args, done.stderr)
         # ... or by grpcurl's flags.
         flags = ["--server", address, "--ca", files["ca.pem"], "--cert", files["client.pem"], "--key",
                  files["client.key"], "--server-name", "localhost"]
-        assert run_id in qledger(qledger_home, "runs", "show", run_id, *flags).stdout
+        assert run_id in in_process(qledger_home, "runs", "show", run_id, *flags).stdout
         # Plaintext to a TLS server, or half a client identity, fail in one line.
-        plain = qledger(qledger_home, "runs", "list", "--server", address, timeout=60)
+        plain = in_process(qledger_home, "runs", "list", "--server", address)
         assert plain.returncode == 2 and plain.stderr.count("\n") == 1 and "UNAVAILABLE" in plain.stderr
-        half = qledger(qledger_home, "runs", "list", "--server", address, "--ca", files["ca.pem"], "--cert",
-                       files["client.pem"])
+        half = in_process(qledger_home, "runs", "list", "--server", address, "--ca", files["ca.pem"],
+                          "--cert", files["client.pem"])
         assert half.returncode == 2 and "--cert and --key go together" in half.stderr
     finally:
         running.stop()
