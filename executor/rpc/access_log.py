@@ -8,11 +8,13 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 
 from qledger.ops.tracing import current_run
+from qledger.rpc.wrapping import wrapped
 
 log = logging.getLogger("qledger.access")
 
@@ -31,41 +33,18 @@ class AccessLogInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             return handler
         method = str(details.method)
 
-        def logged(request: Any, context: grpc.ServicerContext, started: float) -> None:
-            failed = sys.exc_info()[0] is not None
-            code = _code(context, failed)
-            log.log(logging.WARNING if code in ("UNKNOWN", "INTERNAL", "DATA_LOSS") else logging.INFO,
-                    "%s %s", method, code, extra={
-                        "grpc_method": method, "grpc_code": code, "peer": context.peer(),
-                        "duration_ms": round(1000 * (time.perf_counter() - started), 3)})
-
-        def run_of(request: Any) -> str | None:
-            return str(getattr(request, "run_id", "") or "") or None
-
-        if handler.response_streaming:
-            inner_stream = handler.unary_stream
-
-            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                token, started = current_run.set(run_of(request)), time.perf_counter()
-                try:
-                    yield from inner_stream(request, context)
-                finally:
-                    logged(request, context, started)
-                    current_run.reset(token)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
-        inner = handler.unary_unary
-
-        def unary(request: Any, context: grpc.ServicerContext) -> Any:
-            token, started = current_run.set(run_of(request)), time.perf_counter()
+        @contextmanager
+        def logging_call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            token = current_run.set(str(getattr(request, "run_id", "") or "") or None)
+            started = time.perf_counter()
             try:
-                return inner(request, context)
+                yield request
             finally:
-                logged(request, context, started)
+                code = _code(context, failed=sys.exc_info()[0] is not None)
+                level = logging.WARNING if code in ("UNKNOWN", "INTERNAL", "DATA_LOSS") else logging.INFO
+                log.log(level, "%s %s", method, code, extra={
+                    "grpc_method": method, "grpc_code": code, "peer": context.peer(),
+                    "duration_ms": round(1000 * (time.perf_counter() - started), 3)})
                 current_run.reset(token)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer)
+        return wrapped(handler, logging_call)

@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError
 
 from qledger.rpc.call_signing import body_sha256
 from qledger.rpc.status import abort
+from qledger.rpc.wrapping import wrapped
 
 # Set while a handler runs, in the thread that runs it (gRPC parses and handles in one thread).
 _BODY_SHA256: ContextVar[str | None] = ContextVar("qledger_request_body_sha256", default=None)
@@ -57,24 +58,11 @@ class RequestBodyInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 return _Received(None, body_sha256(data),
                                  f"the request body is not a {details.method} request: {exc}")
 
-        if handler.response_streaming:
-            inner_stream = handler.unary_stream
-
-            def stream(received: _Received, context: grpc.ServicerContext) -> Iterator[Any]:
-                if received.malformed is not None:
-                    abort(context, grpc.StatusCode.INVALID_ARGUMENT, received.malformed, "request")
-                with handling(received.digest):
-                    yield from inner_stream(received.message, context)
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream, request_deserializer=tolerant, response_serializer=handler.response_serializer)
-        inner = handler.unary_unary
-
-        def unary(received: _Received, context: grpc.ServicerContext) -> Any:
+        @contextmanager
+        def receiving(received: _Received, context: grpc.ServicerContext) -> Iterator[Any]:
             if received.malformed is not None:
                 abort(context, grpc.StatusCode.INVALID_ARGUMENT, received.malformed, "request")
             with handling(received.digest):
-                return inner(received.message, context)
+                yield received.message
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary, request_deserializer=tolerant, response_serializer=handler.response_serializer)
+        return wrapped(handler, receiving, tolerant)

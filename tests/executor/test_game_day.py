@@ -221,8 +221,8 @@ def test_postgres_crash_and_restart_under_load(restartable_pg: Cluster, qledger_
     app, alice = prepare(restartable_pg.url, qledger_home)
     origin = app.require_origin()
     keys = KeyStore(qledger_home)
-    running = start_server(LedgerApp(restartable_pg.url + "?connect_timeout=2", create_tables=False),
-                           keys.load("executor-1"), keys.load(CHECKPOINTER),
+    served = LedgerApp(restartable_pg.url + "?connect_timeout=2", create_tables=False)
+    running = start_server(served, keys.load("executor-1"), keys.load(CHECKPOINTER),
                            settings=ExecutorSettings(workers=2, authorize=False, poll_seconds=0.1))
     commands = [submit_command(alice, origin, QUICK, f"pg-{i}") for i in range(40)]
     spans: list[tuple[float, float]] = []
@@ -253,6 +253,8 @@ def test_postgres_crash_and_restart_under_load(restartable_pg: Cluster, qledger_
         answers_every_rpc(running.address, alice, origin, sorted(run_ids)[0])
     finally:
         running.stop()
+        served.close()  # before the cluster goes: pools end in this thread, not a collector's
+        app.close()
 
 
 def test_two_servers_one_killed_the_other_finishes_every_run(pg_store_url: str, qledger_home: Path) -> None:

@@ -71,6 +71,7 @@ def test_concurrent_submissions_on_two_servers_never_overrun_a_run_quota(
     finally:
         channels[1].close()
         second.stop()
+        other_app.close()  # its pool's threads end here, not in a garbage collector's thread
 
 
 def test_a_reservation_starts_from_the_projected_usage_and_a_dropped_quota_forgets_it(
