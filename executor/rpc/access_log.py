@@ -42,9 +42,10 @@ class AccessLogInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             finally:
                 code = _code(context, failed=sys.exc_info()[0] is not None)
                 level = logging.WARNING if code in ("UNKNOWN", "INTERNAL", "DATA_LOSS") else logging.INFO
-                log.log(level, "%s %s", method, code, extra={
-                    "grpc_method": method, "grpc_code": code, "peer": context.peer(),
-                    "duration_ms": round(1000 * (time.perf_counter() - started), 3)})
+                if log.isEnabledFor(level):  # every call passes here: build the line only if it is kept
+                    log.log(level, "%s %s", method, code, extra={
+                        "grpc_method": method, "grpc_code": code, "peer": context.peer(),
+                        "duration_ms": round(1000 * (time.perf_counter() - started), 3)})
                 current_run.reset(token)
 
         return wrapped(handler, logging_call)
