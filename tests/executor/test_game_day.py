@@ -152,6 +152,7 @@ def in_process(pg_store_url: str,
                            settings=ExecutorSettings(workers=2, authorize=False))
     yield app, alice, running
     running.stop()
+    app.close()  # its pool ends in this thread, not in the garbage collector's
 
 
 def test_load_with_idempotent_replays(in_process: tuple[LedgerApp, SigningKey, RunningServer]) -> None:
@@ -215,6 +216,7 @@ def test_kill_9_during_submissions_loses_no_accepted_run(pg_store_url: str, qled
     finally:
         process.terminate()
         process.wait(timeout=30)
+        app.close()
 
 
 def test_postgres_crash_and_restart_under_load(restartable_pg: Cluster, qledger_home: Path) -> None:
@@ -275,6 +277,7 @@ def test_two_servers_one_killed_the_other_finishes_every_run(pg_store_url: str, 
         for process, _ in servers:
             process.kill()
             process.wait(timeout=30)
+        app.close()
 
 
 # -- hostile input: random bytes to every RPC are in rpc/test_grpc; here, commands ---------------
