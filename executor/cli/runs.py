@@ -15,11 +15,12 @@ from qledger.cli.calls import (
     KeyOption,
     ServerNameOption,
     ServerOption,
+    Target,
     grpc_errors,
     target,
 )
 from qledger.ledger.cli_common import fail, print_json, reported_errors
-from qledger.ledger.keys import KeyStore
+from qledger.ledger.keys import KeyStore, SigningKey
 
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect workflow runs on a server.")
 workflows_app = typer.Typer(no_args_is_help=True, help="The reference workflows qledger ships.")
@@ -141,9 +142,8 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="A run id, or a prefix 
     from qledger.cli.remote import get_run
 
     with reported_errors(), grpc_errors():
-        to = target(server, ca, cert, key, server_name)
-        signer = KeyStore.default().load(principal)
-        run = get_run(to, _resolve(to, run_id, signer), signer)
+        to, signer, full = _named_run(run_id, target(server, ca, cert, key, server_name), principal)
+        run = get_run(to, full, signer)
     shown = run_json(run)
     if _format(format_) == "json":
         print_json(shown)
@@ -164,6 +164,12 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="A run id, or a prefix 
         what = (f"evs {json.dumps(pub['evs'])} stds {json.dumps(pub['stds'])}" if "evs" in pub
                 else f"counts in artifact sha256:{pub['result_sha256']}")
         typer.echo(f"{'pub ' + str(pub['pub']) + ':':<14}bindings {start}..{stop - 1}: {what}")
+
+
+def _named_run(run_id: str, to: Target, principal: str) -> tuple[Target, SigningKey, str]:
+    """What a command about one run needs: the server, the caller's key, the run's full id."""
+    signer = KeyStore.default().load(principal)
+    return to, signer, _resolve(to, run_id, signer)
 
 
 def _resolve(to: Any, prefix: str, signer: Any) -> str:
@@ -193,9 +199,7 @@ def runs_watch(run_id: Annotated[str, typer.Argument(help="A run id or a unique 
     from qledger.cli.remote import get_run, watch
 
     with reported_errors(), grpc_errors():
-        to = target(server, ca, cert, key, server_name)
-        signer = KeyStore.default().load(principal)
-        full = _resolve(to, run_id, signer)
+        to, signer, full = _named_run(run_id, target(server, ca, cert, key, server_name), principal)
         watch(to, full, signer, _show_entry)
         run = get_run(to, full, signer)
     _ended(run)
@@ -210,9 +214,8 @@ def runs_cancel(run_id: Annotated[str, typer.Argument(help="A run id or a unique
     from qledger.cli.remote import cancel
 
     with reported_errors(), grpc_errors():
-        to = target(server, ca, cert, key, server_name)
-        signer = KeyStore.default().load(principal)
-        run = cancel(to, _resolve(to, run_id, signer), reason, signer)
+        to, signer, full = _named_run(run_id, target(server, ca, cert, key, server_name), principal)
+        run = cancel(to, full, reason, signer)
     typer.echo(f"run {run.run_id}: {run.status}" + (f" ({run.error})" if run.error else ""))
 
 
@@ -224,9 +227,8 @@ def runs_rerun(run_id: Annotated[str, typer.Argument(help="A run id or a unique 
     from qledger.cli.remote import get_run, rerun_and_wait
 
     with reported_errors(), grpc_errors():
-        to = target(server, ca, cert, key, server_name)
-        signer = KeyStore.default().load(principal)
-        again = rerun_and_wait(to, signer, _resolve(to, run_id, signer))
+        to, signer, full = _named_run(run_id, target(server, ca, cert, key, server_name), principal)
+        again = rerun_and_wait(to, signer, full)
         run = get_run(to, again, signer)
     _ended(run)
 
