@@ -163,4 +163,4 @@ class PreconditionError(RequestRefusedError):
 class NotFoundError(RequestRefusedError):
     """The run or artifact asked for is not in the ledger (or not in its projections yet)."""
 
-    hint = "check the id; `qledger query runs` lists runs"
+    hint = "check the id; `qledger runs list` lists runs"

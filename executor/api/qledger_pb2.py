@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qledger/api/qledger.proto\x12\nqledger.v1\"\"\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\xe5\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rworkflow_json\x18\x08 \x01(\t\x12\x10\n\x08rerun_of\x18\t \x01(\t\x12\x14\n\x0csubmitted_at\x18\n \x01(\t\x12\x12\n\nupdated_at\x18\x0b \x01(\t\x12\x14\n\x0cresults_json\x18\x0c \x01(\t\"D\n\x15SubmitWorkflowRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"G\n\x16SubmitWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.qledger.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\" \n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"1\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.qledger.v1.Run\"P\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\"?\n\x10\x43\x61ncelRunRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"S\n\x14RerunWorkflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"\x97\x01\n\x0bLedgerEntry\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x11\n\tstream_id\x18\x06 \x01(\t\x12\x16\n\x0estream_version\x18\x07 \x01(\x03\"#\n\x0fGetEntryRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\"<\n\x14StreamEntriesRequest\x12\x15\n\rfrom_position\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"\x16\n\x14GetCheckpointRequest\"@\n\nCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\"?\n\x18GetInclusionProofRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"k\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"h\n\x10\x43onsistencyProof\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x03(\x0c\x12\x12\n\nfirst_root\x18\x04 \x01(\x0c\x12\x13\n\x0bsecond_root\x18\x05 \x01(\x0c\"*\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1a\n\x06\x42undle\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\x1c\n\x07Lineage\x12\x11\n\tprov_json\x18\x01 \x01(\t\":\n\x10GetReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61gainst_run_id\x18\x02 \x01(\t\"\x16\n\x06Report\x12\x0c\n\x04json\x18\x01 \x01(\t2\xb7\x03\n\x08\x45xecutor\x12W\n\x0eSubmitWorkflow\x12!.qledger.v1.SubmitWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse\x12\x34\n\x06GetRun\x12\x19.qledger.v1.GetRunRequest\x1a\x0f.qledger.v1.Run\x12\x45\n\x08ListRuns\x12\x1b.qledger.v1.ListRunsRequest\x1a\x1c.qledger.v1.ListRunsResponse\x12\x42\n\x08WatchRun\x12\x1b.qledger.v1.WatchRunRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12:\n\tCancelRun\x12\x1c.qledger.v1.CancelRunRequest\x1a\x0f.qledger.v1.Run\x12U\n\rRerunWorkflow\x12 .qledger.v1.RerunWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse2\xc5\x04\n\x06Ledger\x12@\n\x08GetEntry\x12\x1b.qledger.v1.GetEntryRequest\x1a\x17.qledger.v1.LedgerEntry\x12L\n\rStreamEntries\x12 .qledger.v1.StreamEntriesRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12I\n\rGetCheckpoint\x12 .qledger.v1.GetCheckpointRequest\x1a\x16.qledger.v1.Checkpoint\x12U\n\x11GetInclusionProof\x12$.qledger.v1.GetInclusionProofRequest\x1a\x1a.qledger.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.qledger.v1.GetConsistencyProofRequest\x1a\x1c.qledger.v1.ConsistencyProof\x12\x36\n\x0c\x45xportBundle\x12\x12.qledger.v1.RunRef\x1a\x12.qledger.v1.Bundle\x12\x35\n\nGetLineage\x12\x12.qledger.v1.RunRef\x1a\x13.qledger.v1.Lineage\x12=\n\tGetReport\x12\x1c.qledger.v1.GetReportRequest\x1a\x12.qledger.v1.Reportb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19qledger/api/qledger.proto\x12\nqledger.v1\"\"\n\x0eSignedEnvelope\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\xe5\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05steps\x18\x04 \x03(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x15\n\rworkflow_json\x18\x08 \x01(\t\x12\x10\n\x08rerun_of\x18\t \x01(\t\x12\x14\n\x0csubmitted_at\x18\n \x01(\t\x12\x12\n\nupdated_at\x18\x0b \x01(\t\x12\x14\n\x0cresults_json\x18\x0c \x01(\t\"D\n\x15SubmitWorkflowRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"G\n\x16SubmitWorkflowResponse\x12\x1c\n\x03run\x18\x01 \x01(\x0b\x32\x0f.qledger.v1.Run\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8f\x01\n\x0fListRunsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x16\n\x0e\x64\x61taset_sha256\x18\x04 \x01(\t\x12\x14\n\x0csubmitted_by\x18\x05 \x01(\t\x12\r\n\x05since\x18\x06 \x01(\t\x12\r\n\x05until\x18\x07 \x01(\t\"1\n\x10ListRunsResponse\x12\x1d\n\x04runs\x18\x01 \x03(\x0b\x32\x0f.qledger.v1.Run\"P\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x15\n\rafter_version\x18\x02 \x01(\x03\x12\x16\n\x0e\x61\x66ter_position\x18\x03 \x01(\x03\"?\n\x10\x43\x61ncelRunRequest\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"S\n\x14RerunWorkflowRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x07\x63ommand\x18\x02 \x01(\x0b\x32\x1a.qledger.v1.SignedEnvelope\"\x97\x01\n\x0bLedgerEntry\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x12\n\nchain_hash\x18\x04 \x01(\x0c\x12\x12\n\nevent_type\x18\x05 \x01(\t\x12\x11\n\tstream_id\x18\x06 \x01(\t\x12\x16\n\x0estream_version\x18\x07 \x01(\x03\"#\n\x0fGetEntryRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\"<\n\x14StreamEntriesRequest\x12\x15\n\rfrom_position\x18\x01 \x01(\x03\x12\r\n\x05limit\x18\x02 \x01(\x03\"\x16\n\x14GetCheckpointRequest\"@\n\nCheckpoint\x12\x11\n\ttree_size\x18\x01 \x01(\x03\x12\x11\n\troot_hash\x18\x02 \x01(\x0c\x12\x0c\n\x04note\x18\x03 \x01(\t\"?\n\x18GetInclusionProofRequest\x12\x10\n\x08position\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\"k\n\x0eInclusionProof\x12\x12\n\nleaf_index\x18\x01 \x01(\x03\x12\x11\n\ttree_size\x18\x02 \x01(\x03\x12\x11\n\tleaf_hash\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x11\n\troot_hash\x18\x05 \x01(\x0c\";\n\x1aGetConsistencyProofRequest\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\"h\n\x10\x43onsistencyProof\x12\r\n\x05\x66irst\x18\x01 \x01(\x03\x12\x0e\n\x06second\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x03(\x0c\x12\x12\n\nfirst_root\x18\x04 \x01(\x0c\x12\x13\n\x0bsecond_root\x18\x05 \x01(\x0c\"*\n\x06RunRef\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x61rtifact\x18\x02 \x01(\t\"\x1a\n\x06\x42undle\x12\x10\n\x08\x65nvelope\x18\x01 \x01(\x0c\"\x1c\n\x07Lineage\x12\x11\n\tprov_json\x18\x01 \x01(\t\":\n\x10GetReportRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61gainst_run_id\x18\x02 \x01(\t\"\x16\n\x06Report\x12\x0c\n\x04json\x18\x01 \x01(\t2\xb7\x03\n\x08\x45xecutor\x12W\n\x0eSubmitWorkflow\x12!.qledger.v1.SubmitWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse\x12\x34\n\x06GetRun\x12\x19.qledger.v1.GetRunRequest\x1a\x0f.qledger.v1.Run\x12\x45\n\x08ListRuns\x12\x1b.qledger.v1.ListRunsRequest\x1a\x1c.qledger.v1.ListRunsResponse\x12\x42\n\x08WatchRun\x12\x1b.qledger.v1.WatchRunRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12:\n\tCancelRun\x12\x1c.qledger.v1.CancelRunRequest\x1a\x0f.qledger.v1.Run\x12U\n\rRerunWorkflow\x12 .qledger.v1.RerunWorkflowRequest\x1a\".qledger.v1.SubmitWorkflowResponse2\xc5\x04\n\x06Ledger\x12@\n\x08GetEntry\x12\x1b.qledger.v1.GetEntryRequest\x1a\x17.qledger.v1.LedgerEntry\x12L\n\rStreamEntries\x12 .qledger.v1.StreamEntriesRequest\x1a\x17.qledger.v1.LedgerEntry0\x01\x12I\n\rGetCheckpoint\x12 .qledger.v1.GetCheckpointRequest\x1a\x16.qledger.v1.Checkpoint\x12U\n\x11GetInclusionProof\x12$.qledger.v1.GetInclusionProofRequest\x1a\x1a.qledger.v1.InclusionProof\x12[\n\x13GetConsistencyProof\x12&.qledger.v1.GetConsistencyProofRequest\x1a\x1c.qledger.v1.ConsistencyProof\x12\x36\n\x0c\x45xportBundle\x12\x12.qledger.v1.RunRef\x1a\x12.qledger.v1.Bundle\x12\x35\n\nGetLineage\x12\x12.qledger.v1.RunRef\x1a\x13.qledger.v1.Lineage\x12=\n\tGetReport\x12\x1c.qledger.v1.GetReportRequest\x1a\x12.qledger.v1.Reportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,46 +41,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITWORKFLOWRESPONSE']._serialized_end=450
   _globals['_GETRUNREQUEST']._serialized_start=452
   _globals['_GETRUNREQUEST']._serialized_end=483
-  _globals['_LISTRUNSREQUEST']._serialized_start=485
-  _globals['_LISTRUNSREQUEST']._serialized_end=517
-  _globals['_LISTRUNSRESPONSE']._serialized_start=519
-  _globals['_LISTRUNSRESPONSE']._serialized_end=568
-  _globals['_WATCHRUNREQUEST']._serialized_start=570
-  _globals['_WATCHRUNREQUEST']._serialized_end=650
-  _globals['_CANCELRUNREQUEST']._serialized_start=652
-  _globals['_CANCELRUNREQUEST']._serialized_end=715
-  _globals['_RERUNWORKFLOWREQUEST']._serialized_start=717
-  _globals['_RERUNWORKFLOWREQUEST']._serialized_end=800
-  _globals['_LEDGERENTRY']._serialized_start=803
-  _globals['_LEDGERENTRY']._serialized_end=954
-  _globals['_GETENTRYREQUEST']._serialized_start=956
-  _globals['_GETENTRYREQUEST']._serialized_end=991
-  _globals['_STREAMENTRIESREQUEST']._serialized_start=993
-  _globals['_STREAMENTRIESREQUEST']._serialized_end=1053
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1055
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1077
-  _globals['_CHECKPOINT']._serialized_start=1079
-  _globals['_CHECKPOINT']._serialized_end=1143
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1145
-  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1208
-  _globals['_INCLUSIONPROOF']._serialized_start=1210
-  _globals['_INCLUSIONPROOF']._serialized_end=1317
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1319
-  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1378
-  _globals['_CONSISTENCYPROOF']._serialized_start=1380
-  _globals['_CONSISTENCYPROOF']._serialized_end=1484
-  _globals['_RUNREF']._serialized_start=1486
-  _globals['_RUNREF']._serialized_end=1528
-  _globals['_BUNDLE']._serialized_start=1530
-  _globals['_BUNDLE']._serialized_end=1556
-  _globals['_LINEAGE']._serialized_start=1558
-  _globals['_LINEAGE']._serialized_end=1586
-  _globals['_GETREPORTREQUEST']._serialized_start=1588
-  _globals['_GETREPORTREQUEST']._serialized_end=1646
-  _globals['_REPORT']._serialized_start=1648
-  _globals['_REPORT']._serialized_end=1670
-  _globals['_EXECUTOR']._serialized_start=1673
-  _globals['_EXECUTOR']._serialized_end=2112
-  _globals['_LEDGER']._serialized_start=2115
-  _globals['_LEDGER']._serialized_end=2696
+  _globals['_LISTRUNSREQUEST']._serialized_start=486
+  _globals['_LISTRUNSREQUEST']._serialized_end=629
+  _globals['_LISTRUNSRESPONSE']._serialized_start=631
+  _globals['_LISTRUNSRESPONSE']._serialized_end=680
+  _globals['_WATCHRUNREQUEST']._serialized_start=682
+  _globals['_WATCHRUNREQUEST']._serialized_end=762
+  _globals['_CANCELRUNREQUEST']._serialized_start=764
+  _globals['_CANCELRUNREQUEST']._serialized_end=827
+  _globals['_RERUNWORKFLOWREQUEST']._serialized_start=829
+  _globals['_RERUNWORKFLOWREQUEST']._serialized_end=912
+  _globals['_LEDGERENTRY']._serialized_start=915
+  _globals['_LEDGERENTRY']._serialized_end=1066
+  _globals['_GETENTRYREQUEST']._serialized_start=1068
+  _globals['_GETENTRYREQUEST']._serialized_end=1103
+  _globals['_STREAMENTRIESREQUEST']._serialized_start=1105
+  _globals['_STREAMENTRIESREQUEST']._serialized_end=1165
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=1167
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=1189
+  _globals['_CHECKPOINT']._serialized_start=1191
+  _globals['_CHECKPOINT']._serialized_end=1255
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_start=1257
+  _globals['_GETINCLUSIONPROOFREQUEST']._serialized_end=1320
+  _globals['_INCLUSIONPROOF']._serialized_start=1322
+  _globals['_INCLUSIONPROOF']._serialized_end=1429
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_start=1431
+  _globals['_GETCONSISTENCYPROOFREQUEST']._serialized_end=1490
+  _globals['_CONSISTENCYPROOF']._serialized_start=1492
+  _globals['_CONSISTENCYPROOF']._serialized_end=1596
+  _globals['_RUNREF']._serialized_start=1598
+  _globals['_RUNREF']._serialized_end=1640
+  _globals['_BUNDLE']._serialized_start=1642
+  _globals['_BUNDLE']._serialized_end=1668
+  _globals['_LINEAGE']._serialized_start=1670
+  _globals['_LINEAGE']._serialized_end=1698
+  _globals['_GETREPORTREQUEST']._serialized_start=1700
+  _globals['_GETREPORTREQUEST']._serialized_end=1758
+  _globals['_REPORT']._serialized_start=1760
+  _globals['_REPORT']._serialized_end=1782
+  _globals['_EXECUTOR']._serialized_start=1785
+  _globals['_EXECUTOR']._serialized_end=2224
+  _globals['_LEDGER']._serialized_start=2227
+  _globals['_LEDGER']._serialized_end=2808
 # @@protoc_insertion_point(module_scope)

@@ -40,7 +40,7 @@ def next_commands(root: Path, store: str, run_id: str) -> list[str]:
     flags = f"--store {shlex.quote(store)}"
     return [f"export QLEDGER_HOME={shlex.quote(str(root / 'home'))}",
             f"qledger verify {flags}",
-            f"qledger query runs {flags}",
+            f"qledger runs list {flags}",
             f"qledger report {run_id} {flags}",
             f"qledger lineage {run_id} --format dot {flags}",
             f"qledger verify-bundle {shlex.quote(str(root / f'run-{run_id}.bundle.json'))} "

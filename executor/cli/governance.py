@@ -84,7 +84,8 @@ def quota_set(project: str, store: StoreOption = None, actor: AsOption = "root",
 
 @quota_app.command("show")
 def quota_show(project: str, store: StoreOption = None) -> None:
-    """PROJECT's budget and what it has used (runs, reserved shots, executor seconds)."""
+    """PROJECT's budget and what it has used: runs, shots (taken by ended runs, reserved by the
+    others), executor seconds."""
     from qledger.governance.changes import policy
     from qledger.provenance.projections import projection_runner
     from qledger.provenance.usage import project_usage

@@ -39,9 +39,9 @@ def get_run(server: Target, run_id: str, key: SigningKey | None = None) -> pb.Ru
         return run
 
 
-def list_runs(server: Target, limit: int, key: SigningKey | None = None) -> list[pb.Run]:
+def list_runs(server: Target, request: pb.ListRunsRequest, key: SigningKey | None = None) -> list[pb.Run]:
     with server.channel(key) as channel:
-        reply = pb_grpc.ExecutorStub(channel).ListRuns(pb.ListRunsRequest(limit=limit), timeout=30)
+        reply = pb_grpc.ExecutorStub(channel).ListRuns(request, timeout=30)
         return list(reply.runs)
 
 

@@ -19,6 +19,7 @@ from qledger.cli.calls import (
     grpc_errors,
     target,
 )
+from qledger.cli.views import SinceOption, UntilOption
 from qledger.ledger.cli_common import fail, print_json, reported_errors
 from qledger.ledger.keys import KeyStore, SigningKey
 
@@ -117,14 +118,31 @@ def run_json(run: Any) -> dict[str, Any]:
 
 def runs_list(server: ServerOption = "127.0.0.1:50051",
               limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+              workflow: Annotated[str | None, typer.Option(help="Workflow name")] = None,
+              backend: Annotated[str | None, typer.Option(help="Backend that executed the run")] = None,
+              dataset: Annotated[str | None, typer.Option(help="Data version: a dataset's sha256")] = None,
+              submitted_by: Annotated[str | None, typer.Option(help="Submitting principal")] = None,
+              since: SinceOption = None, until: UntilOption = None,
+              store: Annotated[str | None, typer.Option(
+                  "--store", help="Read this store instead of asking a server (sqlite:///PATH or "
+                  "postgresql://...)")] = None,
               principal: AsCaller = "client", format_: FormatOption = "text", ca: CAOption = None,
               cert: CertOption = None, key: KeyOption = None, server_name: ServerNameOption = None) -> None:
-    """The most recent runs you may see, newest first."""
-    from qledger.cli.remote import list_runs
+    """The most recent runs you may see, newest first; filters narrow them (all must match)."""
+    from qledger.api import qledger_pb2 as pb
 
+    request = pb.ListRunsRequest(limit=limit, workflow=workflow or "", backend=backend or "",
+                                 dataset_sha256=dataset or "", submitted_by=submitted_by or "",
+                                 since=since.isoformat() if since else "",
+                                 until=until.isoformat() if until else "")
     with reported_errors(), grpc_errors():
-        to = target(server, ca, cert, key, server_name)
-        runs = list_runs(to, limit, KeyStore.default().load(principal))
+        if store is not None:
+            runs = _stored_runs(store, request)
+        else:
+            from qledger.cli.remote import list_runs
+
+            runs = list_runs(target(server, ca, cert, key, server_name), request,
+                             KeyStore.default().load(principal))
     if _format(format_) == "json":
         print_json([run_json(run) for run in runs])
         return
@@ -132,6 +150,23 @@ def runs_list(server: ServerOption = "127.0.0.1:50051",
     for run in runs:
         typer.echo(f"{run.run_id}  {run.status:<10} {run.workflow:<24} {run.submitted_by:<16} "
                    f"{run.submitted_at[:19].replace('T', ' ')}")
+
+
+def _stored_runs(store: str, request: Any) -> list[Any]:
+    """What ``ListRuns`` answers, read from a store directly (everything in it: a store's reader
+    holds its database credentials)."""
+    from uuid import UUID
+
+    from qledger.ledger.cli_common import open_app
+    from qledger.provenance.lineage_index import find_runs, run_filter
+    from qledger.provenance.projections import projection_runner
+    from qledger.rpc.executor_service import run_message
+
+    app = open_app(store)
+    wanted = run_filter(request.workflow, request.backend, request.dataset_sha256, request.submitted_by,
+                        request.since, request.until, request.limit)
+    found = projection_runner(app).read_current("lineage", lambda db: find_runs(db, wanted))
+    return [run_message(run) for row in found if (run := app.find(UUID(str(row["run_id"])))) is not None]
 
 
 def runs_show(run_id: Annotated[str, typer.Argument(help="A run id, or a prefix of one no other run has")],
@@ -176,6 +211,7 @@ def _resolve(to: Any, prefix: str, signer: Any) -> str:
     """The full id of the one run ``prefix`` starts (the 1000 most recent runs are searched)."""
     from uuid import UUID
 
+    from qledger.api import qledger_pb2 as pb
     from qledger.cli.remote import list_runs
 
     try:
@@ -184,7 +220,7 @@ def _resolve(to: Any, prefix: str, signer: Any) -> str:
         pass
     if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix.lower()):
         raise fail(f"{prefix!r} is neither a run id nor a prefix of one (at least 4 hex digits)")
-    found = [run.run_id for run in list_runs(to, 1000, signer) if run.run_id.startswith(prefix.lower())]
+    found = [run.run_id for run in list_runs(to, pb.ListRunsRequest(limit=1000), signer) if run.run_id.startswith(prefix.lower())]
     if len(found) != 1:
         raise fail(f"{len(found)} of your recent runs start with {prefix!r}" + (
             f": {', '.join(found[:5])}" if found else "") + "; give more of the id")

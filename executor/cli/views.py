@@ -215,22 +215,6 @@ def projections_status(store: StoreOption = None) -> None:
 
 # -- queries ------------------------------------------------------------------------------
 
-@query_app.command("runs")
-def query_runs(store: StoreOption = None,
-               workflow: Annotated[str | None, typer.Option(help="Workflow name")] = None,
-               backend: Annotated[str | None, typer.Option(help="Backend that executed the run")] = None,
-               dataset: Annotated[str | None, typer.Option(help="Data version: a dataset's sha256")] = None,
-               owner: Annotated[str | None, typer.Option(help="Submitting principal")] = None,
-               since: SinceOption = None, until: UntilOption = None,
-               limit: Annotated[int, typer.Option(min=1, max=10000)] = 100) -> None:
-    """Runs by workflow, backend, data version, owner and submission time, newest first."""
-    from qledger.provenance.lineage_index import RunFilter, find_runs
-
-    wanted = RunFilter(workflow, backend, dataset, owner, since, until, limit)
-    with reported_errors():
-        print_json(_current(open_app(store), "lineage", lambda db: find_runs(db, wanted)))
-
-
 def _walk(reference: str, store: str | None, direction: str) -> None:
     from qledger.provenance.lineage_index import find_nodes, walk
 

@@ -13,7 +13,8 @@ from eventsourcing.persistence import IntegrityError
 from qledger.governance.budget_reservations import BudgetReservations, over_budget
 from qledger.governance.policy import Policy, budget_verdict
 from qledger.ledger.errors import ExhaustedError, PermissionDeniedError, RequestRefusedError
-from qledger.runs.workflow import project_of, reserved_shots
+from qledger.runs.shots import reserved_shots
+from qledger.runs.workflow import project_of
 
 
 @dataclass(frozen=True)

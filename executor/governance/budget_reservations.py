@@ -4,7 +4,8 @@ transaction that records each run, so that concurrent submissions cannot overrun
 The usage projection follows the ledger and lags it; two submissions checked against it at
 once both see the last free run.  Here each accepted run adds itself to its project's row as
 part of the append that records it, and a CHECK constraint refuses the row once it passes the
-quota's limits: the whole transaction (entry, queue row, reservation) rolls back.  Only runs
+quota's limits: the whole transaction (entry, queue row, reservation) rolls back.  A run that
+ends gives back the shots it reserved but did not take, with its last entry.  Only runs
 and shots can be reserved up front; executor seconds are known after a run, so that limit is
 checked against the projection alone.
 """
@@ -14,6 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from qledger.runs.queue import StateTable
+from qledger.runs.run import Run
+from qledger.runs.shots import reserved_shots, shots_taken
+from qledger.runs.workflow import project_of
 
 TABLE = "budget_reservations"
 CONSTRAINT = "qledger_within_budget"
@@ -46,6 +50,14 @@ class BudgetReservations(StateTable):
             "max_runs = excluded.max_runs, max_shots = excluded.max_shots"),
             (project, int(used["runs"]) + 1, int(used["shots"]) + shots, quota.get("runs"),
              quota.get("shots"), shots))
+
+    def settle_with_next_append(self, run: Run) -> None:
+        """Give back what an ending run reserved but did not take, in the transaction that
+        appends its last entry (the usage projection settles the same way)."""
+        unused = reserved_shots(run.workflow) - shots_taken(run.records)
+        if unused > 0:
+            self.writer.stage_statement(self._sql("UPDATE {q} SET shots = shots - %s WHERE project = %s"),
+                                        (unused, project_of(run.workflow)))
 
     def reserved(self, project: str) -> dict[str, int] | None:
         row = self._run("SELECT runs, shots FROM {q} WHERE project = %s", (project,), commit=False,

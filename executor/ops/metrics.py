@@ -28,7 +28,8 @@ class ExecutorMetrics:
         self.retries = Counter("qledger_backend_retries",
                                "Failed backend calls that were retried or failed over", ["backend"],
                                registry=r)
-        self.shots = Counter("qledger_shots", "Shots executed", ["backend"], registry=r)
+        self.shots = Counter("qledger_shots", "Shots the simulators took: every optimiser evaluation, "
+                             "quality round and PUB binding", ["backend"], registry=r)
         self.depth = Histogram("qledger_transpiled_depth", "Depth of transpiled circuits", ["workflow"],
                                buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=r)
         self.gates = Histogram("qledger_transpiled_gates", "Gate count of transpiled circuits", ["workflow"],
@@ -63,7 +64,8 @@ class ExecutorMetrics:
         self.breaker_open.labels(backend).set(1 if is_open else 0)
 
     def run_finished(self, workflow: str, status: str, records: list[dict[str, Any]],
-                     created_on: datetime) -> None:
+                     created_on: datetime, shots: int) -> None:
+        """Count a run that ended; ``shots`` are the shots it took (``runs.shots``)."""
         by_kind = {r.get("kind"): r for r in records}
         execution = by_kind.get("execution", {})
         backend = str((execution.get("backend") or {}).get("name", "none"))
@@ -73,8 +75,7 @@ class ExecutorMetrics:
             self.queue_seconds.labels(workflow).observe(records[0]["queue_ms"] / 1000)
         for attempt in execution.get("attempts", []):
             self.retries.labels(attempt["backend"]).inc()
-        if "shots" in execution:
-            self.shots.labels(backend).inc(execution["shots"])
+        self.shots.labels(backend).inc(shots)
         transpilation = by_kind.get("transpilation")
         if transpilation:
             self.depth.labels(workflow).observe(transpilation["depth"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from qledger.ledger.errors import NotFoundError
+from qledger.ledger.errors import InvalidRequestError, NotFoundError
 from qledger.ledger.projection import ProjectedEntry, Projection, ProjectionDB
 from qledger.provenance.lineage import Node, Relation, entry_lineage
 from qledger.provenance.run_entries import TERMINAL_EVENTS, continued_runs, run_entries, utc_text
@@ -158,6 +158,27 @@ class RunFilter:
     since: datetime | None = None
     until: datetime | None = None
     limit: int = 100
+
+    @property
+    def narrows(self) -> bool:
+        return any(v is not None for v in (self.workflow, self.backend, self.dataset, self.owner,
+                                            self.since, self.until))
+
+
+def run_filter(workflow: str, backend: str, dataset: str, owner: str, since: str, until: str,
+               limit: int) -> RunFilter:
+    """A filter from a request's text fields, an empty one not filtering; times are RFC 3339
+    (UTC if they carry no offset)."""
+    def when(text: str, field: str) -> datetime | None:
+        if not text:
+            return None
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:
+            raise InvalidRequestError(f"not an RFC 3339 time: {text!r}", field) from None
+
+    return RunFilter(workflow or None, backend or None, dataset or None, owner or None,
+                     when(since, "since"), when(until, "until"), limit)
 
 
 def find_runs(db: ProjectionDB, wanted: RunFilter) -> list[dict[str, Any]]:

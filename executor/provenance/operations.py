@@ -15,6 +15,7 @@ from typing import Any
 
 from qledger.ledger.projection import ProjectedEntry, Projection, ProjectionDB
 from qledger.provenance.run_entries import TERMINAL_EVENTS, continued_runs, run_entries, utc_text
+from qledger.runs.shots import step_shots
 
 COLUMNS = ("run_id", "workflow", "backend", "status", "submitted_at", "started_at", "finished_at",
            "queue_ms", "execution_ms", "retries", "shots", "depth", "gate_count", "variant", "tvd")
@@ -74,8 +75,7 @@ class OperationsProjection(Projection):
         if record.get("kind") == "execution":
             run["backend"] = record.get("backend", {}).get("name")
             run["retries"] += len(record.get("attempts", [])) + len(record.get("quality_rounds", []))
-            run["shots"] += int(record.get("shots", 0)) + sum(
-                int(r["shots"]) for r in record.get("quality_rounds", []))
+        run["shots"] += step_shots(record)
 
 
 # -- the view -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from qledger.ledger.errors import (
 )
 from qledger.ledger.projection import ProjectionRunner
 from qledger.ops.tracing import trace_parent
+from qledger.provenance.lineage_index import find_runs, run_filter
 from qledger.provenance.usage import project_usage
 from qledger.rpc.authz import Authorizer
 from qledger.rpc.entries import entry_message
@@ -163,7 +164,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
             raise PermissionDeniedError(f"{key.principal} may not cancel a run submitted by "
                                         f"{run.submitted_by}", "run_id")
         ended = run.status in TERMINAL
-        run = cancel(self.app, run, self.executor_principal, key.principal, command)
+        run = cancel(self.app, run, self.executor_principal, key.principal, command,
+                     self.reservations.settle_with_next_append)
         if not ended:
             self.changes.notify()
         return run_message(run)
@@ -179,7 +181,15 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         if not 0 <= request.limit <= 1000:
             raise InvalidRequestError("limit must be 0..1000", "limit")
         visible = self.authz.visible_projects(context, "ListRuns")
-        runs = [self._readable_run(run_id) for run_id in self.queue.recent(request.limit or 50)]
+        wanted = run_filter(request.workflow, request.backend, request.dataset_sha256, request.submitted_by,
+                            request.since, request.until, request.limit or 50)
+        if wanted.narrows:
+            self.projections.catch_up(["lineage"])
+            found = self.projections.read("lineage", lambda db: find_runs(db, wanted))
+            run_ids = [UUID(str(row["run_id"])) for row in found]
+        else:
+            run_ids = self.queue.recent(wanted.limit)
+        runs = [self._readable_run(run_id) for run_id in run_ids]
         return pb.ListRunsResponse(runs=[run_message(r) for r in runs if r is not None and (
             visible is None or project_of(r.workflow) in visible)])
 

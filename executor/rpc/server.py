@@ -287,6 +287,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     authz = Authorizer(app, executor_key.principal, settings.authorize, settings.flood)
     backends = ctx.catalog.names()
     worker.route = lambda spec, run_id: route(authz.policies.current(), spec, run_id, backends)
+    worker.settle = BudgetReservations(app).settle_with_next_append
     projections = projection_runner(app)
     pb_grpc.add_ExecutorServicer_to_server(
         ExecutorService(app, queue, settings.max_pending, authz, projections, backends, worker.changes,

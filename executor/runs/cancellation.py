@@ -4,6 +4,7 @@ that records it (the command's digest inside)."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import cast
@@ -56,15 +57,18 @@ def may_cancel(signer: str, command: CancelCommand, submitted_by: str, admin_of_
     return command.principal == signer and (signer in (submitted_by, "root") or admin_of_project)
 
 
-def cancel(app: LedgerApp, run: Run, executor: str, requested_by: str, command: CancelCommand) -> Run:
+def cancel(app: LedgerApp, run: Run, executor: str, requested_by: str, command: CancelCommand,
+           settle: Callable[[Run], None] | None = None) -> Run:
     """Record the Cancelled entry unless the run has ended; if a step was recorded meanwhile,
-    cancel at the new version, once."""
+    cancel at the new version, once.  ``settle`` stages what changes with the run's last entry."""
     cancelled = {"principal": executor, "requested_by": requested_by,
                  "command_sha256": hashlib.sha256(command.data).hexdigest(), "reason": command.reason}
     for retry in (False, True):
         if run.status in TERMINAL:
             break
         run.cancel(**cancelled)
+        if settle is not None:
+            settle(run)
         try:
             app.save(run)
         except IntegrityError:

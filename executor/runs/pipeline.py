@@ -272,10 +272,12 @@ def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
     spec, transpiled = st.spec, st.transpiled
     assert spec.optimizer is not None and transpiled is not None
     objective: Callable[[list[float]], float]
+    sampled = [0]  # shots the loop's Sampler evaluations took (the Estimator's take none)
     if spec.template == "qaoa_maxcut":
         def objective(parameters: list[float]) -> float:
             st.parameters = parameters
             counts, _ = st.evaluate(transpiled.assign_parameters(parameters))
+            sampled[0] += spec.shots
             return -expected_cut(counts, spec.graph)
 
         def describe(value: float) -> dict[str, Any]:
@@ -296,7 +298,7 @@ def _hybrid_optimisation(st: _RunState) -> dict[str, Any]:
     method = {"spsa_shape": SPSA_SHAPE} if spec.optimizer["method"] == "SPSA" else {}
     return {"optimizer": spec.optimizer, **method, "evaluations": len(result.iterations),
             "iterations": result.iterations, "stopped": result.stopped,
-            "best_parameters": st.parameters, "best_value": result.best_value,
+            "best_parameters": st.parameters, "best_value": result.best_value, "shots_taken": sampled[0],
             "optimise_ms": round(1000 * (time.perf_counter() - t0), 3)}
 
 
@@ -367,7 +369,7 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
                 "execute_ms": facts.get("execute_ms") or round(1000 * (time.perf_counter() - t0), 3),
                 **({"computed_by": facts["computed_by"]} if facts.get("computed_by") else {})}
             if pub.shots is not None:
-                record["shots"] = pub.shots
+                record |= {"shots": pub.shots, "shots_taken": pub.shots * (stop - start)}
             else:  # expectation values are small: they stand in the entry itself
                 record |= {"precision": pub.precision, "evs": data["evs"], "stds": data["stds"]}
             yield f"{step}/pub{pub.index}/{start}", record
@@ -426,6 +428,7 @@ def _execution(st: _RunState) -> dict[str, Any]:
     st.counts = counts
     return {**how, **({"calibration": calibration} if calibration else {}),
             "parameters": st.parameters or None, "shots": shots,
+            "shots_taken": spec.shots + sum(r["shots"] for r in extra_rounds),
             "seed_simulator": spec.seed_simulator, "quality_rounds": extra_rounds,
             "counts": dict(sorted(counts.items())),
             "artifacts": {"counts": st.ctx.keep(canonical_bytes(counts), "application/json")},

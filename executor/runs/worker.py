@@ -30,6 +30,7 @@ from qledger.runs.breaker import OPEN, BackendBreaker, Transition
 from qledger.runs.pipeline import ExecutionContext, StepFailedError, run_steps
 from qledger.runs.queue import RunQueue, SweepItems
 from qledger.runs.run import TERMINAL, Run
+from qledger.runs.shots import shots_taken
 from qledger.runs.sweep import SharedSweep, SweepHelper
 from qledger.runs.templates import resolver
 from qledger.runs.workflow import WorkflowError, WorkflowSpec, parse_workflow
@@ -105,6 +106,9 @@ class Worker:
         # Where policy sends a run (canaries, experimental runs), and what to record of it;
         # set by the server, which knows the governance in force.  None: as defined.
         self.route: Router | None = None
+        # Called with a run about to be saved with its last entry, to stage what must change
+        # with it (the budget reservation settled to the shots taken); set by the server.
+        self.settle: Callable[[Run], None] | None = None
         # With a table of sweep items, the chunks of a sweep are computed by every executor on
         # the store (an idle one helps); results pass between them as artifacts, committed at
         # once rather than staged with this thread's next entries.
@@ -251,11 +255,13 @@ class Worker:
         pending = len(run.pending_events)
         with tracer.start_as_current_span("ledger.append", attributes={
                 "qledger.run_id": str(run.id), "qledger.entries": pending, "db.system": self.db_system}):
+            if run.status in TERMINAL and self.settle is not None:
+                self.settle(run)
             self.app.save(run)
         self.metrics.entries.inc(pending)
         if run.status in TERMINAL:
             self.metrics.run_finished(str(run.workflow.get("name", "")), run.status, run.records,
-                                      run.created_on)
+                                      run.created_on, shots_taken(run.records))
 
     def _save_steps(self, run: Run, run_id: UUID) -> Run:
         try:

@@ -334,24 +334,6 @@ def _variational_settings(definition: dict[str, Any], parameters: tuple[str, ...
     return observable, optimizer, float(precision)
 
 
-def reserved_shots(workflow: dict[str, Any]) -> int:
-    """The most shots a run of this definition can take: what a budget must have room for.
-    (Aer's Estimator computes expectation values exactly: its PUBs take no shots.)"""
-    pubs = workflow["execute"].get("pubs")
-    if workflow["execute"].get("primitive") == "estimator" and pubs is None:
-        return 0  # a variational eigensolver on the Estimator, which takes no shots
-    if pubs is not None:
-        return sum(int(p.get("shots") or 0) * max(1, len(p.get("parameter_values") or [[]])) for p in pubs)
-    shots = int(workflow["execute"]["shots"])
-    quality = workflow.get("quality")
-    if quality:
-        shots = max(shots, int(quality["max_shots"]))
-    optimizer = workflow.get("optimizer")
-    if optimizer:
-        shots *= int(optimizer["maxiter"]) + 2  # every evaluation of the loop, then the final run
-    return shots
-
-
 def project_of(workflow: dict[str, Any] | None) -> str:
     return str((workflow or {}).get("project") or DEFAULT_PROJECT)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,16 +16,22 @@ from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.budget_reservations import BudgetReservations, over_budget
 from qledger.governance.changes import set_quota
+from qledger.ledger import dsse
 from qledger.ledger.admin import CHECKPOINTER, ROOT
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
+from qledger.provenance.operations import operation_rows
+from qledger.provenance.projections import projection_runner
+from qledger.provenance.usage import project_usage
 from qledger.rpc.channel import client_channel
 from qledger.rpc.server import ExecutorSettings, start_server
-from qledger.runs.commands import submit_command
-from qledger.runs.reference_workflows import BELL
+from qledger.runs.commands import cancel_command, submit_command
+from qledger.runs.reference_workflows import BELL, load
+from qledger.runs.shots import reserved_shots
 from qledger.runs.workflow import DEFAULT_PROJECT
-from tests.executor.conftest import ServiceFactory
+from tests.executor.conftest import ServiceFactory, step_records
+from tests.executor.ops.test_metrics import scrape
 from tests.executor.rpc.conftest import audit_entries
 from tests.ledger.helpers import write_notes
 
@@ -93,3 +100,45 @@ def test_a_reservation_starts_from_the_projected_usage_and_a_dropped_quota_forge
     assert reservations.reserved("p") == {"runs": 3, "shots": 107}
     append_with(None, 0)
     assert reservations.reserved("p") is None
+
+
+def test_an_ended_run_settles_its_reservation_to_the_shots_it_took_and_every_view_agrees(
+        service_factory: ServiceFactory, qledger_home: Path) -> None:
+    """quota show, qledger ops and qledger_shots_total count one thing: the shots taken, every
+    optimiser evaluation included; what a run reserved beyond that is given back when it ends."""
+    service = service_factory(metrics_port=0)
+    set_quota(service.app, KeyStore(qledger_home).load(ROOT), DEFAULT_PROJECT, shots=10**7, runs=None,
+              executor_seconds=None, warn_at=0.99)
+    workflow = load("qaoa_maxcut")
+    workflow["optimizer"]["maxiter"] = 4
+    run_id = service.submit(workflow).run.run_id
+    records = step_records([json.loads(dsse.parse(e.envelope).payload) for e in service.watch(run_id)])
+    shots = workflow["execute"]["shots"]
+    loop = records["hybrid_optimisation"]["shots_taken"]
+    assert loop == len(records["hybrid_optimisation"]["iterations"]) * shots == 4 * shots
+    taken = loop + records["execution"]["shots_taken"]
+    assert taken == 5 * shots < reserved_shots(workflow)  # reserved: the limit, plus the final run
+    assert BudgetReservations(service.app).reserved(DEFAULT_PROJECT) == {"runs": 1, "shots": taken}
+    runner = projection_runner(service.app)
+    runner.catch_up()
+    assert runner.read("usage", lambda db: project_usage(db, DEFAULT_PROJECT))["shots"] == taken
+    assert [r["shots"] for r in runner.read("operations", operation_rows)] == [taken]
+    port = service.running.metrics_port
+    assert port and scrape(port)[("qledger_shots_total", (("backend", "aer_ideal"),))] == taken
+
+
+def test_a_run_cancelled_before_it_starts_gives_its_reservation_back(
+        service_factory: ServiceFactory, qledger_home: Path) -> None:
+    service = service_factory(workers=0)  # nothing takes the run: it is cancelled while queued
+    set_quota(service.app, KeyStore(qledger_home).load(ROOT), DEFAULT_PROJECT, shots=10**7, runs=None,
+              executor_seconds=None, warn_at=0.99)
+    run_id = service.submit(BELL).run.run_id
+    reservations = BudgetReservations(service.app)
+    assert reservations.reserved(DEFAULT_PROJECT) == {"runs": 1, "shots": BELL["execute"]["shots"]}
+    service.executor.CancelRun(pb.CancelRunRequest(command=pb.SignedEnvelope(
+        envelope=cancel_command(service.client, service.origin, run_id, "not needed"))), timeout=30)
+    assert service.run(run_id).status == "cancelled"
+    assert reservations.reserved(DEFAULT_PROJECT) == {"runs": 1, "shots": 0}
+    runner = projection_runner(service.app)
+    runner.catch_up(["usage"])
+    assert runner.read("usage", lambda db: project_usage(db, DEFAULT_PROJECT))["shots"] == 0

@@ -32,7 +32,7 @@ from qledger.runs.backends import BackendCatalog, FaultConfig
 from qledger.runs.pipeline import RetryPolicy
 from qledger.runs.reference_workflows import BELL, GHZ_NOISY, load
 from tests.executor.conftest import Service, ServiceFactory, step_records
-from tests.executor.rpc.test_grpc import code_of
+from tests.executor.rpc.test_grpc import code_of, field_violations
 from tests.ledger.helpers import make_ledger, write_notes
 
 QAOA = load("qaoa_maxcut")
@@ -227,7 +227,11 @@ def test_operations_view(ran: tuple[Service, dict[str, str]]) -> None:
     assert by_backend["flaky"]["retries"] == len(flaky["attempts"]) > 0
     assert by_backend["aer_ideal"]["runs"] == 3 and by_backend["aer_ideal"]["success_rate"] == 1.0
     qaoa = step_records(entries_of(service, runs["qaoa"]))
-    assert by_backend["aer_ideal"]["shots"] == 2 * BELL["execute"]["shots"] + qaoa["execution"]["shots"]
+    # Shots taken: the optimiser loop's every evaluation, then the final execution.
+    loop = len(qaoa["hybrid_optimisation"]["iterations"]) * QAOA["execute"]["shots"]
+    assert loop > 0 and qaoa["hybrid_optimisation"]["shots_taken"] == loop
+    final = qaoa["execution"]["shots"]
+    assert by_backend["aer_ideal"]["shots"] == 2 * BELL["execute"]["shots"] + loop + final
     day = by_backend["aer_noisy"]["circuits_by_day"][0]
     ghz = step_records(entries_of(service, runs["ghz"]))["transpilation"]
     assert day["mean_depth"] == ghz["depth"] and day["mean_gate_count"] == sum(ghz["gate_counts"].values())
@@ -249,7 +253,21 @@ def test_cli_views(ran: tuple[Service, dict[str, str]]) -> None:
         assert result.exit_code == 0, result.output
         return result.output
 
-    assert {r["run_id"] for r in json.loads(ok("query", "runs", "--backend", "aer_noisy"))} == {runs["ghz"]}
+    listed = json.loads(ok("runs", "list", "--backend", "aer_noisy", "--format", "json"))
+    assert [(r["run_id"], r["status"]) for r in listed] == [(runs["ghz"], "completed")]
+    assert {r["run_id"] for r in json.loads(ok("runs", "list", "--format", "json"))} == set(runs.values())
+    assert len(ok("runs", "list", "--workflow", "nothing-by-this-name").splitlines()) == 1  # the header
+    # The server answers the same filters.
+    def listed_by_server(**filters: str) -> list[str]:
+        return [r.run_id for r in service.executor.ListRuns(pb.ListRunsRequest(**filters), timeout=30).runs]
+
+    assert listed_by_server(backend="aer_noisy") == [runs["ghz"]]
+    assert listed_by_server(workflow="qaoa-maxcut-ring5", since="2000-01-01T00:00:00") == [runs["qaoa"]]
+    assert listed_by_server(until="2000-01-01T00:00:00Z") == []
+    with pytest.raises(grpc.RpcError) as refused:
+        listed_by_server(since="yesterday")
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert field_violations(refused.value) == ["since"]
     assert "aer_noisy" in ok("ops", "--by", "backend") and json.loads(ok("ops", "--format", "json"))
     status = json.loads(ok("projections", "status"))
     assert status["lineage"]["lag"] == 0

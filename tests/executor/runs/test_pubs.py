@@ -22,7 +22,8 @@ from qledger.ledger.verify import verify
 from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.pubs import CHUNK, MAX_BINDINGS, counts_per_binding, parse_pubs
 from qledger.runs.reference_workflows import load
-from qledger.runs.workflow import WorkflowError, parse_workflow, reserved_shots
+from qledger.runs.shots import reserved_shots
+from qledger.runs.workflow import WorkflowError, parse_workflow
 from tests.executor.conftest import Service
 from tests.executor.rpc.test_grpc import code_of
 

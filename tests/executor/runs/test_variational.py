@@ -167,7 +167,7 @@ def test_bad_variational_definitions_are_refused_and_nothing_is_recorded(
 
 
 def test_vqe_definition_round_trips_and_reserves_no_shots() -> None:
-    from qledger.runs.workflow import reserved_shots
+    from qledger.runs.shots import reserved_shots
 
     workflow = load("vqe_h2")
     assert parse_workflow(json.loads(json.dumps(workflow))).to_json() == workflow
