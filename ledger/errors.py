@@ -81,6 +81,18 @@ class ProofError(QledgerError):
     """A proof was requested for positions the tree does not have."""
 
 
+class CheckpointTrustError(QledgerError):
+    """A checkpoint is not signed by the pinned checkpoint key, or belongs to another log."""
+
+    hint = "pin the checkpoint key of the ledger you audit (`qledger keys public checkpoint` on it)"
+
+
+class InconsistentHistoryError(QledgerError):
+    """The newer tree does not extend the saved one: history was rewritten, dropped or forked."""
+
+    hint = "keep the saved checkpoint and the evidence; this ledger's history changed"
+
+
 class DefinitionError(QledgerError):
     """A document a caller wrote (a workflow definition) is wrong; ``field`` is the dotted path to
     what is wrong in it and ``description`` says how."""

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from qledger.cli import bench, bundles, governance, runs, service, templates, views
+from qledger.cli import audit, bench, bundles, governance, runs, service, templates, views
 from qledger.ledger import cli as ledger_cli
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -39,6 +39,7 @@ def _options(version: Annotated[bool, typer.Option("--version", callback=_print_
 service.register(app)
 ledger_cli.register(app, bench_app)
 bundles.register(app)
+audit.register(app)
 runs.register(app)
 views.register(app)
 governance.register(app)

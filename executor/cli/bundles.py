@@ -45,12 +45,25 @@ def verify_bundle_command(
     bundle: Path,
     trusted_key: Annotated[Path | None, typer.Option(help="File with the export key's public key (hex)")]
     = None,
+    saved_checkpoint: Annotated[Path | None, typer.Option(
+        help="A checkpoint you saved earlier (qledger audit --state, or qledger checkpoint): the "
+        "bundle's checkpoint must be consistent with it")] = None,
+    consistency_proof: Annotated[Path | None, typer.Option(
+        help="Consistency proof between the two checkpoints' sizes (qledger proof consistency M N)")]
+    = None,
+    checkpoint_key: Annotated[Path | None, typer.Option(
+        help="The ledger's checkpoint key (hex or C2SP verifier key) that signed both checkpoints")]
+    = None,
 ) -> None:
-    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint.  Exit
-    0 valid, 1 invalid, 2 unreadable, 4 self-consistent but not checked against a pinned key."""
+    """Check a bundle offline: outer signature, entries, keys, inclusion proofs, checkpoint; with
+    --saved-checkpoint, also that the bundle's checkpoint and the saved one are of one history.
+    Exit 0 valid, 1 invalid, 2 unreadable, 4 self-consistent but not checked against a pinned key."""
+    from qledger.ledger.errors import CheckpointTrustError, InconsistentHistoryError
     from qledger.ledger.keys import PublicKey
     from qledger.provenance.bundle import BundleInvalidError, verify_bundle
 
+    if saved_checkpoint is not None and checkpoint_key is None:
+        raise fail("--saved-checkpoint needs --checkpoint-key, the key that signed it")
     with reported_errors():
         try:
             data = bundle.read_bytes()
@@ -62,10 +75,12 @@ def verify_bundle_command(
 
         try:
             report = verify_bundle(data, pinned)
-        except BundleInvalidError as exc:
+            extension = (_against_saved(report.checkpoint_note, saved_checkpoint, consistency_proof,
+                                        checkpoint_key) if saved_checkpoint and checkpoint_key else "")
+        except (BundleInvalidError, CheckpointTrustError, InconsistentHistoryError) as exc:
             raise fail(f"INVALID: {exc}", 1) from None
     proven = (f"run {report.stream_id}, {report.entries} entries proven against the checkpoint of size "
-              f"{report.tree_size}, {len(report.subjects)} subjects")
+              f"{report.tree_size}, {len(report.subjects)} subjects{extension}")
     if not report.pinned:
         # Like cosign without a key: a bundle any ledger could have made checks out against itself.
         typer.echo(f"UNPINNED: self-consistent only: {proven}; signed by export key "
@@ -74,3 +89,30 @@ def verify_bundle_command(
                    "(`qledger keys public exporter` on it)")
         raise typer.Exit(4)
     typer.echo(f"VALID: {proven}")
+
+
+def _against_saved(note: str, saved: Path, proof: Path | None, key_file: Path) -> str:
+    """How the bundle's checkpoint relates to the saved one (raises if they are not one history)."""
+    from qledger.ledger.saved_checkpoint import (
+        check_extension,
+        checkpoint_note,
+        pinned_checkpoint_key,
+        proof_path,
+        trusted,
+    )
+
+    try:
+        key, signer = pinned_checkpoint_key(key_file.read_text())
+        saved_note = trusted(checkpoint_note(saved.read_text()), key, signer)
+        shown = trusted(note, key, signer, saved_note.checkpoint.origin)
+        sizes = sorted((saved_note.checkpoint.tree_size, shown.checkpoint.tree_size))
+        if sizes[0] == sizes[1]:
+            path: list[bytes] = []
+        elif proof is None:
+            raise fail(f"the checkpoints differ in size ({sizes[0]} and {sizes[1]}): pass "
+                       f"--consistency-proof with `qledger proof consistency {sizes[0]} {sizes[1]}`")
+        else:
+            path = proof_path(proof.read_text(), *sizes)
+    except OSError as exc:
+        raise fail(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return "; its checkpoint " + check_extension(saved_note, shown, path).describe()

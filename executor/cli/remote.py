@@ -89,3 +89,18 @@ def cancel(server: Target, run_id: str, reason: str, key: SigningKey) -> pb.Run:
         run: pb.Run = pb_grpc.ExecutorStub(channel).CancelRun(pb.CancelRunRequest(
             command=pb.SignedEnvelope(envelope=command)), timeout=30)
         return run
+
+
+def checkpoint_since(server: Target, key: SigningKey | None,
+                     saved_size: int | None) -> tuple[str, list[bytes]]:
+    """The server's current checkpoint note and, when its tree is larger than ``saved_size``, the
+    consistency proof from that size to it."""
+    with server.channel(key) as channel:
+        ledger = pb_grpc.LedgerStub(channel)
+        note = ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note
+        size = parse_note(note).checkpoint.tree_size
+        if saved_size is None or size <= saved_size:
+            return note, []
+        proof = ledger.GetConsistencyProof(pb.GetConsistencyProofRequest(first=saved_size, second=size),
+                                           timeout=30)
+        return note, list(proof.path)

@@ -220,7 +220,8 @@ def _resolve(to: Any, prefix: str, signer: Any) -> str:
         pass
     if len(prefix) < 4 or any(c not in "0123456789abcdef-" for c in prefix.lower()):
         raise fail(f"{prefix!r} is neither a run id nor a prefix of one (at least 4 hex digits)")
-    found = [run.run_id for run in list_runs(to, pb.ListRunsRequest(limit=1000), signer) if run.run_id.startswith(prefix.lower())]
+    recent = list_runs(to, pb.ListRunsRequest(limit=1000), signer)
+    found = [run.run_id for run in recent if run.run_id.startswith(prefix.lower())]
     if len(found) != 1:
         raise fail(f"{len(found)} of your recent runs start with {prefix!r}" + (
             f": {', '.join(found[:5])}" if found else "") + "; give more of the id")

@@ -86,6 +86,7 @@ class BundleReport:
     signer_key_id: str = ""  # the export key that signed the bundle
     signer: str = ""  # its principal, as the bundle's own entries register it
     pinned: bool = False  # checked against a key the verifier trusts, not only the bundle's own
+    checkpoint_note: str = ""  # the signed checkpoint every entry was proven against
 
 
 def _fail(message: str) -> BundleInvalidError:
@@ -206,5 +207,6 @@ def _verify(envelope: dsse.SignedEnvelope, statement: dict[str, Any],
         if artifacts.get(subject["name"]) != subject["digest"]["sha256"]:
             raise _fail(f"subject {subject['name']} does not match the recorded artifact")
     return BundleReport(stream_id, len(entries), size, statement["subject"], origin, envelope.key_id,
-                        str(listed.get("principal", "")) if listed else "", trusted is not None)
+                        str(listed.get("principal", "")) if listed else "", trusted is not None,
+                        predicate["checkpoint"])
 
