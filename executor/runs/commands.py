@@ -15,8 +15,10 @@ from qledger.runs.workflow import workflow_sha256
 
 
 def submit_command(key: SigningKey, origin: str, workflow: dict[str, Any], idempotency_key: str,
-                   nonce: str | None = None, rerun_of: str | None = None) -> bytes:
-    """The canonical DSSE envelope of the run's Submitted entry, signed by the client.
+                   nonce: str | None = None, rerun_of: str | None = None,
+                   signed_at: datetime | None = None) -> bytes:
+    """The canonical DSSE envelope of the run's Submitted entry, signed by the client (at
+    ``signed_at``, by default now: the server refuses a time far from its clock).
 
     The client signs the very entry that will be stored, stream id and version included,
     so the server cannot alter a command without breaking its signature.
@@ -27,7 +29,7 @@ def submit_command(key: SigningKey, origin: str, workflow: dict[str, Any], idemp
         stream_version=1,
         event_type=RUN_SUBMITTED_TYPE,
         schema_version=SCHEMA_VERSION,
-        timestamp=datetime.now(UTC).isoformat(),
+        timestamp=(signed_at or datetime.now(UTC)).isoformat(),
         principal=key.principal,
         payload={"originator_topic": RUN_TOPIC, "idempotency_key": idempotency_key,
                  "nonce": nonce or secrets.token_hex(16), "workflow": workflow,
