@@ -9,6 +9,7 @@ ledger::
     provenance   run entries, lineage, projections, reports, bundles
     governance   policy, its changes, admission and routing
     rpc          servicers, server, status mapping, authorisation, the client channel
+    client       the Python client: Client, runs, results as Qiskit objects
     cli, bench   the ``qledger`` command (the composition root) and the benchmarks
 
 ``qledger.ledger`` (installed from ``ledger/``) is the signed log itself and imports nothing
@@ -23,6 +24,19 @@ from importlib import metadata
 from typing import Any
 
 _PUBLIC = {
+    "Client": "qledger.client.client",
+    "RunHandle": "qledger.client.client",
+    "RunResult": "qledger.client.results",
+    "RunFailedError": "qledger.ledger.errors",
+    "CallFailedError": "qledger.ledger.errors",
+    "RequestRefusedError": "qledger.ledger.errors",
+    "InvalidRequestError": "qledger.ledger.errors",
+    "UnauthenticatedError": "qledger.ledger.errors",
+    "PermissionDeniedError": "qledger.ledger.errors",
+    "NotFoundError": "qledger.ledger.errors",
+    "AlreadyExistsError": "qledger.ledger.errors",
+    "ExhaustedError": "qledger.ledger.errors",
+    "PreconditionError": "qledger.ledger.errors",
     "client_channel": "qledger.rpc.channel",
     "submit_command": "qledger.runs.commands",
     "cancel_command": "qledger.runs.commands",

@@ -137,6 +137,7 @@ class RequestRefusedError(QledgerError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.code = ""  # the gRPC status name, where a client met the refusal in a failed call
 
 
 class InvalidRequestError(RequestRefusedError):
@@ -176,3 +177,23 @@ class NotFoundError(RequestRefusedError):
     """The run or artifact asked for is not in the ledger (or not in its projections yet)."""
 
     hint = "check the id; `qledger runs list` lists runs"
+
+
+class CallFailedError(QledgerError):
+    """A call to a server failed for a reason that is not a refusal of the request itself: the
+    server is unreachable, overloaded, out of time or broken.  ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class RunFailedError(QledgerError):
+    """A run ended without results: failed (``error_class``, ``step``, ``kind`` as recorded) or
+    cancelled."""
+
+    def __init__(self, message: str, run_id: str, status: str, error_class: str = "", step: str = "",
+                 kind: str = "") -> None:
+        super().__init__(message)
+        self.run_id, self.status = run_id, status
+        self.error_class, self.step, self.kind = error_class, step, kind

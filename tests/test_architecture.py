@@ -17,7 +17,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # Bottom to top: a module may import its own wing and any wing before it in this list.
-WINGS = ["ledger", "api", "ops", "runs", "provenance", "governance", "rpc", "bench", "cli"]
+WINGS = ["ledger", "api", "ops", "runs", "provenance", "governance", "rpc", "client", "bench", "cli"]
 
 
 def installed_name(path: Path) -> str:

@@ -60,6 +60,24 @@ class GetRunRequest(_message.Message):
     run_id: str
     def __init__(self, run_id: _Optional[str] = ...) -> None: ...
 
+class GetArtifactRequest(_message.Message):
+    __slots__ = ("run_id", "sha256")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    sha256: str
+    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class Artifact(_message.Message):
+    __slots__ = ("sha256", "media_type", "data")
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    media_type: str
+    data: bytes
+    def __init__(self, sha256: _Optional[str] = ..., media_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
 class ListRunsRequest(_message.Message):
     __slots__ = ("limit", "workflow", "backend", "dataset_sha256", "submitted_by", "since", "until")
     LIMIT_FIELD_NUMBER: _ClassVar[int]

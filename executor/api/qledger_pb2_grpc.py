@@ -64,6 +64,11 @@ class ExecutorStub:
                 request_serializer=qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
                 response_deserializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
                 _registered_method=True)
+        self.GetArtifact = channel.unary_unary(
+                '/qledger.v1.Executor/GetArtifact',
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.Artifact.FromString,
+                _registered_method=True)
 
 
 class ExecutorServicer:
@@ -105,6 +110,12 @@ class ExecutorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetArtifact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_ExecutorServicer_to_server(servicer, server):
                     servicer.RerunWorkflow,
                     request_deserializer=qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.FromString,
                     response_serializer=qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetArtifactRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.Artifact.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class Executor:
             '/qledger.v1.Executor/RerunWorkflow',
             qledger_dot_api_dot_qledger__pb2.RerunWorkflowRequest.SerializeToString,
             qledger_dot_api_dot_qledger__pb2.SubmitWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Executor/GetArtifact',
+            qledger_dot_api_dot_qledger__pb2.GetArtifactRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.Artifact.FromString,
             options,
             channel_credentials,
             insecure,

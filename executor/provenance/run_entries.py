@@ -1,11 +1,18 @@
-"""Reading Run entries in projections: which entries are a run's, what they are, and times."""
+"""Reading Run entries: which entries are a run's, what they are, times, and the artifacts
+they reference."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
+from qledger.ledger import dsse
+from qledger.ledger.artifacts import artifact_refs
+from qledger.ledger.content import EntryContent
+from qledger.ledger.errors import NotFoundError
 from qledger.ledger.projection import ProjectedEntry
+from qledger.ledger.source import EntryRow
 from qledger.runs.run import RUN_TOPIC
 
 RUN_EVENT = RUN_TOPIC + "."
@@ -37,3 +44,15 @@ def run_entries(entries: Sequence[ProjectedEntry]) -> Iterator[tuple[ProjectedEn
         event = run_event(entry)
         if event is not None:
             yield entry, event, entry.content.stream_id
+
+
+def run_artifact(rows: Iterable[EntryRow], sha256: str) -> dict[str, Any]:
+    """The reference to artifact ``sha256`` in one of a run's entries: a run's readers may read
+    what its entries name, and nothing else by digest."""
+    for row in rows:
+        if row.state is None:
+            continue
+        for reference in artifact_refs(EntryContent.from_bytes(dsse.parse(row.state).payload).payload):
+            if reference["sha256"] == sha256:
+                return reference
+    raise NotFoundError(f"no entry of this run references artifact {sha256!r}", "sha256")

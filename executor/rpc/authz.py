@@ -44,7 +44,7 @@ ANONYMOUS = "no client certificate and no valid call signature"
 # RPC -> what it does, and which roles may do that (in the run's project where there is one).
 ACTIONS = {
     "SubmitWorkflow": "submit", "RerunWorkflow": "submit", "CancelRun": "cancel",
-    "GetRun": "watch", "WatchRun": "watch", "ListRuns": "watch",
+    "GetRun": "watch", "WatchRun": "watch", "ListRuns": "watch", "GetArtifact": "watch",
     "GetCheckpoint": "checkpoint",
     "GetEntry": "read", "StreamEntries": "read", "GetInclusionProof": "read", "GetConsistencyProof": "read",
     "ExportBundle": "audit", "GetLineage": "audit", "GetReport": "audit",

@@ -24,13 +24,14 @@ from typing import Any
 
 import grpc
 
+from qledger.api import qledger_pb2 as pb
 from qledger.ledger.keys import SigningKey
 
 SERVICE_PREFIX = "/qledger.v1."
 CALL_CONTEXT = "qledger-call-v2"
 NONCE_BYTES = 16
 
-EXECUTOR_RPCS = frozenset({"SubmitWorkflow", "RerunWorkflow", "CancelRun", "GetRun", "WatchRun", "ListRuns"})
+EXECUTOR_RPCS = frozenset(pb.DESCRIPTOR.services_by_name["Executor"].methods_by_name)
 
 
 def full_method(rpc: str) -> str:

@@ -29,8 +29,10 @@ from qledger.ledger.errors import (
     UnreadableEntryError,
 )
 from qledger.ledger.projection import ProjectionRunner
+from qledger.ledger.store.artifacts import HotArtifacts
 from qledger.ops.tracing import trace_parent
 from qledger.provenance.lineage_index import find_runs, run_filter
+from qledger.provenance.run_entries import run_artifact
 from qledger.provenance.usage import project_usage
 from qledger.rpc.authz import Authorizer
 from qledger.rpc.entries import entry_message
@@ -203,6 +205,19 @@ class ExecutorService(pb_grpc.ExecutorServicer):
                 self._reported_unreadable.add(run_id)
                 log.error("ListRuns skips run %s: %s", run_id, exc)
             return None
+
+    @rpc_method
+    def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.Artifact:
+        """The bytes of an artifact one of the run's entries references (readable by whoever may
+        watch the run)."""
+        run = self._run_named(request.run_id)
+        self.authz.require(context, "GetArtifact", project_of(run.workflow))
+        reference = run_artifact(self.source.stream_entries(run.id, 0), request.sha256)
+        data = HotArtifacts(self.app.ledger).get(request.sha256)
+        if data is None:
+            raise NotFoundError(f"artifact {request.sha256} is not in the store's hot table (archived?)",
+                                "sha256")
+        return pb.Artifact(sha256=request.sha256, media_type=str(reference["media_type"]), data=data)
 
     @rpc_method
     def WatchRun(self, request: pb.WatchRunRequest,

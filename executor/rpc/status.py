@@ -21,6 +21,7 @@ from grpc_status import rpc_status
 from qledger.ledger.errors import (
     AlreadyExistsError,
     BadSignatureError,
+    CallFailedError,
     ContentMismatchError,
     ExhaustedError,
     InvalidRequestError,
@@ -115,6 +116,28 @@ def field_violations(error: grpc.RpcError) -> list[str]:
         if detail.Unpack(bad):
             fields += [v.field for v in bad.field_violations]
     return fields
+
+
+def refusal_from(error: grpc.RpcError) -> QledgerError:
+    """A failed call as a client meets it: the refusal class its status code stands for (the
+    inverse of ``status_for``), carrying the field its BadRequest detail names and ``code``;
+    any other failure (unreachable, deadline, internal) as ``CallFailedError``."""
+    code = error.code()
+    message = str(error.details() or code.name)
+    fields = field_violations(error)
+    kind = next((k for k, c in _CODES if c == code and issubclass(k, RequestRefusedError)
+                 and k is not ExhaustedError), None)
+    refusal: RequestRefusedError
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        delay = retry_delay(error)
+        refusal = ExhaustedError(message, fields[0] if fields else None,
+                                 None if delay is None else int(delay))
+    elif kind is not None:
+        refusal = kind(message, fields[0] if fields else None)
+    else:
+        return CallFailedError(message, code.name)
+    refusal.code = code.name
+    return refusal
 
 
 F = TypeVar("F", bound=Callable[..., Any])

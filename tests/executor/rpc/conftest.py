@@ -31,7 +31,7 @@ ANYONE_WITH_A_ROLE = {"sub", "beta-sub", "appr", "aud", "adm"}
 WATCHERS = {"sub", "appr", "aud", "adm"}  # of project alpha
 EXPECTED = {  # RPC -> who may call it on project alpha's run
     "SubmitWorkflow": {"sub", "adm"}, "RerunWorkflow": {"sub", "adm"}, "CancelRun": {"sub", "adm"},
-    "GetRun": WATCHERS, "WatchRun": WATCHERS, "ListRuns": WATCHERS | {"beta-sub"},
+    "GetRun": WATCHERS, "WatchRun": WATCHERS, "ListRuns": WATCHERS | {"beta-sub"}, "GetArtifact": WATCHERS,
     "GetCheckpoint": ANYONE_WITH_A_ROLE,
     "GetEntry": {"aud", "adm"}, "StreamEntries": {"aud", "adm"}, "GetInclusionProof": {"aud", "adm"},
     "GetConsistencyProof": {"aud", "adm"},

@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.cli import app as cli
+from qledger.ledger import dsse
 from qledger.ledger.admin import ROOT
+from qledger.ledger.artifacts import artifact_refs
 from qledger.ledger.keys import SigningKey
 from qledger.rpc.authz import ACTIONS
 from qledger.rpc.call_signing import call_metadata
@@ -24,8 +26,9 @@ from qledger.runs.commands import cancel_command, submit_command
 from tests.executor.rpc.conftest import ALPHA, EXPECTED, Governed, audit_entries, refusal_counts
 
 
-def calls(origin: str, key: SigningKey, run_id: str) -> dict[str, Callable[[Any, Any], Any]]:
-    """One call of each RPC, as ``key`` would make it, on project alpha's run."""
+def calls(origin: str, key: SigningKey, run_id: str, artifact: str) -> dict[str, Callable[[Any, Any], Any]]:
+    """One call of each RPC, as ``key`` would make it, on project alpha's run (and one of its
+    artifacts)."""
     def command(rerun: bool = False) -> pb.SignedEnvelope:
         return pb.SignedEnvelope(envelope=submit_command(key, origin, ALPHA, str(uuid.uuid4()),
                                                          rerun_of=run_id if rerun else None))
@@ -38,6 +41,7 @@ def calls(origin: str, key: SigningKey, run_id: str) -> dict[str, Callable[[Any,
         "GetRun": lambda ex, _: ex.GetRun(pb.GetRunRequest(run_id=run_id)),
         "WatchRun": lambda ex, _: list(ex.WatchRun(pb.WatchRunRequest(run_id=run_id))),
         "ListRuns": lambda ex, _: ex.ListRuns(pb.ListRunsRequest(limit=10)),
+        "GetArtifact": lambda ex, _: ex.GetArtifact(pb.GetArtifactRequest(run_id=run_id, sha256=artifact)),
         "GetCheckpoint": lambda _, lg: lg.GetCheckpoint(pb.GetCheckpointRequest()),
         "GetEntry": lambda _, lg: lg.GetEntry(pb.GetEntryRequest(position=1)),
         "StreamEntries": lambda _, lg: list(lg.StreamEntries(pb.StreamEntriesRequest(from_position=1,
@@ -54,11 +58,13 @@ def calls(origin: str, key: SigningKey, run_id: str) -> dict[str, Callable[[Any,
 def test_every_rpc_by_every_role(governed: Governed) -> None:
     service, signers, run_id = governed
     assert set(EXPECTED) == set(ACTIONS), "the matrix covers every RPC"
+    artifact = next(ref["sha256"] for row in service.app.source().stream_entries(uuid.UUID(run_id), 0)
+                    for ref in artifact_refs(json.loads(dsse.parse(row.state or b"").payload)["payload"]))
     denials = []
     for who, key in signers.items():
         with client_channel(service.running.address, signer=key) as channel:
             executor, ledger = pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel)
-            for rpc, call in calls(service.origin, key, run_id).items():
+            for rpc, call in calls(service.origin, key, run_id, artifact).items():
                 try:
                     call(executor, ledger)
                     outcome = "allowed"
