@@ -23,7 +23,7 @@ import grpc
 from qledger.api import qledger_pb2 as pb
 from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.client.results import RecordedEntry, RunResult, run_result
-from qledger.ledger import dsse
+from qledger.ledger import dsse, merkle
 from qledger.ledger.checkpoint import parse_note
 from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import RunFailedError
@@ -154,7 +154,8 @@ class RunHandle:
                 for message in stream:
                     content = EntryContent.from_bytes(dsse.parse(message.envelope).payload)
                     event = content.event_type.rsplit(".", 1)[-1]
-                    found.append(RecordedEntry(int(message.position), event, content.payload))
+                    found.append(RecordedEntry(int(message.position), event, content.payload,
+                                               merkle.leaf_hash(message.envelope).hex()))
                     if say is not None:
                         say(f"{self.id[:8]} {event} {content.payload.get('step', '')}".rstrip())
             if found and found[-1].event in ("Completed", "Failed", "Cancelled"):
@@ -166,14 +167,7 @@ class RunHandle:
         """Wait for the run, then its results as Qiskit objects; ``RunFailedError`` if it failed
         or was cancelled."""
         entries = self.entries(progress, timeout)
-        last = entries[-1]
-        if last.event != "Completed":
-            payload = last.payload
-            raise RunFailedError(f"run {self.id} {last.event.lower()}: {payload.get('error_class', '')}"
-                                 f"{': ' if payload.get('message') else ''}{payload.get('message', '')}"
-                                 f"{payload.get('reason', '')}", self.id, last.event.lower(),
-                                 str(payload.get("error_class", "")), str(payload.get("step", "")),
-                                 str(payload.get("kind", "")))
+        require_completed(self.id, entries)
         return run_result(self.id, "completed", entries, self.artifact)
 
     def artifact(self, sha256: str) -> bytes:
@@ -207,6 +201,19 @@ class RunHandle:
         """The run's signed lineage bundle (DSSE, in-toto Statement), for ``qledger verify-bundle``."""
         with _calls():
             return bytes(self.client.ledger.ExportBundle(pb.RunRef(run_id=self.id), timeout=60).envelope)
+
+
+def require_completed(run_id: str, entries: list[RecordedEntry]) -> None:
+    """``RunFailedError`` unless the run's last entry says it completed."""
+    last = entries[-1]
+    if last.event == "Completed":
+        return
+    said = last.payload
+    parts = (said.get("error_class"), said.get("message") or said.get("reason"))
+    detail = ": ".join(str(p) for p in parts if p)
+    raise RunFailedError(f"run {run_id} {last.event.lower()}" + (f": {detail}" if detail else ""), run_id,
+                         last.event.lower(), str(said.get("error_class", "")), str(said.get("step", "")),
+                         str(said.get("kind", "")))
 
 
 def _progress(progress: Progress | bool | None) -> Progress | None:

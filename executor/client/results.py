@@ -21,6 +21,7 @@ class RecordedEntry:
     position: int
     event: str  # StepRecorded, Completed, Failed, Cancelled, Submitted
     payload: dict[str, Any]
+    leaf_hash: str = ""  # hex RFC 9162 leaf hash of the entry's envelope, what proofs start from
 
 
 @dataclass

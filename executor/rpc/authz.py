@@ -45,8 +45,9 @@ ANONYMOUS = "no client certificate and no valid call signature"
 ACTIONS = {
     "SubmitWorkflow": "submit", "RerunWorkflow": "submit", "CancelRun": "cancel",
     "GetRun": "watch", "WatchRun": "watch", "ListRuns": "watch", "GetArtifact": "watch",
-    "GetCheckpoint": "checkpoint",
-    "GetEntry": "read", "StreamEntries": "read", "GetInclusionProof": "read", "GetConsistencyProof": "read",
+    # Proofs hold only hashes (as a transparency log's do): every client may check its results.
+    "GetCheckpoint": "checkpoint", "GetInclusionProof": "checkpoint", "GetConsistencyProof": "checkpoint",
+    "GetEntry": "read", "StreamEntries": "read",
     "ExportBundle": "audit", "GetLineage": "audit", "GetReport": "audit",
 }
 ALLOWED = {

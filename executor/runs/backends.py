@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from qiskit_aer.noise import NoiseModel
 from qledger.ledger.errors import QledgerError
 from qledger.runs.calibration import CalibrationSnapshot
 from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, fake_device
-from qledger.runs.pubs import Pub, run_chunk
+from qledger.runs.pubs import Pub, run_chunk, run_job
 from qledger.runs.workflow import WorkflowError
 
 
@@ -84,6 +85,10 @@ class Backend(ABC):
                       seed: int) -> dict[str, Any]:
         """Bindings ``start``..``stop`` of ``pub`` on Aer's V2 primitive over this simulator."""
         return run_chunk(self.simulator(), circuit, pub, start, stop, seed)
+
+    def run_job(self, circuit: QuantumCircuit, pubs: Sequence[Pub], seed: int) -> list[dict[str, Any]]:
+        """Every Sampler PUB in one job of Aer's V2 primitive over this simulator."""
+        return run_job(self.simulator(), circuit, pubs, seed)
 
 
 class AerIdealBackend(Backend):
@@ -201,6 +206,10 @@ class FaultInjectingBackend(Backend):
                       seed: int) -> dict[str, Any]:
         self._fault(circuit)
         return self.inner.run_pub_chunk(circuit, pub, start, stop, seed)
+
+    def run_job(self, circuit: QuantumCircuit, pubs: Sequence[Pub], seed: int) -> list[dict[str, Any]]:
+        self._fault(circuit)
+        return self.inner.run_job(circuit, pubs, seed)
 
 
 class BackendCatalog:

@@ -9,12 +9,15 @@ and its standard error.  A binding lists one value per circuit parameter, in Qis
 (``circuit.parameters``: by name).  Aer's own primitives (``qiskit_aer.primitives.SamplerV2``,
 ``EstimatorV2``) compute the results; a sweep is cut into chunks of ``CHUNK`` bindings, each
 recorded as its own entry with its results as an artifact, so a run resumes chunk by chunk
-and a query can name one binding.
+and a query can name one binding.  With ``execute.job: "single"`` the Sampler PUBs run instead
+in one job, as ``SamplerV2.run(pubs)`` runs them, so that their results equal Aer's own with
+the same seed, bit for bit (what ``LedgerSampler`` asks for).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +151,30 @@ def counts_per_binding(bits: Any, bindings: int) -> list[dict[str, int]]:
         values, counts = np.unique(row, return_counts=True)
         result.append({format(int(v), f"0{width}b"): int(k) for v, k in zip(values, counts, strict=True)})
     return result
+
+
+def run_job(simulator: AerSimulator, circuit: QuantumCircuit, pubs: Sequence[Pub], seed: int
+            ) -> list[dict[str, Any]]:
+    """Every Sampler PUB in one job of Aer's ``SamplerV2``, exactly as ``SamplerV2(seed=seed)
+    .run(pubs)`` runs them (Aer seeds each binding from the job's seed in turn, so a PUB's
+    samples depend on the PUBs before it in the job): counts per binding and register, and each
+    register's shot memory, the packed bits of Qiskit's ``BitArray`` (base64, C order, shape
+    (bindings, shots, bytes)), so that the results can be rebuilt bit for bit."""
+    sampler = SamplerV2.from_backend(simulator, seed=seed)
+    results = sampler.run([(circuit, pub.values if circuit.num_parameters else None, pub.shots)
+                           for pub in pubs]).result()
+    out = []
+    for pub, result in zip(pubs, results, strict=True):
+        bindings = pub.bindings if circuit.num_parameters else 1
+        registers = sorted(result.data.keys())
+        per_register = {name: counts_per_binding(getattr(result.data, name), bindings) for name in registers}
+        memory = {name: {"num_bits": int(getattr(result.data, name).num_bits),
+                         "packed_base64": base64.b64encode(np.ascontiguousarray(
+                             getattr(result.data, name).array).tobytes()).decode()}
+                  for name in registers}
+        out.append({"counts": [{name: per_register[name][i] for name in registers} for i in range(bindings)],
+                    "memory": memory})
+    return out
 
 
 def run_chunk(simulator: AerSimulator, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,

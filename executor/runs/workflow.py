@@ -74,6 +74,7 @@ class WorkflowSpec:
     max_calibration_age: float | None = None  # seconds; a staler device calibration fails the run
     primitive: str | None = None  # sampler or estimator: execute.pubs run on Aer's V2 primitives
     pubs: tuple[dict[str, Any], ...] | None = None  # the PUBs as given (runs.pubs reads them)
+    job: str | None = None  # "single": every Sampler PUB in one Aer job (exact); default chunked
     # A variational eigensolver: the Estimator minimises <observable> over the circuit's parameters.
     observable_dataset: str = ""  # which dataset holds the observable (a Pauli sum)
     observable: tuple[tuple[str, float], ...] = ()
@@ -98,7 +99,8 @@ class WorkflowSpec:
         calibration: dict[str, Any] = ({} if self.max_calibration_age is None
                                        else {"max_calibration_age": self.max_calibration_age})
         if self.pubs is not None:
-            calibration |= {"primitive": self.primitive, "pubs": list(self.pubs)}
+            calibration |= {"primitive": self.primitive, "pubs": list(self.pubs),
+                            **({"job": self.job} if self.job is not None else {})}
         if self.observable_dataset:
             calibration |= {"primitive": self.primitive, "observable_dataset": self.observable_dataset,
                             "precision": self.precision}
@@ -173,6 +175,8 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
             raise WorkflowError("circuit", "PUBs run a circuit given as source (format: qasm3, qasm2 or qpy)")
         if definition.get("quality") is not None:
             raise WorkflowError("quality", "must be null for PUBs (each binding is its own result)")
+        if execute.get("job") == "single" and primitive != "sampler":
+            raise WorkflowError("execute.job", "a single job runs Sampler PUBs")
         if variational and (primitive != "estimator" or pubs is not None):
             raise WorkflowError("execute.observable_dataset", "a variational loop minimises an "
                                 "observable with the estimator primitive, without execute.pubs")
@@ -261,6 +265,7 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
         steps=steps,
         datasets=datasets, source=source, max_calibration_age=max_age,
         primitive=primitive, pubs=None if pubs is None else tuple(pubs),
+        job=execute.get("job") if pubs is not None else None,
         observable_dataset=str(execute.get("observable_dataset", "")) if variational else "",
         observable=observable, precision=precision, template_source=template_source,
     )
