@@ -193,7 +193,8 @@ def run_chunk(simulator: AerSimulator, circuit: QuantumCircuit, pub: Pub, start:
     observables = [sparse_pauli_op(terms) for terms in pub.observables]
     if layout is not None:  # the observables name the circuit's qubits; the ISA circuit is wider
         observables = [op.apply_layout(layout) for op in observables]
-    estimator = EstimatorV2.from_backend(simulator, options={"run_options": {"seed": seed}})
+    # Aer seeds the noise of a precision > 0 from run_options["seed_simulator"] (not "seed").
+    estimator = EstimatorV2.from_backend(simulator, options={"run_options": {"seed_simulator": seed}})
     grid = np.empty((1, len(observables)), dtype=object)
     for k, op in enumerate(observables):
         grid[0, k] = op

@@ -160,3 +160,26 @@ def test_a_binding_of_the_wrong_width_is_refused_over_the_wire(service: Service)
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert fields == ["workflow.execute.pubs[0].parameter_values[0]"]
     assert service.app.tree_size() == before
+
+
+def test_an_estimator_pub_with_a_precision_is_reproducible_from_its_seed() -> None:
+    """Aer adds Gaussian noise of the target precision; the run's seed must fix it."""
+    from qiskit import QuantumCircuit
+    from qiskit.circuit import Parameter
+
+    from qledger.runs.pubs import Pub, run_chunk
+
+    theta = Parameter("theta")
+    circuit = QuantumCircuit(2)
+    circuit.ry(theta, 0)
+    circuit.cx(0, 1)
+    pub = Pub(0, np.linspace(0, 1, 5).reshape(5, 1), observables=((("ZZ", 1.0),), (("XI", 0.5),)),
+              precision=0.05)
+    first, again = (run_chunk(AerSimulator(), circuit, pub, 0, 5, 11) for _ in range(2))
+    assert first == again and first["stds"][0] == [0.05, 0.05]
+    other = run_chunk(AerSimulator(), circuit, pub, 0, 5, 12)
+    assert other["evs"] != first["evs"]
+    exact = run_chunk(AerSimulator(), circuit, Pub(0, pub.values, observables=pub.observables, precision=0.0),
+                      0, 5, 11)
+    assert max(abs(a - b) for row, ref in zip(first["evs"], exact["evs"], strict=True)
+               for a, b in zip(row, ref, strict=True)) < 0.25  # noise of the stated size, not another result
