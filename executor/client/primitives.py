@@ -19,14 +19,22 @@ import base64
 import io
 import random
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 from qiskit import QuantumCircuit, qpy
-from qiskit.primitives import BaseSamplerV2, DataBin, PrimitiveResult, SamplerPubResult
+from qiskit.primitives import (
+    BaseEstimatorV2,
+    BaseSamplerV2,
+    DataBin,
+    PrimitiveResult,
+    PubResult,
+    SamplerPubResult,
+)
 from qiskit.primitives.base.base_primitive_job import BasePrimitiveJob
 from qiskit.primitives.containers import BitArray
+from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPubLike
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 from qiskit.providers import JobStatus
 
@@ -65,7 +73,37 @@ def sampler_workflow(circuit: QuantumCircuit, pubs: list[SamplerPub], backend: s
             "quality": None, "datasets": None, "steps": steps}
 
 
-class LedgerSampler(BaseSamplerV2):
+def estimator_workflow(circuit: QuantumCircuit, pubs: list[EstimatorPub], backend: str, seed: int,
+                       name: str = "ledger-estimator", project: str | None = None) -> dict[str, Any]:
+    """The workflow that runs ``pubs`` (all over ``circuit``) in one Aer Estimator job with
+    ``seed``: each PUB broadcast as Aer broadcasts it and flattened in C order, the i-th
+    observable paired with the i-th binding."""
+    members = []
+    width = circuit.num_parameters
+    for pub in pubs:
+        values = pub.parameter_values.as_array(circuit.parameters) if width else None
+        indices = np.fromiter(np.ndindex(pub.parameter_values.shape), dtype=object).reshape(
+            pub.parameter_values.shape)
+        bound, observables = np.broadcast_arrays(indices, pub.observables)  # as Aer's EstimatorV2 does
+        terms: Any = observables
+        elements = list(np.ndindex(*bound.shape))
+        members.append({
+            "observables": [[[str(label), float(np.real(coeff))] for label, coeff in terms[i].items()]
+                            for i in elements],
+            "parameter_values": [[float(v) for v in values[bound[i]]] if values is not None else []
+                                 for i in elements],
+            "precision": float(pub.precision)})
+    steps = [{"id": s, "kind": s, "needs": [STEPS[i - 1]] if i else []} for i, s in enumerate(STEPS)]
+    return {"schema_version": 1, "name": name, "version": 1, **({"project": project} if project else {}),
+            "circuit": {"format": "qpy", "qpy": _qpy(circuit)},
+            "transpile": {"optimization_level": 0, "seed_transpiler": 0},
+            "execute": {"backend": backend, "shots": 1, "seed_simulator": seed,
+                        "noise_seed": None, "fallback_backend": None, "priority": "normal",
+                        "primitive": "estimator", "pubs": members, "job": "single"},
+            "quality": None, "datasets": None, "steps": steps}
+
+
+class LedgerSampler(BaseSamplerV2):  # type: ignore[misc]  # Qiskit ships no type information
     """A ``BaseSamplerV2`` whose every ``run`` is recorded in a qledger ledger."""
 
     def __init__(self, client: Client, backend: str = "aer_ideal", *, seed: int | None = None,
@@ -77,32 +115,61 @@ class LedgerSampler(BaseSamplerV2):
 
     def run(self, pubs: Iterable[SamplerPubLike], *, shots: int | None = None) -> LedgerJob:
         coerced = [SamplerPub.coerce(pub, shots if shots is not None else self.default_shots) for pub in pubs]
-        groups: dict[int, list[int]] = {}  # the first PUB of each circuit -> that circuit's PUBs
-        for index, pub in enumerate(coerced):
-            first = next((g for g in groups if coerced[g].circuit is pub.circuit), index)
-            groups.setdefault(first, []).append(index)
-        runs = []
-        for first, members in groups.items():
-            circuit = coerced[first].circuit
-            workflow = sampler_workflow(circuit, [coerced[i] for i in members], self.backend, self.seed,
-                                        project=self.project)
-            runs.append((self.client.submit(workflow, idempotency_key=str(uuid.uuid4())), members))
-        return LedgerJob(self.client, coerced, runs)
+        runs = _submitted(self.client, coerced, lambda circuit, group: sampler_workflow(
+            circuit, group, self.backend, self.seed, project=self.project))
+        return LedgerJob(self.client, coerced, runs,
+                         lambda pub, record, run: _sampler_result(pub, run.artifact(record["result_sha256"])))
 
 
-class LedgerJob(BasePrimitiveJob[PrimitiveResult[SamplerPubResult], JobStatus]):
-    """The runs one ``LedgerSampler.run`` call submitted; ``result()`` waits for them."""
+class LedgerEstimator(BaseEstimatorV2):  # type: ignore[misc]  # Qiskit ships no type information
+    """A ``BaseEstimatorV2`` whose every ``run`` is recorded in a qledger ledger; the results
+    equal ``qiskit_aer.primitives.EstimatorV2(options={"default_precision": p, "run_options":
+    {"seed_simulator": seed}})``'s, bit for bit (evs, and the noise a precision > 0 adds)."""
 
-    def __init__(self, client: Client, pubs: list[SamplerPub],
-                 runs: list[tuple[RunHandle, list[int]]]) -> None:
+    def __init__(self, client: Client, backend: str = "aer_ideal", *, seed: int | None = None,
+                 default_precision: float = 0.0, project: str | None = None) -> None:
+        self.client, self.backend, self.project = client, backend, project
+        self.seed = seed if seed is not None else random.randrange(MAX_SEED)
+        self.default_precision = default_precision
+
+    def run(self, pubs: Iterable[EstimatorPubLike], *, precision: float | None = None) -> LedgerJob:
+        chosen = self.default_precision if precision is None else precision
+        coerced = [EstimatorPub.coerce(pub, chosen) for pub in pubs]
+        runs = _submitted(self.client, coerced, lambda circuit, group: estimator_workflow(
+            circuit, group, self.backend, self.seed, project=self.project))
+        return LedgerJob(self.client, coerced, runs, lambda pub, record, _: _estimator_result(pub, record))
+
+
+Assemble = Callable[[Any, dict[str, Any], RunHandle], PubResult]
+
+
+WorkflowFor = Callable[[QuantumCircuit, list[Any]], dict[str, Any]]
+
+
+def _submitted(client: Client, pubs: list[Any], workflow_for: WorkflowFor
+               ) -> list[tuple[RunHandle, list[int]]]:
+    """One run per circuit among ``pubs`` (in the order the circuits first appear)."""
+    groups: dict[int, list[int]] = {}  # the first PUB of each circuit -> that circuit's PUBs
+    for index, pub in enumerate(pubs):
+        first = next((g for g in groups if pubs[g].circuit is pub.circuit), index)
+        groups.setdefault(first, []).append(index)
+    return [(client.submit(workflow_for(pubs[first].circuit, [pubs[i] for i in members]),
+                           idempotency_key=str(uuid.uuid4())), members) for first, members in groups.items()]
+
+
+class LedgerJob(BasePrimitiveJob[PrimitiveResult[PubResult], JobStatus]):  # type: ignore[misc]
+    """The runs one ``run`` call of a ledger primitive submitted; ``result()`` waits for them."""
+
+    def __init__(self, client: Client, pubs: list[Any], runs: list[tuple[RunHandle, list[int]]],
+                 assemble: Assemble) -> None:
         super().__init__(job_id=",".join(handle.id for handle, _ in runs))
-        self.client, self.pubs, self.runs = client, pubs, runs
-        self._result: PrimitiveResult[SamplerPubResult] | None = None
+        self.client, self.pubs, self.runs, self.assemble = client, pubs, runs, assemble
+        self._result: PrimitiveResult[PubResult] | None = None
 
-    def result(self) -> PrimitiveResult[SamplerPubResult]:
+    def result(self) -> PrimitiveResult[PubResult]:
         if self._result is not None:
             return self._result
-        results: list[SamplerPubResult | None] = [None] * len(self.pubs)
+        results: list[PubResult | None] = [None] * len(self.pubs)
         recorded: list[tuple[RunHandle, list[RecordedEntry]]] = []
         for handle, members in self.runs:
             entries = handle.entries()
@@ -111,8 +178,7 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[SamplerPubResult], JobStatus]):
             records = [e.payload.get("record") or {} for e in entries]
             by_pub = {int(r["pub"]): r for r in records if r.get("kind") == "pub_result"}
             for local, index in enumerate(members):
-                artifact = handle.artifact(by_pub[local]["result_sha256"])
-                results[index] = _pub_result(self.pubs[index], artifact)
+                results[index] = self.assemble(self.pubs[index], by_pub[local], handle)
         self._result = PrimitiveResult([r for r in results if r is not None],
                                        metadata={"version": 2, "qledger": self._provenance(recorded)})
         return self._result
@@ -145,13 +211,13 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[SamplerPubResult], JobStatus]):
         return JobStatus.RUNNING if "running" in states else JobStatus.QUEUED
 
     def done(self) -> bool:
-        return self.status() == JobStatus.DONE
+        return bool(self.status() == JobStatus.DONE)
 
     def running(self) -> bool:
-        return self.status() == JobStatus.RUNNING
+        return bool(self.status() == JobStatus.RUNNING)
 
     def cancelled(self) -> bool:
-        return self.status() == JobStatus.CANCELLED
+        return bool(self.status() == JobStatus.CANCELLED)
 
     def in_final_state(self) -> bool:
         return self.status() in (JobStatus.DONE, JobStatus.ERROR, JobStatus.CANCELLED)
@@ -161,7 +227,7 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[SamplerPubResult], JobStatus]):
             handle.cancel("cancelled by its LedgerSampler job")
 
 
-def _pub_result(pub: SamplerPub, artifact: bytes) -> SamplerPubResult:
+def _sampler_result(pub: SamplerPub, artifact: bytes) -> SamplerPubResult:
     import json
 
     data = json.loads(artifact)
@@ -175,6 +241,14 @@ def _pub_result(pub: SamplerPub, artifact: bytes) -> SamplerPubResult:
                                         int(memory["num_bits"]))
     return SamplerPubResult(DataBin(**registers, shape=shape),
                             metadata={"shots": pub.shots, "circuit_metadata": pub.circuit.metadata})
+
+
+def _estimator_result(pub: EstimatorPub, record: dict[str, Any]) -> PubResult:
+    shape = pub.shape
+    evs = np.array(record["evs"], dtype=float).reshape(shape)
+    stds = np.array(record["stds"], dtype=float).reshape(shape)
+    return PubResult(DataBin(evs=evs, stds=stds, shape=shape),
+                     metadata={"target_precision": pub.precision, "circuit_metadata": pub.circuit.metadata})
 
 
 def verify_provenance(metadata: dict[str, Any]) -> bool:

@@ -346,7 +346,8 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
     parameters = load_circuit(spec.source, spec.primitive).parameters
     st.calibration = _calibration(st, transpiled)
     backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
-    pubs = parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits)
+    pubs = parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits,
+                      paired=spec.job == "single")
     if spec.job == "single":
         yield from _single_job(st, step, backend, transpiled, pubs)
         return
@@ -393,13 +394,17 @@ def _single_job(st: _RunState, step: str, backend: Backend, circuit: QuantumCirc
     for pub, data in zip(pubs, results, strict=True):
         ref = st.ctx.keep(canonical_bytes(data), "application/json")
         st.pub_results.append((pub, 0, data))
-        bindings = len(data["counts"])
-        shots = pub.shots or 0
-        yield f"{step}/pub{pub.index}/0", {
+        bindings = len(data["counts"]) if pub.shots is not None else pub.bindings
+        record: dict[str, Any] = {
             "kind": "pub_result", "primitive": st.spec.primitive, "pub": pub.index, "job": "single",
             "bindings": [0, bindings], "seed_simulator": st.spec.seed_simulator,
             "result_sha256": ref["sha256"], "artifacts": {"result": ref}, "execute_ms": execute_ms,
-            "shots": shots, "shots_taken": shots * bindings, **({"attempts": attempts} if attempts else {})}
+            **({"attempts": attempts} if attempts else {})}
+        if pub.shots is not None:
+            record |= {"shots": pub.shots, "shots_taken": pub.shots * bindings}
+        else:
+            record |= {"precision": pub.precision, "evs": data["evs"], "stds": data["stds"]}
+        yield f"{step}/pub{pub.index}/0", record
 
 
 def _chunk_computation(ctx: ExecutionContext, backend: Backend, circuit: QuantumCircuit, pub: Pub,
@@ -544,13 +549,19 @@ def _pub_report(st: _RunState) -> dict[str, Any]:
         return {"classical_baseline": None}
     circuit = load_circuit(spec.source, spec.primitive).circuit
     worst = 0.0
+    def error(values: np.ndarray, op: Any, value: float) -> float:
+        state = Statevector(circuit.assign_parameters(values) if circuit.num_parameters else circuit)
+        return abs(float(np.real(state.expectation_value(op))) - value)
+
     for pub, start, data in st.pub_results:
         operators = [sparse_pauli_op(terms) for terms in pub.observables]
+        if spec.job == "single":  # paired: the i-th observable at the i-th binding
+            for values, op, value in zip(pub.values, operators, data["evs"], strict=True):
+                worst = max(worst, error(values, op, value))
+            continue
         for offset, row in enumerate(data["evs"]):
-            values = pub.values[start + offset]
-            state = Statevector(circuit.assign_parameters(values) if circuit.num_parameters else circuit)
             for op, value in zip(operators, row, strict=True):
-                worst = max(worst, abs(float(np.real(state.expectation_value(op))) - value))
+                worst = max(worst, error(pub.values[start + offset], op, value))
     return {"classical_baseline": {"method": "exact statevector expectation values"},
             "max_abs_error": round(worst, 12)}
 

@@ -72,9 +72,10 @@ def _values(raw: Any, field: str, parameters: tuple[str, ...]) -> np.ndarray:
     return np.array(raw, dtype=float).reshape(len(raw), len(parameters))
 
 
-def _observables(raw: Any, field: str, qubits: int) -> tuple[tuple[tuple[str, float], ...], ...]:
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_OBSERVABLES:
-        raise CircuitError(field, f"must list 1..{MAX_OBSERVABLES} observables, each a list of "
+def _observables(raw: Any, field: str, qubits: int, limit: int = MAX_OBSERVABLES
+                 ) -> tuple[tuple[tuple[str, float], ...], ...]:
+    if not isinstance(raw, list) or not 0 < len(raw) <= limit:
+        raise CircuitError(field, f"must list 1..{limit} observables, each a list of "
                            "[Pauli string, coefficient] terms")
     return tuple(pauli_terms(terms, f"{field}[{k}]", qubits) for k, terms in enumerate(raw))
 
@@ -97,8 +98,11 @@ def pauli_terms(raw: Any, field: str, qubits: int) -> tuple[tuple[str, float], .
     return tuple(parsed)
 
 
-def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: int) -> tuple[Pub, ...]:
-    """The PUBs of ``execute``, each checked against the circuit: its parameters and its width."""
+def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: int,
+               paired: bool = False) -> tuple[Pub, ...]:
+    """The PUBs of ``execute``, each checked against the circuit: its parameters and its width.
+    An Estimator PUB evaluates every observable at every binding, or, ``paired`` (a single job,
+    Aer's broadcasting flattened), the i-th observable at the i-th binding."""
     if primitive not in PRIMITIVES:
         raise CircuitError("execute.primitive", f"must be one of {list(PRIMITIVES)}")
     if not isinstance(raw, list) or not raw:
@@ -127,9 +131,12 @@ def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: in
             precision = item.get("precision")
             if not isinstance(precision, int | float) or not _number(precision) or not 0 <= precision < 1:
                 raise CircuitError(f"{field}.precision", "must be a number in [0, 1)")
-            pubs.append(Pub(i, values, observables=_observables(item.get("observables"),
-                                                                f"{field}.observables", qubits),
-                            precision=float(precision)))
+            observables = _observables(item.get("observables"), f"{field}.observables", qubits,
+                                       values.shape[0] if paired else MAX_OBSERVABLES)
+            if paired and len(observables) != values.shape[0]:
+                raise CircuitError(f"{field}.observables", "in a single job the i-th observable goes with "
+                                   f"the i-th binding: give {values.shape[0]}, one per binding")
+            pubs.append(Pub(i, values, observables=observables, precision=float(precision)))
     return tuple(pubs)
 
 
@@ -160,6 +167,8 @@ def run_job(simulator: AerSimulator, circuit: QuantumCircuit, pubs: Sequence[Pub
     samples depend on the PUBs before it in the job): counts per binding and register, and each
     register's shot memory, the packed bits of Qiskit's ``BitArray`` (base64, C order, shape
     (bindings, shots, bytes)), so that the results can be rebuilt bit for bit."""
+    if pubs and pubs[0].shots is None:
+        return _estimator_job(simulator, circuit, pubs, seed)
     sampler = SamplerV2.from_backend(simulator, seed=seed)
     results = sampler.run([(circuit, pub.values if circuit.num_parameters else None, pub.shots)
                            for pub in pubs]).result()
@@ -175,6 +184,23 @@ def run_job(simulator: AerSimulator, circuit: QuantumCircuit, pubs: Sequence[Pub
         out.append({"counts": [{name: per_register[name][i] for name in registers} for i in range(bindings)],
                     "memory": memory})
     return out
+
+
+def _estimator_job(simulator: AerSimulator, circuit: QuantumCircuit, pubs: Sequence[Pub], seed: int
+                   ) -> list[dict[str, Any]]:
+    """Estimator PUBs (paired) in one job of Aer's ``EstimatorV2`` with ``seed``: its evs and
+    stds unrounded, as Aer gives them."""
+    layout = circuit.layout
+    estimator = EstimatorV2.from_backend(simulator, options={"run_options": {"seed_simulator": seed}})
+    aer_pubs = []
+    for pub in pubs:
+        observables = [sparse_pauli_op(terms) for terms in pub.observables]
+        if layout is not None:
+            observables = [op.apply_layout(layout) for op in observables]
+        aer_pubs.append((circuit, observables, pub.values if circuit.num_parameters else None, pub.precision))
+    results = estimator.run(aer_pubs).result()
+    return [{"evs": [float(v) for v in np.asarray(r.data.evs).ravel()],
+             "stds": [float(v) for v in np.asarray(r.data.stds).ravel()]} for r in results]
 
 
 def run_chunk(simulator: AerSimulator, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,

@@ -175,8 +175,6 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
             raise WorkflowError("circuit", "PUBs run a circuit given as source (format: qasm3, qasm2 or qpy)")
         if definition.get("quality") is not None:
             raise WorkflowError("quality", "must be null for PUBs (each binding is its own result)")
-        if execute.get("job") == "single" and primitive != "sampler":
-            raise WorkflowError("execute.job", "a single job runs Sampler PUBs")
         if variational and (primitive != "estimator" or pubs is not None):
             raise WorkflowError("execute.observable_dataset", "a variational loop minimises an "
                                 "observable with the estimator primitive, without execute.pubs")
@@ -187,7 +185,8 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
                 observable, optimizer, precision = _variational_settings(
                     definition, loaded.parameters, loaded.circuit.num_qubits)
             elif primitive is not None:
-                parse_pubs(primitive, pubs, loaded.parameters, loaded.circuit.num_qubits)
+                parse_pubs(primitive, pubs, loaded.parameters, loaded.circuit.num_qubits,
+                           paired=execute.get("job") == "single")
         except CircuitError as exc:
             raise WorkflowError(exc.field, exc.description) from exc
         template, qubits, source = "", loaded.circuit.num_qubits, dict(circuit)

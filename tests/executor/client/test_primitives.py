@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from qiskit import QuantumCircuit, transpile
 from qiskit.circuit import Parameter
-from qiskit.primitives import BaseSamplerV2, PrimitiveResult
+from qiskit.primitives import BaseEstimatorV2, BaseSamplerV2, PrimitiveResult
+from qiskit.quantum_info import SparsePauliOp
+from qiskit_aer.primitives import EstimatorV2 as AerEstimator
 from qiskit_aer.primitives import SamplerV2 as AerSampler
 
-from qledger.client.primitives import LedgerSampler, verify_provenance
+from qledger.client.primitives import LedgerEstimator, LedgerSampler, verify_provenance
 from qledger.ledger.admin import CHECKPOINTER
 from qledger.ledger.checkpoint import parse_note
 from qledger.ledger.keys import KeyStore
@@ -95,3 +97,31 @@ def test_a_failed_run_is_an_error_not_a_result(service: Service) -> None:
     with as_client(service) as client, pytest.raises(InvalidRequestError) as refused:
         LedgerSampler(client, "aer_ideal", seed=SEED).run([(wide,)]).result()
     assert refused.value.field is not None and refused.value.field.startswith("workflow.")
+
+
+def estimator_usage(estimator: BaseEstimatorV2) -> list[PrimitiveResult]:  # type: ignore[type-arg]
+    """Qiskit's documented EstimatorV2 usage: (circuit, observables, parameter values[, precision]),
+    with broadcasting between observables and parameter values."""
+    sweep, _ = circuits()
+    sweep = sweep.remove_final_measurements(inplace=False)
+    observables = [[SparsePauliOp.from_list([("ZZI", 1.0), ("XIX", 0.5)])], [SparsePauliOp("IZZ")]]  # (2, 1)
+    values = np.linspace(0, np.pi, 8).reshape(4, 2)  # (4,) bindings
+    return [
+        estimator.run([(sweep, observables, values)]).result(),  # broadcast to (2, 4), exact
+        estimator.run([(sweep, SparsePauliOp("ZZZ"), values[:3], 0.02),
+                       (sweep, [SparsePauliOp("XXI"), SparsePauliOp("IYY")], values[1], 0.05)]).result(),
+    ]
+
+
+def test_ledger_estimator_equals_aer_bit_for_bit(service: Service) -> None:
+    with as_client(service) as client:
+        ledger = estimator_usage(LedgerEstimator(client, "aer_ideal", seed=SEED))
+    direct = estimator_usage(AerEstimator(options={"run_options": {"seed_simulator": SEED}}))
+    for ours, aers in zip(ledger, direct, strict=True):
+        for mine, theirs in zip(ours, aers, strict=True):
+            assert mine.data.shape == theirs.data.shape
+            assert np.array_equal(mine.data.evs, theirs.data.evs), (mine.data.evs, theirs.data.evs)
+            assert np.array_equal(mine.data.stds, theirs.data.stds)
+    assert verify_provenance(ledger[1].metadata["qledger"])
+    assert not np.array_equal(ledger[1][0].data.evs, estimator_usage(
+        AerEstimator(options={"run_options": {"seed_simulator": SEED + 1}}))[1][0].data.evs)  # seed matters
