@@ -117,6 +117,11 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
               min=0.01, envvar="QLEDGER_MAX_CALLS_PER_SECOND",
               help="Calls a principal may make a second (20 s' worth at once)")]
           = 1000.0,
+          allow_step: Annotated[list[str] | None, typer.Option(
+              help="A python step (entry point of qledger.steps) this server runs; repeat for more")] = None,
+          step_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a python step may run")] = 60.0,
+          step_memory_mb: Annotated[int, typer.Option(min=16, help="MiB of memory a python step may use")]
+          = 2048,
           log_format: Annotated[str, typer.Option(envvar="QLEDGER_LOG_FORMAT", help="json or text")]
           = "json",
           plaintext: Annotated[bool, typer.Option(envvar="QLEDGER_PLAINTEXT",
@@ -130,6 +135,7 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
     from qledger.governance.flood_control import FloodLimits
     from qledger.ops.tracing import configure_json_logging, configure_tracing_from_environment
     from qledger.rpc.server import ExecutorSettings, TLSConfig, start_server
+    from qledger.runs.python_steps import StepPolicy
 
     if log_format not in ("json", "text"):
         raise fail("--log-format is json or text")
@@ -160,7 +166,10 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
                                                     checkpoint_seconds=checkpoint_seconds,
                                                     authorize=authorize,
                                                     flood=FloodLimits(max_denials_per_second,
-                                                                      max_calls_per_second)), tls=tls,
+                                                                      max_calls_per_second),
+                                                    steps=StepPolicy(frozenset(allow_step or ()),
+                                                                     step_timeout, step_memory_mb << 20)),
+                                   tls=tls,
                                    export_key=exporter)
         except OSError as exc:
             if exc.filename is None:

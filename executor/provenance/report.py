@@ -88,6 +88,12 @@ def _verdict(x: dict[str, Any], y: dict[str, Any], measured: str) -> str:
     return measured
 
 
+def _code(records: dict[str, Any]) -> dict[str, Any]:
+    """The installed code each python step ran: distribution, version, module source digest."""
+    return {step: (r.get("distribution"), r.get("module_sha256")) for step, r in records.items()
+            if isinstance(r, dict) and r.get("kind") == "python"}
+
+
 def _changes(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
     rx, ry = x["records"], y["records"]
     wx, wy = x["workflow"], y["workflow"]
@@ -102,6 +108,8 @@ def _changes(x: dict[str, Any], y: dict[str, Any]) -> list[str]:
            != {k: v for k, v in wy.get(s, {}).items() if k not in ("backend", "noise_seed")}
            for s in settings if isinstance(wx.get(s), dict) or isinstance(wy.get(s), dict)):
         changed.append("settings")
+    if _code(rx) != _code(ry):
+        changed.append("code")
     if rx.get("execution", {}).get("environment") != ry.get("execution", {}).get("environment"):
         changed.append("environment")
     if rx.get("execution", {}).get("backend") != ry.get("execution", {}).get("backend"):

@@ -62,11 +62,13 @@ def run_message(run: Run) -> pb.Run:
 class ExecutorService(pb_grpc.ExecutorServicer):
     def __init__(self, app: LedgerApp, queue: RunQueue, max_pending: int, authz: Authorizer,
                  projections: ProjectionRunner, backends: frozenset[str], changes: Changes,
-                 wake: Callable[[], None], executor_principal: str) -> None:
+                 wake: Callable[[], None], executor_principal: str,
+                 allowed_steps: frozenset[str] = frozenset()) -> None:
         self.app, self.queue, self.max_pending = app, queue, max_pending
         self.authz, self.projections = authz, projections
         self.backends, self.changes, self.wake = backends, changes, wake
         self.executor_principal = executor_principal
+        self.allowed_steps = allowed_steps
         self.source = app.source()
         self.reservations = BudgetReservations(app)
         self.templates = resolver(app)
@@ -105,7 +107,8 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         signer = (self.authz.signer(envelope.key_id, envelope.signature_valid, signed.content.principal)
                   if self.authz.enabled else None)
         self.authz.require(context, rpc, signed.project, principal=signer.principal if signer else None)
-        submission = check_submission(signed, self.backends, rerun_of, self.templates)
+        submission = check_submission(signed, self.backends, rerun_of, self.templates,
+                                      allowed_steps=self.allowed_steps)
         existing = self._run(submission.run_id)
         if existing is None:
             policy = self.authz.policies.current()

@@ -39,6 +39,7 @@ from qledger.rpc.received import RequestBodyInterceptor
 from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, RetryPolicy
+from qledger.runs.python_steps import StepPolicy
 from qledger.runs.queue import RunQueue, SweepItems
 from qledger.runs.submission import requeue_accepted
 from qledger.runs.templates import register_builtins
@@ -194,6 +195,9 @@ class ExecutorSettings:
     # that test something else.
     authorize: bool = True
     flood: FloodLimits = field(default_factory=FloodLimits)
+    # Python steps of installed code this server runs (entry points of qledger.steps), each in
+    # a child process under these limits.
+    steps: StepPolicy = field(default_factory=StepPolicy)
 
 
 @dataclass
@@ -273,7 +277,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     HotArtifacts(app.ledger).ensure_table()
     ctx = ExecutionContext(catalog or BackendCatalog(),
                            BreakerBoard(settings.breaker_threshold, settings.breaker_cooldown),
-                           settings.retry, artifacts=StagedArtifacts(app.ledger))
+                           settings.retry, artifacts=StagedArtifacts(app.ledger), steps=settings.steps)
     worker = Worker(app, executor_key, queue, ctx, threads=settings.workers,
                     lease_seconds=settings.lease_seconds, poll_seconds=settings.poll_seconds,
                     max_attempts=settings.max_attempts, sweep_items=sweep_items)
@@ -291,7 +295,7 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     projections = projection_runner(app)
     pb_grpc.add_ExecutorServicer_to_server(
         ExecutorService(app, queue, settings.max_pending, authz, projections, backends, worker.changes,
-                        worker.wake, executor_key.principal), server)
+                        worker.wake, executor_key.principal, settings.steps.allowed), server)
     pb_grpc.add_LedgerServicer_to_server(
         LedgerService(app, checkpoint_key, authz, projections, export_key), server)
     health_servicer = health.HealthServicer()

@@ -32,13 +32,14 @@ from qledger.runs.backends import (
     StaleCalibrationError,
 )
 from qledger.runs.breaker import BreakerBoard, Transition
-from qledger.runs.circuit_source import load_circuit
+from qledger.runs.circuit_source import CircuitError, load_circuit
 from qledger.runs.circuits import EXACT_MAX_QUBITS, environment, ideal_distribution, sha256_text, synthesise
-from qledger.runs.dag import order_of
+from qledger.runs.dag import PYTHON, Step, order_of
 from qledger.runs.pubs import Pub, parse_pubs, sparse_pauli_op
+from qledger.runs.python_steps import PythonStepError, StepPolicy, run_step
 from qledger.runs.qaoa import brute_force_maxcut, cut_value, expected_cut, qaoa_circuit
 from qledger.runs.variational import SPSA_SHAPE, exact_ground_energy, minimise
-from qledger.runs.workflow import WorkflowSpec
+from qledger.runs.workflow import WorkflowError, WorkflowSpec
 
 StepRecord = tuple[str, dict[str, Any]]
 T = TypeVar("T")
@@ -73,6 +74,8 @@ class ExecutionContext:
     artifacts: ArtifactStore | None = None
     # Told the age of the oldest calibration parameter a run on a device model depends on.
     on_calibration: Callable[[str, float], None] = lambda backend, age: None
+    # Which python steps of installed code may run, and their time and memory limits.
+    steps: StepPolicy = field(default_factory=StepPolicy)
 
     def keep(self, data: bytes, media_type: str) -> dict[str, Any]:
         if self.artifacts is None:
@@ -165,6 +168,15 @@ def run_steps(spec: WorkflowSpec, ctx: ExecutionContext, shared: SharedChunks | 
     ``shared``, the chunks of a sweep are computed by whichever executors are free."""
     state = _RunState(spec, ctx, shared)
     for step in order_of(spec.steps):
+        if step.kind == PYTHON:
+            with step_span(step.id, **{"qledger.kind": step.kind, "qledger.workflow": spec.name}):
+                try:
+                    record = _python_step(state, step)
+                except StepFailedError as failure:
+                    failure.step = step.id
+                    raise
+            yield step.id, {"kind": step.kind, **record}
+            continue
         if step.kind == "execution" and spec.pubs is not None:
             try:
                 yield from _pub_results(state, step.id)
@@ -209,6 +221,7 @@ class _RunState:
         self.derived: dict[str, Any] = {}
         self.calibration: dict[str, Any] | None = None
         self.pub_results: list[tuple[Pub, int, dict[str, Any]]] = []  # (PUB, first binding, results)
+        self.outputs: dict[str, Any] = {}  # python step id -> its output
 
     def evaluate(self, circuit: QuantumCircuit, spec: WorkflowSpec | None = None
                  ) -> tuple[dict[str, int], dict[str, Any]]:
@@ -346,8 +359,11 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
     parameters = load_circuit(spec.source, spec.primitive).parameters
     st.calibration = _calibration(st, transpiled)
     backend = st.ctx.catalog.get(spec.backend, spec.qubits, spec.noise_seed)
-    pubs = parse_pubs(spec.primitive, list(spec.pubs or ()), parameters, spec.qubits,
-                      paired=spec.job == "single")
+    try:
+        pubs = parse_pubs(spec.primitive, _resolved_pubs(st), parameters, spec.qubits,
+                          paired=spec.job == "single")
+    except CircuitError as exc:  # values a python step gave, checked as a definition's are
+        raise StepFailedError(WorkflowError(exc.field, exc.description), "deterministic", {}) from exc
     if spec.job == "single":
         yield from _single_job(st, step, backend, transpiled, pubs)
         return
@@ -377,6 +393,54 @@ def _pub_results(st: _RunState, step: str) -> Iterator[StepRecord]:
             else:  # expectation values are small: they stand in the entry itself
                 record |= {"precision": pub.precision, "evs": data["evs"], "stds": data["stds"]}
             yield f"{step}/pub{pub.index}/{start}", record
+
+
+def _python_step(st: _RunState, step: Step) -> dict[str, Any]:
+    """A step of installed code, in a child process: its inputs gathered from the run, its
+    output kept for the steps (and PUBs) that read it, and what ran recorded."""
+    inputs = {name: _input_value(st, name, source) for name, source in step.inputs}
+    try:
+        output, facts = run_step(step.entry_point, inputs, st.ctx.steps)
+    except PythonStepError as exc:
+        raise StepFailedError(exc, "deterministic", {"entry_point": step.entry_point,
+                                                     **({"field": exc.field} if exc.field else {})}) from exc
+    st.outputs[step.id] = output
+    return {**facts, "output": output, "output_sha256": sha256_text(canonical_bytes(output).decode())}
+
+
+def _input_value(st: _RunState, name: str, source: dict[str, Any]) -> Any:
+    if "value" in source:
+        return source["value"]
+    if "dataset" in source:
+        return (st.spec.datasets or {})[source["dataset"]]
+    if "step" in source:
+        output = st.outputs[source["step"]]
+        if "output" not in source:
+            return output
+        if not isinstance(output, dict) or source["output"] not in output:
+            raise StepFailedError(WorkflowError(f"inputs.{name}", f"step {source['step']!r} gave no output "
+                                                f"{source['output']!r}"), "deterministic", {})
+        return output[source["output"]]
+    by_pub: dict[int, list[Any]] = {}  # {"results": "execution"}: each PUB's results, binding by binding
+    for pub, _, data in st.pub_results:
+        by_pub.setdefault(pub.index, []).extend(data.get("counts") or data["evs"])
+    return [{"pub": index, "results": results} for index, results in sorted(by_pub.items())]
+
+
+def _resolved_pubs(st: _RunState) -> list[Any]:
+    """The PUBs with the parameter values python steps gave put in (at most max_bindings)."""
+    resolved = []
+    for i, pub in enumerate(st.spec.pubs or ()):
+        source = pub.get("parameter_values")
+        if isinstance(source, dict):
+            values = (st.outputs.get(source["step"]) or {}).get(source["output"])
+            if not isinstance(values, list) or not 0 < len(values) <= int(source["max_bindings"]):
+                raise StepFailedError(WorkflowError(
+                    f"execute.pubs[{i}].parameter_values", f"step {source['step']!r} must give a list of "
+                    f"1..{source['max_bindings']} bindings as {source['output']!r}"), "deterministic", {})
+            pub = {**pub, "parameter_values": values}
+        resolved.append(pub)
+    return resolved
 
 
 def _single_job(st: _RunState, step: str, backend: Backend, circuit: QuantumCircuit,

@@ -118,7 +118,10 @@ def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: in
         if unknown:
             raise CircuitError(f"{field}.{unknown[0]}", f"is not a member of a {primitive} PUB "
                                f"({', '.join(sorted(allowed))})")
-        values = _values(item.get("parameter_values"), f"{field}.parameter_values", parameters)
+        raw_values = item.get("parameter_values")
+        if isinstance(raw_values, dict):  # a python step's output, known when the run gets there
+            raw_values = [[0.0] * len(parameters)]
+        values = _values(raw_values, f"{field}.parameter_values", parameters)
         total += values.shape[0]
         if total > MAX_BINDINGS:
             raise CircuitError("execute.pubs", f"the sweep has more than {MAX_BINDINGS} bindings")

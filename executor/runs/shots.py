@@ -21,7 +21,7 @@ def reserved_shots(workflow: dict[str, Any]) -> int:
     if workflow["execute"].get("primitive") == "estimator" and pubs is None:
         return 0  # a variational eigensolver on the Estimator, which takes no shots
     if pubs is not None:
-        return sum(int(p.get("shots") or 0) * max(1, len(p.get("parameter_values") or [[]])) for p in pubs)
+        return sum(int(p.get("shots") or 0) * _bindings(p.get("parameter_values")) for p in pubs)
     shots = int(workflow["execute"]["shots"])
     quality = workflow.get("quality")
     if quality:
@@ -30,6 +30,13 @@ def reserved_shots(workflow: dict[str, Any]) -> int:
     if optimizer:
         shots *= int(optimizer["maxiter"]) + 2  # every evaluation of the loop, then the final run
     return shots
+
+
+def _bindings(values: Any) -> int:
+    """How many bindings a PUB may have: those it lists, or the most a python step may give."""
+    if isinstance(values, dict):
+        return int(values.get("max_bindings") or 1)
+    return max(1, len(values or [[]]))
 
 
 def step_shots(record: dict[str, Any]) -> int:

@@ -17,7 +17,8 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 from qledger.ledger import dsse
 from qledger.ledger.app import LedgerApp
 from qledger.ledger.content import EntryContent
-from qledger.ledger.errors import InvalidRequestError, QledgerError
+from qledger.ledger.errors import InvalidRequestError, PreconditionError, QledgerError
+from qledger.runs.dag import PYTHON
 from qledger.runs.queue import RunQueue
 from qledger.runs.run import RUN_SUBMITTED_TYPE, TERMINAL, Run, run_id_for
 from qledger.runs.schema import SUBMITTED_SCHEMA, unstorable_text, violation
@@ -84,8 +85,9 @@ def read_submission(data: bytes) -> SignedSubmission:
 
 def check_submission(signed: SignedSubmission, backends: frozenset[str],
                      rerun_of: Run | None = None, templates: Resolver | None = None,
-                     now: datetime | None = None) -> Submission:
-    """Every member of the command, checked before anything is appended."""
+                     now: datetime | None = None, allowed_steps: frozenset[str] = frozenset()) -> Submission:
+    """Every member of the command, checked before anything is appended (python steps: only
+    the entry points this server allows)."""
     payload = signed.payload
     found = unstorable_text(payload, "payload") or violation(SUBMITTED_SCHEMA, payload, "payload")
     if found is not None:
@@ -100,6 +102,11 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
         spec = parse_workflow(payload.get("workflow"), backends, templates)
     except WorkflowError as exc:
         raise InvalidRequestError(str(exc), f"workflow.{exc.field}") from exc
+    for i, step in enumerate(spec.steps):
+        if step.kind == PYTHON and step.entry_point not in allowed_steps:
+            raise PreconditionError(f"this server does not run the python step {step.entry_point!r} "
+                                    f"(it allows {sorted(allowed_steps) or 'none'})",
+                                    f"workflow.steps[{i}].entry_point")
     workflow: dict[str, Any] = payload["workflow"]
     sha = workflow_sha256(workflow)
     if payload.get("workflow_sha256") != sha:

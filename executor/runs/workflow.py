@@ -19,7 +19,7 @@ from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.errors import DefinitionError, FormatError
 from qledger.runs.capacity import too_wide
 from qledger.runs.circuit_source import CircuitError, load_circuit
-from qledger.runs.dag import DagError, Step, parse_steps
+from qledger.runs.dag import PYTHON, DagError, Step, parse_steps, upstream_ids
 from qledger.runs.devices import DEVICE_MODELS, SIMULATORS, device_qubits
 from qledger.runs.pubs import PRIMITIVES, parse_pubs
 from qledger.runs.schema import WORKFLOW_SCHEMA, unstorable_text, violation
@@ -246,6 +246,8 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
         raise WorkflowError("datasets", "is required: an object of named inline datasets, or null")
     try:
         steps = parse_steps(definition.get("steps"), hybrid=optimizer is not None)
+        _check_pub_sources(pubs, steps)
+        _check_step_datasets(steps, datasets)
     except DagError as exc:
         raise WorkflowError(exc.field, exc.description) from exc
     project = definition.get("project")
@@ -271,6 +273,32 @@ def parse_workflow(definition: Any, backends: frozenset[str] = BACKENDS,
     if spec.to_json() != definition:
         raise WorkflowError("workflow", "has fields this schema version does not define")
     return spec
+
+
+def _check_step_datasets(steps: tuple[Step, ...], datasets: Any) -> None:
+    for i, step in enumerate(steps):
+        for name, source in step.inputs:
+            if "dataset" in source and source["dataset"] not in (datasets or {}):
+                raise WorkflowError(f"steps[{i}].inputs.{name}.dataset",
+                                    f"names no dataset ({sorted(datasets or {})})")
+
+
+def _check_pub_sources(pubs: Any, steps: tuple[Step, ...]) -> None:
+    """PUB parameter values a python step gives must come from a python step upstream of the
+    execution step."""
+    by_id = {step.id: step for step in steps}
+    execution = next((step for step in steps if step.kind == "execution"), None)
+    for i, pub in enumerate(pubs or []):
+        source = pub.get("parameter_values") if isinstance(pub, dict) else None
+        if not isinstance(source, dict):
+            continue
+        producer = by_id.get(str(source.get("step")))
+        if producer is None or producer.kind != PYTHON or execution is None:
+            raise WorkflowError(f"execute.pubs[{i}].parameter_values.step",
+                                f"no python step {source.get('step')!r}")
+        if producer.id not in upstream_ids(execution, by_id):
+            raise WorkflowError(f"execute.pubs[{i}].parameter_values.step",
+                                f"{producer.id!r} must be upstream of the execution step")
 
 
 def _registered_template(circuit: dict[str, Any], templates: Resolver | None
