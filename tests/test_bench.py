@@ -79,3 +79,14 @@ def test_bench_executor(tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path}/bench.db"
     executor = bench(tmp_path, "executor", "--store", store, "--runs", "5")
     assert "overhead per run" in executor and "runs/s" in executor
+
+
+def test_bench_client(tmp_path: Path) -> None:
+    out = bench(tmp_path, "client", "--store", f"sqlite:///{tmp_path}/bench.db", "--calls", "8")
+    direct = figures(out, r"Aer's SamplerV2 directly +p50 +([\d.]+) ms")
+    ledger = figures(out, r"LedgerSampler +p50 +([\d.]+) ms")
+    p50 = figures(out, r"overhead per call +p50 +([\d.]+) ms")
+    p99 = figures(out, r"overhead per call +p50 +[\d.]+ ms +p99 +([\d.]+) ms")
+    assert len(direct) == len(ledger) == 1 and ledger[0] > direct[0] > 0
+    assert len(p50) == len(p99) == 1 and 0 < p50[0] <= p99[0]
+    assert "results equal bit for bit: yes" in out

@@ -36,6 +36,7 @@ class BenchService:
     stub: pb_grpc.ExecutorStub
     origin: str
     home: Path  # $QLEDGER_HOME of the bench: the keys of its principals
+    address: str = ""  # host:port of the bench's server
 
     @contextmanager
     def another_executor(self) -> Iterator[subprocess.Popen[bytes]]:
@@ -88,6 +89,6 @@ def bench_service(base: str | None, settings: ExecutorSettings) -> Iterator[Benc
         try:
             with client_channel(running.address, signer=client) as channel:
                 yield BenchService(url, app, client, pb_grpc.ExecutorStub(channel), app.require_origin(),
-                                   Path(home))
+                                   Path(home), running.address)
         finally:
             running.stop()

@@ -13,6 +13,7 @@ def register(bench_app: typer.Typer) -> None:
     bench_app.command("executor")(bench_executor)
     bench_app.command("projections")(bench_projections)
     bench_app.command("sweep")(bench_sweep)
+    bench_app.command("client")(bench_client)
 
 
 def bench_executor(store: StoreOption = None,
@@ -42,3 +43,13 @@ def bench_sweep(store: StoreOption = None,
 
     with reported_errors():
         run_sweep_bench(store, bindings, shots)
+
+
+def bench_client(store: StoreOption = None,
+                 calls: Annotated[int, typer.Option(min=1, max=10_000)] = 200) -> None:
+    """A Qiskit SamplerV2 loop of small circuits directly on Aer versus through LedgerSampler:
+    the overhead per call, p50 and p99."""
+    from qledger.bench.client import run_client_bench
+
+    with reported_errors():
+        run_client_bench(store, calls)
