@@ -1,16 +1,19 @@
-"""deploy/ is checked as far as this machine allows (no Docker engine here)."""
+"""deploy/'s files checked against the code and against each other; tests/deploy/ runs them in Podman."""
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
 from typer.testing import CliRunner
 
 from qledger.cli import app as cli
+from tests.deploy import readme_steps
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
 
@@ -31,7 +34,7 @@ def test_compose_commands_are_real_qledger_commands() -> None:
 def test_dockerfile_copies_what_exists() -> None:
     root = DEPLOY.parent
     for line in (DEPLOY / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and not line.startswith("COPY --from="):  # not another stage's
             for source in line.split()[1:-1]:
                 assert (root / source).exists(), source
 
@@ -39,7 +42,8 @@ def test_dockerfile_copies_what_exists() -> None:
 def _options_are_real(command: list[str]) -> None:
     """Every --option of a qledger command line is one the CLI has."""
     words = command[1:] if command[0] == "qledger" else command
-    help_text = CliRunner().invoke(cli, [words[0], "--help"], terminal_width=200).output
+    leading = [w for w in words[:next((i for i, w in enumerate(words) if w.startswith("--")), len(words))]]
+    help_text = CliRunner().invoke(cli, [*leading, "--help"], terminal_width=200).output
     options = [w for w in words if w.startswith("--")]
     assert options and all(option in help_text for option in options), (words[0], options)
 
@@ -101,3 +105,87 @@ def test_kubernetes_manifests() -> None:
     read = {p.envvar for p in serve.params if p.envvar} | {"QLEDGER_STORE", "QLEDGER_HOME"}
     assert set(config) <= read, set(config) - read
 
+
+
+def _readme_says(text: str) -> bool:
+    """TEXT's first line within a line of deploy/README.md, its other lines the lines after it
+    (indentation aside)."""
+    readme = [line.strip() for line in (DEPLOY / "README.md").read_text().splitlines()]
+    first, *rest = [line.strip() for line in text.splitlines()]
+    return any(first in line and readme[i + 1:i + 1 + len(rest)] == rest for i, line in enumerate(readme))
+
+
+def test_the_container_test_runs_the_readmes_commands() -> None:
+    steps = readme_steps
+    for text in (steps.PASSWORDS, steps.OWNERS, steps.OWNERS_ROOTLESS, steps.PSQL, steps.HAND_OVER_KEY):
+        assert _readme_says(text), text
+    for command in (steps.KEYS_ADD_EXECUTOR, steps.KEYS_ADD_USER, steps.GRANT_USER, steps.VERIFY):
+        assert _readme_says(f"{steps.INIT_SERVICE} {shlex.join(command)}"), command
+        _options_are_real(command)
+    for command in (steps.HEALTH, steps.SUBMIT, steps.RUNS_SHOW):
+        assert _readme_says(shlex.join(["qledger", *command])), command
+        _options_are_real(command)
+    # The README's Secrets are the test's, and every Secret the manifests mount is one of them.
+    made: dict[str, dict[str, str]] = {}
+    for line in (DEPLOY / "README.md").read_text().splitlines():
+        if line.strip().startswith("kubectl create secret generic"):
+            words = shlex.split(line)
+            files = [w.removeprefix("--from-file=") for w in words if w.startswith("--from-file=")]
+            made[words[4]] = {(f.split("=")[0] if "=" in f else Path(f).name): f.split("=")[-1]
+                              for f in files}
+    assert made == steps.K8S_SECRETS
+    mounted = {v["secret"]["secretName"] for pod in _pods() for v in pod["volumes"] if "secret" in v}
+    assert mounted <= set(made), mounted - set(made)
+
+
+def _pods() -> list[dict[str, Any]]:
+    return [d["spec"]["template"]["spec"] for path in sorted((DEPLOY / "k8s").glob("*.yaml"))
+            for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] in ("Deployment", "Job")]
+
+
+def test_the_image_runs_as_uid_999() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "ARG BASE=python:3.11-slim" in dockerfile and "FROM ${BASE}" in dockerfile
+    assert "useradd --system --uid 999 --gid 999" in dockerfile
+    assert [line for line in dockerfile.splitlines() if line.startswith("USER ")] == ["USER 999:999"]
+
+
+def test_compose_hands_each_container_only_its_own_secrets() -> None:
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = compose["services"]
+    init = services["init"]
+    assert init["environment"]["PGPASSFILE"] == "/run/secrets/admin_pgpass"
+    assert init["secrets"] == ["admin_pgpass"]
+    assert init["volumes"] == ["./keys:/var/lib/qledger/keys"]
+    for name in ("ledger", "executor"):
+        service = services[name]
+        assert service["environment"]["PGPASSFILE"] == "/run/secrets/pgpass"
+        assert "--store" in service["command"] and "qledger_service@" in service["command"][2]
+        assert not any(v.startswith("./keys") for v in service["volumes"]), "root.key stays with init"
+        targets = {s["target"]: compose["secrets"][s["source"]]["file"]
+                   for s in service["secrets"] if isinstance(s, dict)}
+        assert targets == {"/var/lib/qledger/keys/executor-1.key": "./keys/executor-1.key",
+                           "/var/lib/qledger/keys/checkpointer.key": "./keys/checkpointer.key"}
+        assert "admin_pgpass" not in service["secrets"]
+
+
+def test_kubernetes_pods_copy_key_files_and_pgpass_to_files_of_their_own() -> None:
+    config = next(d for d in yaml.safe_load_all((DEPLOY / "k8s" / "config.yaml").read_text())
+                  if d and d["kind"] == "ConfigMap")["data"]
+    for pod in _pods():
+        assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 999,
+                                          "fsGroup": 999}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        private = {name for name, v in volumes.items()
+                   if "secret" in v and re.search("keys|pgpass", v["secret"]["secretName"])}
+        (copy,) = pod["initContainers"]
+        assert copy["command"][:2] == ["sh", "-c"] and "install -m 0600" in copy["command"][2]
+        home = {m["name"] for m in copy["volumeMounts"] if m["mountPath"] == config["QLEDGER_HOME"]}
+        assert home and all("emptyDir" in volumes[name] for name in home)
+        assert private == {m["name"] for m in copy["volumeMounts"]} - home
+        for container in pod["containers"]:
+            mounted = {m["name"] for m in container["volumeMounts"]}
+            assert not mounted & private, "key files and pgpass only through the copies"
+            env = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert env["PGPASSFILE"] == f"{config['QLEDGER_HOME']}/pgpass"
+            assert f"{env['PGPASSFILE']}" in copy["command"][2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -54,3 +55,19 @@ def test_unreadable_files_are_reported(tmp_path: Path) -> None:
         read_workflow(bad)
     with pytest.raises(WorkflowFileError, match="cannot read"):
         read_workflow(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("member", "value"), [
+    ("name", "\n"), ("name", "bell\n"), ("project", "default\n"),
+])
+def test_a_trailing_newline_does_not_slip_past_a_pattern(member: str, value: str) -> None:
+    """JSON Schema patterns are ECMA-262, whose "$" is the end of the text; Python's "$" also
+    matches before a final newline."""
+    from qledger.runs.schema import WORKFLOW_SCHEMA, violation
+
+    workflow = {**copy.deepcopy(BELL), member: value}
+    found = violation(WORKFLOW_SCHEMA, workflow, "workflow")
+    assert found is not None and found.field == member
+    with pytest.raises(WorkflowError) as refused:
+        parse_workflow(workflow)
+    assert refused.value.field == member
