@@ -126,6 +126,12 @@ def sqlite_store_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
+# For tests whose subject does not depend on the store (a child process, a client, a format):
+# one store instead of both, for the suite's time budget.
+ONLY_SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+ONLY_POSTGRES = pytest.mark.parametrize("store_url", ["postgres"], indirect=True)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_store_url" if request.param == "sqlite" else "pg_store_url"

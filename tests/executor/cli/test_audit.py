@@ -11,8 +11,11 @@ from qledger.ledger.admin import CHECKPOINTER
 from qledger.ledger.checkpoint import Checkpoint, parse_note
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.runs.reference_workflows import BELL
+from tests.conftest import ONLY_SQLITE
 from tests.executor.cli.test_cli_serve import in_process
 from tests.executor.conftest import Service, ServiceFactory
+
+pytestmark = ONLY_SQLITE  # what is tested does not depend on the store (time budget)
 
 
 def test_audit_advances_a_saved_checkpoint_only_along_one_history(service: Service, tmp_path: Path) -> None:

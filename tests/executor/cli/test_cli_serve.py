@@ -22,6 +22,7 @@ from qledger.ledger.app import LedgerApp
 from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
 from qledger.runs.reference_workflows import BELL, WORKFLOWS
+from tests.conftest import ONLY_SQLITE
 from tests.executor.conftest import Service
 from tests.ledger.helpers import make_ledger
 
@@ -52,10 +53,10 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
     app, _ = make_ledger(sqlite_store_url, qledger_home)
     executor_key = KeyStore(qledger_home).load_or_create("executor-1")
     app.register_key("root", "executor-1", executor_key.public, "executor")
-    granted = qledger(qledger_home, "roles", "grant", "alice", "submitter", "--store", sqlite_store_url)
+    granted = in_process(qledger_home, "roles", "grant", "alice", "submitter", "--store", sqlite_store_url)
     assert granted.returncode == 0, granted.stderr
     KeyStore(qledger_home).load_or_create("bob")
-    assert qledger(qledger_home, "keys", "add", "bob", "--store", sqlite_store_url).returncode == 0
+    assert in_process(qledger_home, "keys", "add", "bob", "--store", sqlite_store_url).returncode == 0
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "qledger.cli", "serve", "--plaintext", "--store", sqlite_store_url,
@@ -65,8 +66,8 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
     try:
         assert server.stdout is not None
         assert server.stdout.readline().startswith(f"serving qledger.v1 on 127.0.0.1:{port}")
-        done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
-                       f"127.0.0.1:{port}", "--as", "alice", "--wait")
+        done = in_process(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
+                          f"127.0.0.1:{port}", "--as", "alice", "--wait")
         assert done.returncode == 0, done.stderr
         assert "StepRecorded" in done.stdout and done.stdout.strip().endswith("completed")
         run_id = done.stdout.strip().splitlines()[-1].split()[1].rstrip(":")
@@ -89,8 +90,8 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
         cancelled = in_process(qledger_home, "runs", "cancel", run_id, "--reason", "too late", *server_flags)
         assert cancelled.returncode == 0 and "completed" in cancelled.stdout  # an ended run stays as it ended
         # The same workflow in YAML is the same definition: same hash, so it is accepted.
-        done = qledger(qledger_home, "submit", str(WORKFLOWS / "ghz_noisy.yaml"), "--server",
-                       f"127.0.0.1:{port}", "--as", "alice", "--wait", "--idempotency-key", "ghz-1")
+        done = in_process(qledger_home, "submit", str(WORKFLOWS / "ghz_noisy.yaml"), "--server",
+                          f"127.0.0.1:{port}", "--as", "alice", "--wait", "--idempotency-key", "ghz-1")
         assert done.returncode == 0 and done.stdout.strip().endswith("completed"), done.stderr
         listed = in_process(qledger_home, "runs", "list", *server_flags)
         header, *lines = listed.stdout.strip().splitlines()
@@ -122,8 +123,8 @@ def test_serve_then_submit_and_wait(sqlite_store_url: str, qledger_home: Path) -
 
 def test_submit_to_nothing_exits_2(qledger_home: Path, tmp_path: Path) -> None:
     KeyStore(qledger_home).load_or_create("client")
-    done = qledger(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
-                   f"127.0.0.1:{free_port()}", timeout=60)
+    done = in_process(qledger_home, "submit", str(WORKFLOWS / "bell.json"), "--server",
+                      f"127.0.0.1:{free_port()}")
     assert done.returncode == 2 and done.stderr.startswith("qledger: UNAVAILABLE")
 
 
@@ -265,6 +266,7 @@ def test_serve_refuses_a_signing_key_its_store_has_not_registered(service: Servi
     assert "registered to 'executor-2' as 'client'" in refused.stderr and "qledger keys add" in refused.stderr
 
 
+@ONLY_SQLITE  # store-independent: the time budget
 def test_serve_says_what_is_wrong_with_its_tls_files_and_its_metrics_port(service: Service,
                                                                           qledger_home: Path,
                                                                           tmp_path: Path) -> None:
@@ -347,17 +349,17 @@ def test_every_client_command_speaks_mutual_tls(sqlite_store_url: str, qledger_h
 
 
 def test_reference_workflows_are_listed_and_shown_by_name(qledger_home: Path) -> None:
-    listed = qledger(qledger_home, "workflows", "list")
+    listed = in_process(qledger_home, "workflows", "list")
     assert listed.returncode == 0
     assert listed.stdout.splitlines()[0].split()[:3] == ["NAME", "WORKFLOW", "BACKEND"]
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
     assert rows["bell"][1:3] == ["bell-sampling", "aer_ideal"] and rows["ghz_brisbane"][2] == "fake:brisbane"
     assert set(rows) == {p.stem for p in WORKFLOWS.glob("*.json")}
-    shown = qledger(qledger_home, "workflows", "show", "bell")
+    shown = in_process(qledger_home, "workflows", "show", "bell")
     assert json.loads(shown.stdout) == json.loads((WORKFLOWS / "bell.json").read_text())
-    unknown = qledger(qledger_home, "workflows", "show", "nope")
+    unknown = in_process(qledger_home, "workflows", "show", "nope")
     assert unknown.returncode == 2 and "no reference workflow 'nope'; they are bell," in unknown.stderr
-    not_a_file = qledger(qledger_home, "submit", "nope.json")
+    not_a_file = in_process(qledger_home, "submit", "nope.json")
     assert not_a_file.returncode == 2 and "cannot read nope.json" in not_a_file.stderr
 
 

@@ -29,6 +29,7 @@ from qledger.runs.backends import BackendCatalog, FaultConfig
 from qledger.runs.pipeline import RetryPolicy
 from qledger.runs.reference_workflows import BELL, load
 from qledger.runs.workflow import DEFAULT_PROJECT
+from tests.conftest import ONLY_SQLITE
 from tests.executor.conftest import Service, ServiceFactory
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -49,6 +50,7 @@ def as_client(service: Service, *roles: str) -> Client:
     return Client(service.running.address, principal="client")
 
 
+@ONLY_SQLITE
 def test_the_readme_example_runs_as_written(service_factory: ServiceFactory) -> None:
     service = service_factory(authorize=True, export=True)
     as_client(service, "submitter", "auditor").close()  # the roles the README grants
@@ -64,6 +66,7 @@ def test_the_readme_example_runs_as_written(service_factory: ServiceFactory) -> 
     assert re.search(r"^\w{8} Completed$", progress, re.M) and "StepRecorded execution" in progress
 
 
+@ONLY_SQLITE
 def test_results_are_qiskit_objects_and_name_their_entries(service: Service) -> None:
     with as_client(service) as client:
         bell = client.submit(BELL).result()
@@ -87,6 +90,7 @@ def test_results_are_qiskit_objects_and_name_their_entries(service: Service) -> 
         assert vqe.energy is not None and vqe.energy < -1.0
 
 
+@ONLY_SQLITE
 def test_each_failure_is_its_own_error(service_factory: ServiceFactory, tmp_path: Path) -> None:
     down = BackendCatalog({"down": ("aer_ideal", FaultConfig(failure_rate=1.0))})
     service = service_factory(down, authorize=True,
@@ -111,3 +115,43 @@ def test_each_failure_is_its_own_error(service_factory: ServiceFactory, tmp_path
     with pytest.raises(CallFailedError) as unreachable:
         Client("127.0.0.1:9", principal="client").checkpoint()
     assert unreachable.value.code == "UNAVAILABLE"
+
+
+def test_the_client_speaks_mutual_tls_and_submits_a_workflow_file(sqlite_store_url: str, qledger_home: Path,
+                                                                  tmp_path: Path) -> None:
+    """Certificates as files (or bytes), the signing key from $QLEDGER_HOME, a workflow file."""
+    import json
+
+    from qledger.ledger.admin import CHECKPOINTER
+    from qledger.rpc.server import TLSConfig, start_server
+    from tests.executor.rpc.test_tls import issue
+    from tests.ledger.helpers import make_ledger
+
+    app, _ = make_ledger(sqlite_store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    executor_key = keys.load_or_create("executor-1")
+    app.register_key(ROOT, "executor-1", executor_key.public, "executor")
+    signer = keys.load_or_create("client")
+    app.register_key(ROOT, "client", signer.public, "client")
+    grant_role(app, keys.load(ROOT), "client", "submitter", DEFAULT_PROJECT)
+    ca_cert, _, ca_name, ca_key = issue("qledger test CA", None, ca=True)
+    server_cert, server_key, _, _ = issue("localhost", (ca_name, ca_key))
+    client_cert, client_key, _, _ = issue("client", (ca_name, ca_key))
+    (tmp_path / "ca.pem").write_bytes(ca_cert)
+    (tmp_path / "client.pem").write_bytes(client_cert)
+    workflow = tmp_path / "bell.json"
+    workflow.write_text(json.dumps(BELL))
+    running = start_server(app, executor_key, keys.load(CHECKPOINTER), listen="127.0.0.1:0",
+                           tls=TLSConfig(server_cert, server_key, client_ca=ca_cert))
+    try:
+        with Client(f"127.0.0.1:{running.port}", principal="client", ca=tmp_path / "ca.pem",
+                    cert=str(tmp_path / "client.pem"), key=client_key, server_name="localhost") as client:
+            result = client.submit(workflow).result()
+            assert result.counts is not None and result.counts.shots() == BELL["execute"]["shots"]
+        with Client(f"127.0.0.1:{running.port}", principal="client", ca=ca_cert,
+                    server_name="localhost") as no_certificate, pytest.raises(CallFailedError) as refused:
+            no_certificate.checkpoint()
+        assert refused.value.code == "UNAVAILABLE"  # the handshake needs a client certificate
+    finally:
+        running.stop()
+        app.close()

@@ -17,8 +17,11 @@ from qledger.client.primitives import LedgerEstimator, LedgerSampler, verify_pro
 from qledger.ledger.admin import CHECKPOINTER
 from qledger.ledger.checkpoint import parse_note
 from qledger.ledger.keys import KeyStore
+from tests.conftest import ONLY_SQLITE
 from tests.executor.client.test_client import as_client
 from tests.executor.conftest import Service
+
+pytestmark = ONLY_SQLITE  # what is tested does not depend on the store (time budget)
 
 SEED = 1234
 
@@ -125,3 +128,20 @@ def test_ledger_estimator_equals_aer_bit_for_bit(service: Service) -> None:
     assert verify_provenance(ledger[1].metadata["qledger"])
     assert not np.array_equal(ledger[1][0].data.evs, estimator_usage(
         AerEstimator(options={"run_options": {"seed_simulator": SEED + 1}}))[1][0].data.evs)  # seed matters
+
+
+def test_ledger_estimator_on_a_device_model_equals_aer(service: Service) -> None:
+    """A device model's noise is simulated: with the seed fixed, the same numbers as Aer's."""
+    from qiskit_aer import AerSimulator
+    from qiskit_ibm_runtime.fake_provider import FakeManilaV2
+
+    sweep, _ = circuits()
+    isa = transpile(sweep.remove_final_measurements(inplace=False), FakeManilaV2(), optimization_level=1,
+                    seed_transpiler=3)
+    observable = SparsePauliOp.from_list([("ZZI", 1.0), ("IXX", -0.5)]).apply_layout(isa.layout)
+    pubs = [(isa, observable, np.linspace(0, 1, 6).reshape(3, 2), 0.01)]
+    with as_client(service) as client:
+        ours = LedgerEstimator(client, "fake:manila", seed=SEED).run(pubs).result()
+    aers = AerEstimator.from_backend(AerSimulator.from_backend(FakeManilaV2()), options={
+        "run_options": {"seed_simulator": SEED}}).run(pubs).result()
+    assert np.array_equal(ours[0].data.evs, aers[0].data.evs), (ours[0].data.evs, aers[0].data.evs)

@@ -21,6 +21,7 @@ from qledger.ledger import dsse
 from qledger.provenance.report import report, run_facts
 from qledger.runs.python_steps import StepPolicy
 from qledger.runs.reference_workflows import BELL
+from tests.conftest import ONLY_SQLITE
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.rpc.test_grpc import field_violations
 
@@ -84,11 +85,7 @@ def test_the_example_steps_feed_a_sweep_and_decide_on_its_counts(steps_service: 
     assert decision["output"]["even_parity"][0] == 1.0
 
 
-# What a step process does is the same on either store: these run on SQLite only (time budget).
-ON_SQLITE = pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-
-
-@ON_SQLITE
+@ONLY_SQLITE
 @pytest.mark.parametrize(("entry_point", "inputs", "error_class", "said"), [
     ("example.raises", {}, "StepCrashedError", "ValueError: the example step that always fails"),
     ("example.sleeps", {"seconds": {"value": 30}}, "StepTimeoutError", "limit of 3 s"),
@@ -107,7 +104,7 @@ def test_a_failing_step_is_a_recorded_failure_and_the_executor_serves_on(
     assert after[-1]["event_type"].endswith("Run.Completed")
 
 
-@ON_SQLITE
+@ONLY_SQLITE
 def test_a_step_the_server_does_not_allow_is_refused_before_anything_is_recorded(
         service_factory: ServiceFactory, installed_steps: Path) -> None:
     service = service_factory(steps=StepPolicy(frozenset({"example.features"})))
@@ -119,7 +116,7 @@ def test_a_step_the_server_does_not_allow_is_refused_before_anything_is_recorded
     assert service.app.tree_size() == size
 
 
-@ON_SQLITE
+@ONLY_SQLITE
 def test_changed_step_code_shows_in_the_report_as_code(steps_service: Service, installed_steps: Path) -> None:
     workflow = json.loads((EXAMPLE / "workflow.json").read_text())
     first, entries = finished(steps_service, workflow)

@@ -6,9 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -174,11 +172,10 @@ def test_an_approval_of_a_template_version_admits_its_runs_on_a_restricted_backe
 
 
 def test_templates_commands(sqlite_store_url: str, qledger_home: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "QLEDGER_HOME": str(qledger_home)}
+    from tests.executor.cli.test_cli_serve import in_process
 
     def qledger(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "qledger.cli", *args], capture_output=True, text=True,
-                              cwd=REPO, env=env, timeout=120)
+        return in_process(qledger_home, *args)  # in this process: the suite's time budget
 
     assert qledger("init", "--store", sqlite_store_url).returncode == 0
     listed = qledger("templates", "list", "--store", sqlite_store_url)
