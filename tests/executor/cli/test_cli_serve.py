@@ -221,6 +221,7 @@ def test_serve_configuration_file_environment_and_flags(sqlite_store_url: str, q
 
 
 @pytest.mark.reliability
+@ONLY_SQLITE  # a busy port is a busy port whatever the store (time budget)
 def test_a_second_server_on_a_busy_port_is_refused(service: Service, qledger_home: Path) -> None:
     from qledger.ledger.admin import CHECKPOINTER
     from qledger.rpc.server import ListenError, start_server

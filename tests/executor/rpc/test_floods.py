@@ -25,6 +25,7 @@ from qledger.rpc.call_signing import call_metadata
 from qledger.rpc.channel import client_channel
 from qledger.rpc.status import retry_delay
 from qledger.runs.workflow import DEFAULT_PROJECT
+from tests.conftest import ONLY_POSTGRES
 from tests.executor.conftest import ServiceFactory
 from tests.executor.rpc.conftest import audit_entries, refusal_counts
 
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.reliability
 FLOOD = 1000
 
 
+@ONLY_POSTGRES  # the production store records the summaries (time budget)
 def test_a_flood_of_unsigned_and_forged_calls_is_refused_and_summarised(
         service_factory: ServiceFactory) -> None:
     service = service_factory(authorize=True, flood=FloodLimits(denials_per_second=2, burst_seconds=5,

@@ -24,6 +24,7 @@ from qledger.rpc.server import PlaintextRefusedError, start_server
 from qledger.rpc.status import field_violations
 from qledger.runs.commands import submit_command
 from qledger.runs.reference_workflows import BELL, GHZ_NOISY
+from tests.conftest import ONLY_SQLITE
 from tests.executor.conftest import RUN_KINDS, STEPS, Service, step_records
 from tests.ledger.helpers import make_ledger
 
@@ -40,6 +41,7 @@ def on_backend(definition: dict[str, Any], backend: str) -> dict[str, Any]:
     return {**definition, "execute": {**definition["execute"], "backend": backend, "noise_seed": noise_seed}}
 
 
+@ONLY_SQLITE  # the store is tested elsewhere; here, the workflows (time budget)
 @pytest.mark.parametrize("backend", ["aer_ideal", "aer_noisy"])
 @pytest.mark.parametrize("name", ["bell", "ghz_noisy", "qaoa_maxcut"])
 def test_every_reference_workflow_on_ideal_and_noisy_aer(service: Service, name: str, backend: str) -> None:

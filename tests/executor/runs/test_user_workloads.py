@@ -19,6 +19,7 @@ from qledger.ledger.verify import verify
 from qledger.provenance.lineage import lineage_json
 from qledger.runs.circuit_source import load_circuit
 from qledger.runs.reference_workflows import load
+from tests.conftest import ONLY_SQLITE
 from tests.executor.conftest import Service, ServiceFactory, step_records
 from tests.executor.ops.test_metrics import scrape
 from tests.executor.rpc.test_grpc import code_of
@@ -69,6 +70,7 @@ def test_ghz_on_40_qubits_runs_on_matrix_product_states(service: Service) -> Non
     assert records["execution"]["backend"]["method"] == "matrix_product_state"
 
 
+@ONLY_SQLITE  # the calibration does not depend on the store (time budget)
 def test_ghz_on_a_device_model_records_its_calibration(service_factory: ServiceFactory) -> None:
     service = service_factory(metrics_port=0)
     entries, records = finished(service, load("ghz_brisbane"))
@@ -89,6 +91,7 @@ def test_ghz_on_a_device_model_records_its_calibration(service_factory: ServiceF
     assert age >= calibration["max_age_seconds"]
 
 
+@ONLY_SQLITE
 def test_a_stale_calibration_fails_the_run_before_execution(service: Service) -> None:
     workflow = load("ghz_brisbane")
     workflow["execute"]["max_calibration_age"] = 86400
