@@ -42,8 +42,8 @@ from qledger.api import qledger_pb2 as pb
 from qledger.client.client import Client, RunHandle, _calls, require_completed
 from qledger.client.results import RecordedEntry
 from qledger.ledger import merkle
+from qledger.runs.dag import linear_steps
 
-STEPS = ("data_preparation", "circuit_synthesis", "transpilation", "execution", "post_processing", "report")
 MAX_SEED = 2**31
 
 
@@ -53,24 +53,31 @@ def _qpy(circuit: QuantumCircuit) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _single_job_workflow(name: str, circuit: QuantumCircuit, backend: str, seed: int, primitive: str,
+                         pubs: list[dict[str, Any]], shots: int, project: str | None) -> dict[str, Any]:
+    """A workflow that runs ``pubs`` over ``circuit`` in one Aer job with ``seed`` (QPY, and
+    transpiled at level 0, which keeps a circuit Aer can run as it is)."""
+    return {"schema_version": 1, "name": name, "version": 1, **({"project": project} if project else {}),
+            "circuit": {"format": "qpy", "qpy": _qpy(circuit)},
+            "transpile": {"optimization_level": 0, "seed_transpiler": 0},
+            "execute": {"backend": backend, "shots": shots, "seed_simulator": seed,
+                        "noise_seed": None, "fallback_backend": None, "priority": "normal",
+                        "primitive": primitive, "pubs": pubs, "job": "single"},
+            "quality": None, "datasets": None, "steps": linear_steps(hybrid=False)}
+
+
 def sampler_workflow(circuit: QuantumCircuit, pubs: list[SamplerPub], backend: str, seed: int,
                      name: str = "ledger-sampler", project: str | None = None) -> dict[str, Any]:
     """The workflow that runs ``pubs`` (all over ``circuit``) in one Aer job with ``seed``."""
-    members = []
+    members: list[dict[str, Any]] = []
     width = circuit.num_parameters
     for pub in pubs:
         # Bindings flattened in C order: the order Aer seeds them in, whatever the PUB's shape.
         values = (np.asarray(pub.parameter_values.as_array(circuit.parameters), dtype=float).reshape(
             -1, width).tolist() if width else [[]])
         members.append({"parameter_values": values, "shots": int(pub.shots or 0)})
-    steps = [{"id": s, "kind": s, "needs": [STEPS[i - 1]] if i else []} for i, s in enumerate(STEPS)]
-    return {"schema_version": 1, "name": name, "version": 1, **({"project": project} if project else {}),
-            "circuit": {"format": "qpy", "qpy": _qpy(circuit)},
-            "transpile": {"optimization_level": 0, "seed_transpiler": 0},
-            "execute": {"backend": backend, "shots": members[0]["shots"], "seed_simulator": seed,
-                        "noise_seed": None, "fallback_backend": None, "priority": "normal",
-                        "primitive": "sampler", "pubs": members, "job": "single"},
-            "quality": None, "datasets": None, "steps": steps}
+    shots = int(pubs[0].shots or 0)  # the workflow's own member; each PUB states its shots
+    return _single_job_workflow(name, circuit, backend, seed, "sampler", members, shots, project)
 
 
 def estimator_workflow(circuit: QuantumCircuit, pubs: list[EstimatorPub], backend: str, seed: int,
@@ -93,14 +100,7 @@ def estimator_workflow(circuit: QuantumCircuit, pubs: list[EstimatorPub], backen
             "parameter_values": [[float(v) for v in values[bound[i]]] if values is not None else []
                                  for i in elements],
             "precision": float(pub.precision)})
-    steps = [{"id": s, "kind": s, "needs": [STEPS[i - 1]] if i else []} for i, s in enumerate(STEPS)]
-    return {"schema_version": 1, "name": name, "version": 1, **({"project": project} if project else {}),
-            "circuit": {"format": "qpy", "qpy": _qpy(circuit)},
-            "transpile": {"optimization_level": 0, "seed_transpiler": 0},
-            "execute": {"backend": backend, "shots": 1, "seed_simulator": seed,
-                        "noise_seed": None, "fallback_backend": None, "priority": "normal",
-                        "primitive": "estimator", "pubs": members, "job": "single"},
-            "quality": None, "datasets": None, "steps": steps}
+    return _single_job_workflow(name, circuit, backend, seed, "estimator", members, 1, project)
 
 
 class LedgerSampler(BaseSamplerV2):  # type: ignore[misc]  # Qiskit ships no type information

@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any
 
 from qledger.ledger.canonical import canonical_bytes
@@ -78,7 +79,7 @@ def code_of(name: str) -> dict[str, Any]:
     entry = installed(name)
     spec = importlib.util.find_spec(entry.module)
     origin = spec.origin if spec is not None else None
-    source = open(origin, "rb").read() if origin and origin.endswith(".py") else b""  # noqa: SIM115
+    source = Path(origin).read_bytes() if origin and origin.endswith(".py") else b""
     distribution = entry.dist
     return {"entry_point": name, "object": entry.value,
             "distribution": {"name": distribution.name if distribution else None,

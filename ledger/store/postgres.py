@@ -207,8 +207,11 @@ def grant_statements(schema: str, role: str, tables: Sequence[str],
     role_id = Identifier(role)
     statements: list[Any] = [
         SQL(
+            # Roles belong to the cluster: two stores initialised at once may both find the role
+            # missing; the second CREATE then fails, and the role it wanted exists.
             "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = {name}) THEN "
-            "CREATE ROLE {role} LOGIN; END IF; END $$"
+            "BEGIN CREATE ROLE {role} LOGIN; EXCEPTION WHEN duplicate_object OR unique_violation THEN "
+            "NULL; END; END IF; END $$"
         ).format(name=role, role=role_id),
         SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Identifier(schema), role_id),
     ]

@@ -25,7 +25,9 @@ def main() -> None:
     catalog = BackendCatalog({"slow": ("aer_ideal", FaultConfig(latency_seconds=latency))})
     running = start_server(app, keys.load("executor-1"), keys.load(CHECKPOINTER),
                            # Crash and scale-out are tested here; authorisation in test_authz.
-                           settings=ExecutorSettings(workers=2, lease_seconds=1.5, poll_seconds=0.1,
+                           # A lease short enough for quick takeovers, long enough that a busy
+                           # machine (the suite runs in parallel) does not lose it while working.
+                           settings=ExecutorSettings(workers=2, lease_seconds=4.0, poll_seconds=0.1,
                                                      authorize=False),
                            catalog=catalog)
     print(f"port {running.port} worker {running.worker.name}", flush=True)

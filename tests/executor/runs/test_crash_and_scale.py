@@ -43,6 +43,9 @@ def spawn_server(store_url: str, home: Path, latency: float) -> tuple[subprocess
     return process, address
 
 
+TERMINAL_KINDS = {"Completed", "Failed", "Cancelled"}
+
+
 def spawn_named_server(store_url: str, home: Path, latency: float) -> tuple[subprocess.Popen[str], str, str]:
     """A server process, its address and its worker's name."""
     process = subprocess.Popen([sys.executable, "-m", "tests.executor.runs.server_process", store_url,
@@ -154,7 +157,7 @@ def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url:
             return [p["payload"]["record"] for p in stream(app, run_id)
                     if p["payload"].get("record", {}).get("kind") == "pub_result"]
 
-        wait_for(lambda: len(results()) >= 4, 90)
+        wait_for(lambda: len(results()) >= 4, 180)
         computed_by = {r["computed_by"] for r in results()}
         # Kill -9 the executor that holds the run: the other takes it over when the lease ends.
         coordinator = RunQueue(app).holder(UUID(run_id))
@@ -162,7 +165,9 @@ def test_two_executor_processes_share_one_sweep_and_survive_a_kill(pg_store_url:
         killed, _ = servers.pop(coordinator)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)
-        wait_for(lambda: stream(app, run_id)[-1]["event_type"].endswith("Completed"), 120)
+        wait_for(lambda: stream(app, run_id)[-1]["event_type"].rsplit(".", 1)[-1] in TERMINAL_KINDS, 180)
+        last = stream(app, run_id)[-1]
+        assert last["event_type"].endswith("Completed"), last["payload"]
     finally:
         for process, _ in servers.values():
             process.terminate()
