@@ -22,7 +22,16 @@ from qledger.cli.remote import submit_and_watch
 from qledger.governance.changes import grant_role
 from qledger.governance.policy import ALL_PROJECTS
 from qledger.ledger import merkle
-from qledger.ledger.admin import CHECKPOINTER, EXPORTER, ROOT, add_key, export_key, init_store, open_admin_app
+from qledger.ledger.admin import (
+    CHECKPOINTER,
+    EXPORTER,
+    ROOT,
+    add_key,
+    export_key,
+    init_store,
+    open_admin_app,
+    unique_origin,
+)
 from qledger.ledger.exportlog import LogFileSource, write_log
 from qledger.ledger.keys import KeyStore
 from qledger.ledger.verify import verify
@@ -53,7 +62,7 @@ def run_demo(workdir: Path | None, say: Callable[[str], None]) -> bool:
     keys = KeyStore(root / "home")
     store = f"sqlite:///{root / 'demo.db'}"
     app = open_admin_app(store, keys)
-    init_store(app, keys)
+    init_store(app, keys, origin=unique_origin())  # its own log, as `qledger init` gives every ledger
     client = add_key(app, keys, "demo-client", "client")
     executor_key = add_key(app, keys, "executor-1", "executor")
     admin = keys.load(ROOT)

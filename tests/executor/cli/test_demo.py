@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from qledger.cli import app as cli
-from qledger.ledger.app import LedgerApp
+from qledger.ledger.app import DEFAULT_ORIGIN, LedgerApp
 from qledger.runs.backends import BackendCatalog
 from qledger.runs.breaker import BreakerBoard
 from qledger.runs.pipeline import ExecutionContext, run_steps
@@ -32,6 +32,9 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
             if n.topic.endswith("Run.Submitted")]
     run = app.repository.get(runs[0].originator_id)
     assert isinstance(run, Run) and run.status == "completed"
+    # Its own log: an origin no other ledger has, as `qledger init` gives one.
+    origin = app.require_origin()
+    assert origin.startswith("qledger.local/") and origin != DEFAULT_ORIGIN
     assert run.steps == ["data_preparation", "circuit_synthesis", "transpilation", "execution",
                          "post_processing", "report"]
     # It ends with the run's counts and the commands to explore what it kept; each one works as
