@@ -103,6 +103,13 @@ class Client:
         with _calls():
             return str(self.ledger.GetCheckpoint(pb.GetCheckpointRequest(), timeout=30).note)
 
+    def inclusion_proof(self, position: int, tree_size: int) -> list[bytes]:
+        """The RFC 9162 inclusion proof of the entry at ``position`` in the tree of ``tree_size``."""
+        with _calls():
+            proof = self.ledger.GetInclusionProof(pb.GetInclusionProofRequest(
+                position=position, tree_size=tree_size), timeout=30)
+        return [bytes(h) for h in proof.path]
+
     def submit(self, workflow: WorkflowSource, *, idempotency_key: str | None = None) -> RunHandle:
         """Sign and submit a run of ``workflow``; the same ``idempotency_key`` names the same run."""
         command = submit_command(self.key, self.origin, workflow_of(workflow),

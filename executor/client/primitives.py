@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
 import uuid
 from collections.abc import Callable, Iterable
@@ -38,8 +39,7 @@ from qiskit.primitives.containers.estimator_pub import EstimatorPub, EstimatorPu
 from qiskit.primitives.containers.sampler_pub import SamplerPub, SamplerPubLike
 from qiskit.providers import JobStatus
 
-from qledger.api import qledger_pb2 as pb
-from qledger.client.client import Client, RunHandle, _calls, require_completed
+from qledger.client.client import Client, RunHandle, require_completed
 from qledger.client.results import RecordedEntry
 from qledger.ledger import merkle
 from qledger.runs.dag import linear_steps
@@ -189,13 +189,8 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[PubResult], JobStatus]):  # typ
 
         note = self.client.checkpoint()
         size = parse_note(note).checkpoint.tree_size
-        proofs: dict[int, list[str]] = {}
-        with _calls():
-            for _, entries in recorded:
-                for entry in entries:
-                    proof = self.client.ledger.GetInclusionProof(pb.GetInclusionProofRequest(
-                        position=entry.position, tree_size=size), timeout=30)
-                    proofs[entry.position] = [bytes(h).hex() for h in proof.path]
+        proofs = {entry.position: [h.hex() for h in self.client.inclusion_proof(entry.position, size)]
+                  for _, entries in recorded for entry in entries}
         return {"runs": [{"run_id": handle.id, "ledger_positions": [e.position for e in entries],
                           "leaf_hashes": [e.leaf_hash for e in entries]} for handle, entries in recorded],
                 "checkpoint": note, "tree_size": size, "inclusion_proofs": proofs}
@@ -228,8 +223,6 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[PubResult], JobStatus]):  # typ
 
 
 def _sampler_result(pub: SamplerPub, artifact: bytes) -> SamplerPubResult:
-    import json
-
     data = json.loads(artifact)
     shape = pub.shape
     registers = {}

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,8 +62,6 @@ def run_result(run_id: str, status: str, entries: Sequence[RecordedEntry],
 
 
 def _pub_result(chunks: list[dict[str, Any]], fetch: Callable[[str], bytes]) -> PubResult:
-    import json
-
     metadata = {"bindings": sum(c["bindings"][1] - c["bindings"][0] for c in chunks),
                 "result_sha256": [c["result_sha256"] for c in chunks]}
     if "evs" in chunks[0]:

@@ -128,14 +128,7 @@ def upstream_ids(step: Step, by_id: dict[str, Step]) -> set[str]:
 
 
 def _upstream_kinds(step: Step, by_id: dict[str, Step]) -> set[str]:
-    seen: set[str] = set()
-    stack = list(step.needs)
-    while stack:
-        current = by_id[stack.pop()]
-        if current.kind not in seen:
-            seen.add(current.kind)
-            stack.extend(current.needs)
-    return seen
+    return {by_id[i].kind for i in upstream_ids(step, by_id)}
 
 
 def order_of(steps: Sequence[Step]) -> list[Step]:
