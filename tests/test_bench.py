@@ -70,6 +70,9 @@ def test_bench_sweep(store_url: str, tmp_path: Path) -> None:
     ratio = figures(out, r"ratio ([\d.]+) \(target")
     assert len(direct) == 1 and direct[0] > 0 and len(service) == 1 and len(ratio) == 1
     assert abs(ratio[0] - service[0] / direct[0]) < 0.01
+    counts_only = figures(out, r"direct Aer simulator, counts only +([\d.]+) ms")
+    against_counts = figures(out, r"; ([\d.]+) x counts only")
+    assert len(counts_only) == 1 and abs(against_counts[0] - service[0] / counts_only[0]) < 0.01
     end_to_end = figures(out, r"PUB results, end to end +([\d.]+) bindings/s")
     recorded = figures(out, r"PUB results recorded \(time outside Aer\) +([\d.]+) bindings/s")
     assert len(end_to_end) == len(recorded) == 1 and recorded[0] > end_to_end[0] > 0

@@ -39,7 +39,7 @@ from qledger.rpc.entries import entry_message
 from qledger.rpc.status import rpc_method
 from qledger.runs.cancellation import cancel, may_cancel, read_cancel
 from qledger.runs.queue import RunQueue
-from qledger.runs.run import TERMINAL, Run, results_of
+from qledger.runs.run import TERMINAL, TERMINAL_TYPES, Run, results_of
 from qledger.runs.submission import Submission, check_submission, read_submission, record_submission
 from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
@@ -228,17 +228,20 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         run = self._run_named(request.run_id)
         self.authz.require(context, "WatchRun", project_of(run.workflow))
         after = request.after_version
+        # Whether the run has ended is read off the entries streamed (rereading the run at
+        # every wake-up decoded its whole history, the sweep's bindings too, once per entry).
+        ended = run.status in TERMINAL
         deadline = time.monotonic() + WATCH_LIMIT_SECONDS
         while context.is_active() and time.monotonic() < deadline:
             seen = self.changes.seen()
             rows = self.source.stream_entries(run.id, after)
             for row in rows:
                 after = row.originator_version or after
+                ended = ended or row.topic in TERMINAL_TYPES
                 if row.position > request.after_position:
                     yield entry_message(row)
             if not rows:
-                run = self._run_named(str(run.id))
-                if run.status in TERMINAL and run.version <= after:
+                if ended:
                     return
                 # Woken at once by this process's workers; the timeout covers other executors.
                 self.changes.wait(seen, WATCH_POLL_SECONDS)

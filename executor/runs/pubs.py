@@ -6,12 +6,14 @@ binding.  An Estimator PUB is ``{"observables": [[["ZZ", 1.0], ["XI", 0.5]], ...
 "parameter_values": [[...], ...], "precision": p}``: for each binding and each observable (a
 ``SparsePauliOp`` as Pauli strings with coefficients, qubit 0 rightmost), the expectation value
 and its standard error.  A binding lists one value per circuit parameter, in Qiskit's order
-(``circuit.parameters``: by name).  Aer's own primitives (``qiskit_aer.primitives.SamplerV2``,
-``EstimatorV2``) compute the results; a sweep is cut into chunks of ``CHUNK`` bindings, each
-recorded as its own entry with its results as an artifact, so a run resumes chunk by chunk
-and a query can name one binding.  With ``execute.job: "single"`` the Sampler PUBs run instead
-in one job, as ``SamplerV2.run(pubs)`` runs them, so that their results equal Aer's own with
-the same seed, bit for bit (what ``LedgerSampler`` asks for).
+(``circuit.parameters``: by name).  Aer computes the results: Estimator PUBs on its
+``EstimatorV2``, a Sampler sweep's counts on the simulator as Aer's ``SamplerV2`` calls it
+(equal to the primitive's counts outcome for outcome, ``sampler_counts``).  A sweep is cut
+into chunks of ``CHUNK`` bindings, each recorded as its own entry with its results as an
+artifact, so a run resumes chunk by chunk and a query can name one binding.  With
+``execute.job: "single"`` the Sampler PUBs run instead in one job of ``SamplerV2`` itself, as
+``SamplerV2.run(pubs)`` runs them, so that their results (shot memory too) equal Aer's own
+with the same seed, bit for bit (what ``LedgerSampler`` asks for).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import SparsePauliOp
-from qiskit_aer import AerSimulator
+from qiskit_aer import AerError, AerSimulator
 from qiskit_aer.primitives import EstimatorV2, SamplerV2
 
 from qledger.runs.circuit_source import CircuitError
@@ -63,13 +65,19 @@ def _values(raw: Any, field: str, parameters: tuple[str, ...]) -> np.ndarray:
     if not isinstance(raw, list) or not raw:
         raise CircuitError(field, f"must be a non-empty list of bindings, each {len(parameters)} numbers "
                            f"for {list(parameters)}")
-    for j, binding in enumerate(raw):
-        if not isinstance(binding, list) or len(binding) != len(parameters):
-            raise CircuitError(f"{field}[{j}]", f"needs {len(parameters)} values, for {list(parameters)}, "
+    width = len(parameters)
+    if all(type(binding) is list and len(binding) == width
+           and all(type(v) is float or type(v) is int for v in binding) for binding in raw):
+        values = np.array(raw, dtype=float).reshape(len(raw), width)
+        if np.isfinite(values).all():  # a sweep's thousands of numbers, checked at once
+            return values
+    for j, binding in enumerate(raw):  # which binding is wrong, and how
+        if not isinstance(binding, list) or len(binding) != width:
+            raise CircuitError(f"{field}[{j}]", f"needs {width} values, for {list(parameters)}, "
                                f"not {len(binding) if isinstance(binding, list) else binding!r}")
         if not all(_number(v) for v in binding):
             raise CircuitError(f"{field}[{j}]", "values must be finite numbers")
-    return np.array(raw, dtype=float).reshape(len(raw), len(parameters))
+    return np.array(raw, dtype=float).reshape(len(raw), width)
 
 
 def _observables(raw: Any, field: str, qubits: int, limit: int = MAX_OBSERVABLES
@@ -206,18 +214,47 @@ def _estimator_job(simulator: AerSimulator, circuit: QuantumCircuit, pubs: Seque
              "stds": [float(v) for v in np.asarray(r.data.stds).ravel()]} for r in results]
 
 
+def sampler_counts(simulator: AerSimulator, circuit: QuantumCircuit, values: np.ndarray | None,
+                   shots: int, seed: int) -> list[dict[str, dict[str, int]]]:
+    """For each binding, the counts per classical register that
+    ``SamplerV2.from_backend(simulator, seed=seed).run([(circuit, values, shots)])`` gives, equal
+    to them outcome for outcome: the simulator call the primitive makes (same circuit, shots,
+    seed and bindings), less the shot memory it asks for.  A sweep wants only counts, and the
+    memory (a string per shot, then a bit array) cost 40% of a sweep's time and grows with
+    shots x bindings."""
+    binds = None if values is None else [{p: values[:, i] for i, p in enumerate(circuit.parameters)}]
+    result = simulator.run([circuit], shots=shots, seed_simulator=seed, parameter_binds=binds,
+                           memory=False).result()
+    # Each register's bits within the simulator's outcome, as the primitive reads them.
+    registers = sorted((creg.name, circuit.find_bit(creg[0]).index if creg.size else 0, creg.size)
+                       for creg in circuit.cregs)
+    whole = len(registers) == 1 and registers[0][1] == 0 and registers[0][2] == circuit.num_clbits
+    counts = []
+    for experiment in result.results:
+        if isinstance(experiment.status, str) and experiment.status.upper().startswith("ERROR"):
+            raise AerError(f"Aer simulation failed: {experiment.status}")
+        # An outcome is the hex of all classical bits; none measured reads as all zeros.
+        outcomes = [(int(key, 16), n) for key, n in (getattr(experiment.data, "counts", None)
+                                                      or {"0x0": shots}).items()]
+        per_register: dict[str, dict[str, int]] = {}
+        for name, start, width in registers:
+            mask = (1 << width) - 1
+            tally: dict[str, int] = {}
+            for outcome, n in outcomes:
+                label = format(outcome if whole else (outcome >> start) & mask, f"0{width}b") if width else ""
+                tally[label] = tally.get(label, 0) + n
+            per_register[name] = dict(sorted(tally.items()))
+        counts.append(per_register)
+    return counts
+
+
 def run_chunk(simulator: AerSimulator, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,
               seed: int) -> dict[str, Any]:
     """The results of bindings ``start``..``stop`` of ``pub`` on the transpiled ``circuit``."""
     values = pub.values[start:stop]
     parameters = values if circuit.num_parameters else None
     if pub.shots is not None:
-        sampler = SamplerV2.from_backend(simulator, seed=seed, default_shots=pub.shots)
-        result = sampler.run([(circuit, parameters, pub.shots)]).result()[0]
-        per_register = {name: counts_per_binding(getattr(result.data, name), stop - start)
-                        for name in sorted(result.data.keys())}
-        return {"counts": [{name: per_register[name][i] for name in per_register}
-                           for i in range(stop - start)]}
+        return {"counts": sampler_counts(simulator, circuit, parameters, pub.shots, seed)}
     layout = circuit.layout
     observables = [sparse_pauli_op(terms) for terms in pub.observables]
     if layout is not None:  # the observables name the circuit's qubits; the ISA circuit is wider

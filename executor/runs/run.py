@@ -60,6 +60,8 @@ class Run(Aggregate):
 
 RUN_TOPIC = get_topic(Run)
 RUN_SUBMITTED_TYPE = get_topic(Run.Submitted)  # type: ignore[attr-defined]
+# The event types that end a run (its status one of TERMINAL): nothing follows them.
+TERMINAL_TYPES = frozenset(get_topic(e) for e in (Run.Completed, Run.Failed, Run.Cancelled))  # type: ignore[attr-defined]
 
 
 RESULT_MEMBERS = ("counts", "shots", "energy", "energy_std", "parameters", "evaluations")

@@ -83,6 +83,7 @@ def test_submit_watch_complete(service: Service, workflow: dict[str, Any]) -> No
     assert run.status == "completed" and list(run.steps) == STEPS
     # Resuming the watch from a version returns only what came after it.
     assert [e.stream_version for e in service.watch(reply.run.run_id, after=5)] == [6, 7, 8]
+    assert service.watch(reply.run.run_id, after=8) == []  # ended: nothing to wait for
     resumed = service.executor.WatchRun(pb.WatchRunRequest(run_id=reply.run.run_id,
                                                            after_position=entries[4].position))
     assert [e.position for e in resumed] == [e.position for e in entries[5:]]

@@ -183,3 +183,46 @@ def test_an_estimator_pub_with_a_precision_is_reproducible_from_its_seed() -> No
                       0, 5, 11)
     assert max(abs(a - b) for row, ref in zip(first["evs"], exact["evs"], strict=True)
                for a, b in zip(row, ref, strict=True)) < 0.25  # noise of the stated size, not another result
+
+
+def _circuits() -> dict[str, Any]:
+    from qiskit import ClassicalRegister, QuantumCircuit, QuantumRegister
+    from qiskit.circuit import Parameter
+
+    a, b = Parameter("a"), Parameter("b")
+    one = QuantumCircuit(3)
+    one.ry(a, 0), one.rx(b, 1), one.cx(0, 2), one.h(1)
+    one.measure_all()
+    q, alpha, beta = QuantumRegister(3), ClassicalRegister(2, "alpha"), ClassicalRegister(1, "beta")
+    two = QuantumCircuit(q, alpha, beta)  # registers interleaved with the qubits they measure
+    two.ry(a, 0), two.rx(b, 1), two.cx(0, 2)
+    two.measure(q[0], alpha[0]), two.measure(q[1], beta[0]), two.measure(q[2], alpha[1])
+    mid = QuantumCircuit(q, alpha, beta)  # a mid-circuit measurement: no sampling shortcut
+    mid.ry(a, 0), mid.measure(q[0], beta[0]), mid.reset(0), mid.rx(b, 0), mid.cx(0, 1)
+    mid.measure(q[0], alpha[0]), mid.measure(q[1], alpha[1])
+    fixed = QuantumCircuit(2)
+    fixed.h(0), fixed.cx(0, 1)
+    fixed.measure_all()
+    return {"one register": one, "two registers": two, "mid-circuit": mid, "no parameters": fixed}
+
+
+@pytest.mark.parametrize("backend", ["aer_ideal", "aer_noisy", "aer_mps", "fake:manila"])
+def test_sweep_counts_are_aer_samplers_outcome_for_outcome(backend: str) -> None:
+    """A sweep's counts come from the simulator without the shot memory SamplerV2 keeps; for
+    every register layout and noise they must be the primitive's own, with the same seed."""
+    from qledger.runs.backends import BackendCatalog
+    from qledger.runs.pubs import sampler_counts
+
+    model = BackendCatalog().get(backend, 3, 7)
+    simulator = model.simulator()
+    values = np.random.default_rng(1).uniform(0, 3, size=(23, 2))
+    for name, circuit in _circuits().items():
+        isa = transpile(circuit, target=model.transpile_target(), optimization_level=1, seed_transpiler=3)
+        swept = values if isa.num_parameters else None
+        bindings = len(values) if isa.num_parameters else 1
+        result = SamplerV2.from_backend(simulator, seed=11).run([(isa, swept, 333)]).result()[0]
+        expected = [{register: dict(sorted(getattr(result.data, register).get_counts(
+                        i if isa.num_parameters else None).items()))
+                     for register in sorted(result.data.keys())} for i in range(bindings)]
+        assert sampler_counts(simulator, isa, swept, 333, 11) == expected, name
+        assert sampler_counts(simulator, isa, swept, 333, 12) != expected, name  # the seed counts
