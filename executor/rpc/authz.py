@@ -40,6 +40,7 @@ from qledger.runs.submission import MAX_CLOCK_SKEW_SECONDS, clock_skew
 
 log = logging.getLogger("qledger.authz")
 ANONYMOUS = "no client certificate and no valid call signature"
+NOT_YET_KNOWN = ""  # the project of a refusal made before the request's run was looked up
 
 # RPC -> what it does, and which roles may do that (in the run's project where there is one).
 ACTIONS = {
@@ -140,10 +141,22 @@ class Authorizer:
         if not self.enabled:
             return principal or ""  # no identity needed, so none is worked out
         who = self._identified(context, method, project, principal)
-        if not self.allowed(who, method, project):
+        self.permit(context, who, method, project)
+        return who
+
+    def caller(self, context: grpc.ServicerContext, method: str) -> str:
+        """Who is calling, worked out before anything the request names is looked up, so that
+        an unidentified caller cannot tell a run that exists from one that does not; then
+        ``permit`` once the project is known.  "" when authorisation is off."""
+        if not self.enabled:
+            return ""
+        return self._identified(context, method, NOT_YET_KNOWN)
+
+    def permit(self, context: grpc.ServicerContext, who: str, method: str, project: str) -> None:
+        """Abort (and record the denial) unless ``who`` may call ``method`` in ``project``."""
+        if self.enabled and not self.allowed(who, method, project):
             self._deny(PermissionDeniedError(f"{who} has no role that may {ACTIONS[method]} in project "
                                              f"{project!r}"), peer_host(context), who, method, project)
-        return who
 
     def allowed(self, who: str, method: str, project: str) -> bool:
         policy = self.policies.current()

@@ -95,11 +95,11 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     @rpc_method
     def RerunWorkflow(self, request: pb.RerunWorkflowRequest,
                       context: grpc.ServicerContext) -> pb.SubmitWorkflowResponse:
-        return self._submit(request.command.envelope, context, self._run_named(request.run_id))
+        return self._submit(request.command.envelope, context, request.run_id)
 
     def _submit(self, data: bytes, context: grpc.ServicerContext,
-                rerun_of: Run | None) -> pb.SubmitWorkflowResponse:
-        rpc = "RerunWorkflow" if rerun_of else "SubmitWorkflow"
+                rerun_id: str | None) -> pb.SubmitWorkflowResponse:
+        rpc = "RerunWorkflow" if rerun_id is not None else "SubmitWorkflow"
         signed = read_submission(data)
         # The store checks the signature again as it appends: that check guards the ledger,
         # this one decides who is asking (so it is skipped when nobody's identity matters).
@@ -107,6 +107,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         signer = (self.authz.signer(envelope.key_id, envelope.signature_valid, signed.content.principal)
                   if self.authz.enabled else None)
         self.authz.require(context, rpc, signed.project, principal=signer.principal if signer else None)
+        rerun_of = self._run_named(rerun_id) if rerun_id is not None else None  # looked up for the caller
         submission = check_submission(signed, self.backends, rerun_of, self.templates,
                                       allowed_steps=self.allowed_steps)
         existing = self._run(submission.run_id)
@@ -177,8 +178,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
 
     @rpc_method
     def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.Run:
+        who = self.authz.caller(context, "GetRun")
         run = self._run_named(request.run_id)
-        self.authz.require(context, "GetRun", project_of(run.workflow))
+        self.authz.permit(context, who, "GetRun", project_of(run.workflow))
         return run_message(run)
 
     @rpc_method
@@ -213,8 +215,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     def GetArtifact(self, request: pb.GetArtifactRequest, context: grpc.ServicerContext) -> pb.Artifact:
         """The bytes of an artifact one of the run's entries references (readable by whoever may
         watch the run)."""
+        who = self.authz.caller(context, "GetArtifact")
         run = self._run_named(request.run_id)
-        self.authz.require(context, "GetArtifact", project_of(run.workflow))
+        self.authz.permit(context, who, "GetArtifact", project_of(run.workflow))
         reference = run_artifact(self.source.stream_entries(run.id, 0), request.sha256)
         data = HotArtifacts(self.app.ledger).get(request.sha256)
         if data is None:
@@ -225,8 +228,9 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     @rpc_method
     def WatchRun(self, request: pb.WatchRunRequest,
                  context: grpc.ServicerContext) -> Iterator[pb.LedgerEntry]:
+        who = self.authz.caller(context, "WatchRun")
         run = self._run_named(request.run_id)
-        self.authz.require(context, "WatchRun", project_of(run.workflow))
+        self.authz.permit(context, who, "WatchRun", project_of(run.workflow))
         after = request.after_version
         # Whether the run has ended is read off the entries streamed (rereading the run at
         # every wake-up decoded its whole history, the sweep's bindings too, once per entry).

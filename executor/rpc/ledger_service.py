@@ -45,9 +45,10 @@ class LedgerService(pb_grpc.LedgerServicer):
         self.authz, self.projections = authz, projections
         self.source = app.source()
 
-    def _stream(self, run_id: str, context: grpc.ServicerContext, rpc: str,
+    def _stream(self, run_id: str, context: grpc.ServicerContext, rpc: str, who: str,
                 field: str = "run_id") -> list[EntryRow]:
-        """A run's entries, once the caller is allowed ``rpc`` in the run's project."""
+        """A run's entries, once the caller (``authz.caller``, identified before any lookup) is
+        allowed ``rpc`` in the run's project."""
         try:
             stream_id = UUID(run_id)
         except ValueError:
@@ -56,7 +57,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         if not rows:
             raise NotFoundError(f"no run {run_id}", field)
         submitted = EntryContent.from_bytes(dsse.parse(rows[0].state or b"").payload)
-        self.authz.require(context, rpc, project_of(submitted.payload.get("workflow") or {}))
+        self.authz.permit(context, who, rpc, project_of(submitted.payload.get("workflow") or {}))
         return rows
 
     def _run_ref(self, request: pb.RunRef) -> str:
@@ -72,7 +73,8 @@ class LedgerService(pb_grpc.LedgerServicer):
 
     @rpc_method
     def ExportBundle(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Bundle:
-        rows = self._stream(self._run_ref(request), context, "ExportBundle")
+        who = self.authz.caller(context, "ExportBundle")
+        rows = self._stream(self._run_ref(request), context, "ExportBundle", who)
         if self.export_key is None or self.checkpoint_key is None:
             raise PreconditionError("this server holds no export or checkpoint key; "
                                     "use `qledger export-bundle`")
@@ -84,8 +86,9 @@ class LedgerService(pb_grpc.LedgerServicer):
     def GetLineage(self, request: pb.RunRef, context: grpc.ServicerContext) -> pb.Lineage:
         """A run's lineage from its entries; an artifact's (ancestors and descendants, across
         runs) from the lineage projection, brought up to date first."""
+        who = self.authz.caller(context, "GetLineage")
         if request.artifact and not request.run_id:
-            self.authz.require(context, "GetLineage", ALL_PROJECTS)  # it may span projects
+            self.authz.permit(context, who, "GetLineage", ALL_PROJECTS)  # it may span projects
             self.projections.catch_up(["lineage"])
             try:
                 graph = self.projections.read("lineage", lambda db: artifact_lineage(db, request.artifact))
@@ -93,17 +96,18 @@ class LedgerService(pb_grpc.LedgerServicer):
                 raise NotFoundError(str(exc), "artifact") from None
             prov = document_json(prov_document(graph.nodes, graph.relations))
         else:
-            rows = self._stream(self._run_ref(request), context, "GetLineage")
+            rows = self._stream(self._run_ref(request), context, "GetLineage", who)
             prov = lineage_json(self.app.require_origin(), [(r.position, r.state or b"") for r in rows])
         return pb.Lineage(prov_json=json.dumps(prov, sort_keys=True))
 
     @rpc_method
     def GetReport(self, request: pb.GetReportRequest, context: grpc.ServicerContext) -> pb.Report:
-        first = run_facts([r.state or b"" for r in self._stream(request.run_id, context, "GetReport")])
+        who = self.authz.caller(context, "GetReport")
+        first = run_facts([r.state or b"" for r in self._stream(request.run_id, context, "GetReport", who)])
         second = None
         if request.against_run_id:
             second = run_facts([r.state or b"" for r in self._stream(request.against_run_id, context,
-                                                                     "GetReport", "against_run_id")])
+                                                                     "GetReport", who, "against_run_id")])
         return pb.Report(json=json.dumps(report(first, second), sort_keys=True))
 
     @rpc_method

@@ -138,3 +138,46 @@ def test_admins_see_access_events_from_the_cli(governed: Governed, monkeypatch: 
     assert events[0]["at"] and "no role" in events[0]["reason"]
     roles = json.loads(CliRunner().invoke(cli, ["roles", "list", "--store", store]).output)
     assert roles["sub"] == [["submitter", "alpha"]] and "nobody" not in roles
+
+
+def test_an_unidentified_caller_cannot_tell_which_runs_exist(governed: Governed) -> None:
+    """Every RPC that names a run refuses an anonymous caller the same way whether the run
+    exists or not: who is calling is settled before anything the request names is looked up."""
+    service, signers, run_id = governed
+    missing = str(uuid.uuid4())
+    stranger = signers["nobody"]  # signs commands with a key the ledger has, and has no role
+    with client_channel(service.running.address) as channel:
+        executor, ledger = pb_grpc.ExecutorStub(channel), pb_grpc.LedgerStub(channel)
+        for named in (run_id, missing):
+            lookups = {name: call for name, call in calls(service.origin, stranger, named, "00" * 32).items()
+                       if name in ("GetRun", "WatchRun", "GetArtifact", "ExportBundle", "GetLineage",
+                                   "GetReport")}
+            lookups["GetReport --against"] = lambda _, lg, named=named: lg.GetReport(  # type: ignore[misc]
+                pb.GetReportRequest(run_id=run_id, against_run_id=named))
+            for rpc, call in lookups.items():
+                with pytest.raises(grpc.RpcError) as refused:
+                    call(executor, ledger)
+                assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, (rpc, named)  # type: ignore[attr-defined]
+    # A rerun command by a key the ledger does not know is refused as such, run or no run.
+    unknown = SigningKey.generate("intruder")
+    with client_channel(service.running.address) as channel:
+        for named in (run_id, missing):
+            command = submit_command(unknown, service.origin, ALPHA, str(uuid.uuid4()), rerun_of=named)
+            with pytest.raises(grpc.RpcError) as refused:
+                pb_grpc.ExecutorStub(channel).RerunWorkflow(pb.RerunWorkflowRequest(
+                    run_id=named, command=pb.SignedEnvelope(envelope=command)), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, named  # type: ignore[attr-defined]
+
+
+def test_a_report_against_another_run_identifies_its_caller_once(governed: Governed) -> None:
+    """A call signature's nonce is spent when the caller is identified: a call that reads two
+    runs must not identify it twice."""
+    service, signers, run_id = governed
+    with client_channel(service.running.address, signer=signers["aud"]) as channel:
+        report = pb_grpc.LedgerStub(channel).GetReport(pb.GetReportRequest(run_id=run_id,
+                                                                           against_run_id=run_id))
+        assert json.loads(report.json)["comparison"]["verdict"] == "reproduced exactly"
+        with pytest.raises(grpc.RpcError) as missing:
+            pb_grpc.LedgerStub(channel).GetReport(pb.GetReportRequest(run_id=run_id,
+                                                                      against_run_id=str(uuid.uuid4())))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
