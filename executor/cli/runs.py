@@ -160,7 +160,7 @@ def _stored_runs(store: str, request: Any) -> list[Any]:
     from qledger.ledger.cli_common import open_app
     from qledger.provenance.lineage_index import find_runs, run_filter
     from qledger.provenance.projections import projection_runner
-    from qledger.rpc.executor_service import run_message
+    from qledger.rpc.entries import run_message
 
     app = open_app(store)
     wanted = run_filter(request.workflow, request.backend, request.dataset_sha256, request.submitted_by,

@@ -17,7 +17,6 @@ from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.admission import admit, record_within_budget
 from qledger.governance.budget_reservations import BudgetReservations
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.errors import (
     AlreadyExistsError,
     ExhaustedError,
@@ -35,11 +34,11 @@ from qledger.provenance.lineage_index import find_runs, run_filter
 from qledger.provenance.run_entries import run_artifact
 from qledger.provenance.usage import project_usage
 from qledger.rpc.authz import Authorizer
-from qledger.rpc.entries import entry_message
+from qledger.rpc.entries import entry_message, run_message
 from qledger.rpc.status import rpc_method
 from qledger.runs.cancellation import cancel, may_cancel, read_cancel
 from qledger.runs.queue import RunQueue
-from qledger.runs.run import TERMINAL, TERMINAL_TYPES, Run, results_of
+from qledger.runs.run import TERMINAL, TERMINAL_TYPES, Run
 from qledger.runs.submission import Submission, check_submission, read_submission, record_submission
 from qledger.runs.templates import resolver
 from qledger.runs.worker import Changes
@@ -48,15 +47,6 @@ from qledger.runs.workflow import project_of
 log = logging.getLogger("qledger.executor")
 WATCH_POLL_SECONDS = 0.05
 WATCH_LIMIT_SECONDS = 600.0
-
-
-def run_message(run: Run) -> pb.Run:
-    return pb.Run(run_id=str(run.id), workflow=str(run.workflow.get("name", "")), status=run.status,
-                  steps=run.steps, submitted_by=run.submitted_by, error=run.error,
-                  version=run.version, workflow_json=canonical_bytes(run.workflow).decode(),
-                  rerun_of=run.rerun_of or "", submitted_at=run.created_on.isoformat(),
-                  updated_at=run.modified_on.isoformat(),
-                  results_json=canonical_bytes(results_of(run.records)).decode())
 
 
 class ExecutorService(pb_grpc.ExecutorServicer):
