@@ -77,6 +77,12 @@ class UnreadableEntryError(QledgerError):
     hint = "the ledger still verifies; the entry is reported, never rewritten (the log is append-only)"
 
 
+class DamagedArtifactError(QledgerError):
+    """An artifact's stored bytes no longer hash to the digest its entries reference."""
+
+    hint = "restore it from a copy; `qledger verify --archive DIR` finds the first damaged one"
+
+
 class ProofError(QledgerError):
     """A proof was requested for positions the tree does not have."""
 

@@ -122,6 +122,9 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
           step_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a python step may run")] = 60.0,
           step_memory_mb: Annotated[int, typer.Option(min=16, help="MiB of memory a python step may use")]
           = 2048,
+          archive: Annotated[Path | None, typer.Option(
+              envvar="QLEDGER_ARCHIVE", help="The archive directory `qledger archive` moves artifacts to: "
+              "GetArtifact reads there what the store no longer holds")] = None,
           log_format: Annotated[str, typer.Option(envvar="QLEDGER_LOG_FORMAT", help="json or text")]
           = "json",
           plaintext: Annotated[bool, typer.Option(envvar="QLEDGER_PLAINTEXT",
@@ -168,7 +171,8 @@ def serve(config: Annotated[Path | None, typer.Option(envvar="QLEDGER_CONFIG", i
                                                     flood=FloodLimits(max_denials_per_second,
                                                                       max_calls_per_second),
                                                     steps=StepPolicy(frozenset(allow_step or ()),
-                                                                     step_timeout, step_memory_mb << 20)),
+                                                                     step_timeout, step_memory_mb << 20),
+                                                    archive=archive),
                                    tls=tls,
                                    export_key=exporter)
         except OSError as exc:

@@ -4,6 +4,7 @@ asks who is calling, calls the rules (``runs.submission``, ``runs.cancellation``
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -17,8 +18,10 @@ from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.admission import admit, record_within_budget
 from qledger.governance.budget_reservations import BudgetReservations
 from qledger.ledger.app import LedgerApp
+from qledger.ledger.artifacts import ArchiveDirectory
 from qledger.ledger.errors import (
     AlreadyExistsError,
+    DamagedArtifactError,
     ExhaustedError,
     InvalidRequestError,
     NotFoundError,
@@ -53,12 +56,14 @@ class ExecutorService(pb_grpc.ExecutorServicer):
     def __init__(self, app: LedgerApp, queue: RunQueue, max_pending: int, authz: Authorizer,
                  projections: ProjectionRunner, backends: frozenset[str], changes: Changes,
                  wake: Callable[[], None], executor_principal: str,
-                 allowed_steps: frozenset[str] = frozenset()) -> None:
+                 allowed_steps: frozenset[str] = frozenset(),
+                 archive: ArchiveDirectory | None = None) -> None:
         self.app, self.queue, self.max_pending = app, queue, max_pending
         self.authz, self.projections = authz, projections
         self.backends, self.changes, self.wake = backends, changes, wake
         self.executor_principal = executor_principal
         self.allowed_steps = allowed_steps
+        self.archive = archive  # where `qledger archive` moved artifacts out of the hot table
         self.source = app.source()
         self.reservations = BudgetReservations(app)
         self.templates = resolver(app)
@@ -209,10 +214,16 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         run = self._run_named(request.run_id)
         self.authz.permit(context, who, "GetArtifact", project_of(run.workflow))
         reference = run_artifact(self.source.stream_entries(run.id, 0), request.sha256)
-        data = HotArtifacts(self.app.ledger).get(request.sha256)
+        data, where = HotArtifacts(self.app.ledger).get(request.sha256), "the store's hot table"
+        if data is None and self.archive is not None:
+            data, where = self.archive.get(request.sha256), f"the archive {self.archive.root}"
         if data is None:
-            raise NotFoundError(f"artifact {request.sha256} is not in the store's hot table (archived?)",
-                                "sha256")
+            looked = ("in neither the store's hot table nor the archive" if self.archive is not None
+                      else "not in the store's hot table (archived? serve with --archive)")
+            raise NotFoundError(f"artifact {request.sha256} is {looked}", "sha256")
+        if hashlib.sha256(data).hexdigest() != request.sha256:
+            raise DamagedArtifactError(f"the copy of artifact {request.sha256} in {where} does not hash "
+                                       "to its digest")
         return pb.Artifact(sha256=request.sha256, media_type=str(reference["media_type"]), data=data)
 
     @rpc_method

@@ -25,6 +25,7 @@ from qledger.governance.flood_control import FloodLimits
 from qledger.governance.routing import route
 from qledger.ledger.admin import ROOT, SERVICE_ROLE, InitResult, init_store
 from qledger.ledger.app import DEFAULT_ORIGIN, CheckpointPolicy, LedgerApp
+from qledger.ledger.artifacts import ArchiveDirectory
 from qledger.ledger.errors import QledgerError
 from qledger.ledger.follow import ProjectionFollower
 from qledger.ledger.keys import KeyStore, SigningKey
@@ -198,6 +199,9 @@ class ExecutorSettings:
     # Python steps of installed code this server runs (entry points of qledger.steps), each in
     # a child process under these limits.
     steps: StepPolicy = field(default_factory=StepPolicy)
+    # The directory `qledger archive` moves artifacts to: GetArtifact reads there what the
+    # store's hot table no longer holds.
+    archive: Path | None = None
 
 
 @dataclass
@@ -295,7 +299,8 @@ def start_server(app: LedgerApp, executor_key: SigningKey, checkpoint_key: Signi
     projections = projection_runner(app)
     pb_grpc.add_ExecutorServicer_to_server(
         ExecutorService(app, queue, settings.max_pending, authz, projections, backends, worker.changes,
-                        worker.wake, executor_key.principal, settings.steps.allowed), server)
+                        worker.wake, executor_key.principal, settings.steps.allowed,
+                        ArchiveDirectory(settings.archive) if settings.archive else None), server)
     pb_grpc.add_LedgerServicer_to_server(
         LedgerService(app, checkpoint_key, authz, projections, export_key), server)
     health_servicer = health.HealthServicer()

@@ -23,6 +23,7 @@ from qledger.ledger.errors import (
     BadSignatureError,
     CallFailedError,
     ContentMismatchError,
+    DamagedArtifactError,
     ExhaustedError,
     InvalidRequestError,
     NonCanonicalEntryError,
@@ -61,6 +62,7 @@ _CODES: list[tuple[type[QledgerError], grpc.StatusCode]] = [
     (ContentMismatchError, grpc.StatusCode.INVALID_ARGUMENT),
     (ProofError, grpc.StatusCode.OUT_OF_RANGE),
     (UnreadableEntryError, grpc.StatusCode.DATA_LOSS),
+    (DamagedArtifactError, grpc.StatusCode.DATA_LOSS),
     (StoreNotInitialisedError, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
