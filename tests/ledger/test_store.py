@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -25,6 +27,7 @@ from qledger.ledger.errors import (
 )
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.ledger.verify import verify
+from tests.conftest import Cluster
 from tests.ledger.helpers import Note, RawStore, make_ledger, write_notes
 
 
@@ -277,3 +280,25 @@ def test_postgres_batches_go_in_binary(pg_store_url: str, qledger_home: Path) ->
     assert "unnest(%b::" in statement and statement.endswith("RETURNING notification_id")
     write_notes(app, "alice", 3, per_save=3)
     assert verify(app.source()).ok
+
+
+@pytest.mark.postgres
+def test_reads_after_a_postgres_restart_need_no_retry(restartable_pg: Cluster, qledger_home: Path) -> None:
+    """A restart cuts every pooled connection; a reader must not be the one who finds out.
+    Each read below comes on a connection the pool held from before the restart."""
+    app, _ = make_ledger(restartable_pg.url, qledger_home)
+    try:
+        write_notes(app, "alice", 3)
+        source = app.source()
+        with ThreadPoolExecutor(4) as pool:  # several connections taken and given back to the pool
+            sizes = list(pool.map(lambda _: source.tree_size(), range(8)))
+        restartable_pg.stop("immediate")
+        restartable_pg.start()
+        with ThreadPoolExecutor(4) as pool:
+            after = list(pool.map(lambda _: (source.tree_size(), len(source.stream_entries(
+                uuid.UUID(int=0), 0))), range(8)))
+        assert after == [(sizes[0], 0)] * 8
+        write_notes(app, "alice", 1)
+        assert verify(source).ok
+    finally:
+        app.close()  # before the cluster goes: pools end in this thread, not a collector's
