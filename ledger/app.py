@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -241,17 +241,26 @@ class LedgerApp(Application[UUID]):
         return size
 
     def inclusion_proof(self, position: int, size: int | None = None) -> dict[str, Any]:
+        return self.inclusion_proofs([position], size)[0]
+
+    def inclusion_proofs(self, positions: Sequence[int], size: int | None = None) -> list[dict[str, Any]]:
+        """The RFC 9162 inclusion proofs of ``positions`` in one tree (the current one if
+        ``size`` is None), read in one transaction, in the order asked for."""
         with self.ledger.read_transaction() as cursor:
             size = self._size_or_current(cursor, size)
-            if not 1 <= position <= size:
-                raise ProofError(f"position {position} is outside a tree of size {size}")
+            outside = [p for p in positions if not 1 <= p <= size]
+            if outside:
+                raise ProofError(f"position {outside[0]} is outside a tree of size {size}")
             fetch = self._fetch(cursor)
-            leaf = fetch([(0, position - 1)])[(0, position - 1)]
-            proof = merkle.inclusion_proof(position - 1, size, fetch)
-            root = merkle.root_from_nodes(size, fetch)
-        return {"position": position, "leaf_index": position - 1, "tree_size": size,
-                "leaf_hash": leaf.hex(), "root_hash": root.hex(),
-                "inclusion_path": [h.hex() for h in proof]}
+            root = merkle.root_from_nodes(size, fetch).hex()
+            proofs = []
+            for position in positions:
+                leaf = fetch([(0, position - 1)])[(0, position - 1)]
+                proof = merkle.inclusion_proof(position - 1, size, fetch)
+                proofs.append({"position": position, "leaf_index": position - 1, "tree_size": size,
+                               "leaf_hash": leaf.hex(), "root_hash": root,
+                               "inclusion_path": [h.hex() for h in proof]})
+        return proofs
 
     def inclusion_paths(self, positions: Iterable[int], size: int) -> dict[int, list[bytes]]:
         """The audit paths of several entries in the tree of ``size``, read in one transaction."""

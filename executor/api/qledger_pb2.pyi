@@ -194,6 +194,20 @@ class InclusionProof(_message.Message):
     root_hash: bytes
     def __init__(self, leaf_index: _Optional[int] = ..., tree_size: _Optional[int] = ..., leaf_hash: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., root_hash: _Optional[bytes] = ...) -> None: ...
 
+class GetInclusionProofsRequest(_message.Message):
+    __slots__ = ("positions", "tree_size")
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    tree_size: int
+    def __init__(self, positions: _Optional[_Iterable[int]] = ..., tree_size: _Optional[int] = ...) -> None: ...
+
+class InclusionProofs(_message.Message):
+    __slots__ = ("proofs",)
+    PROOFS_FIELD_NUMBER: _ClassVar[int]
+    proofs: _containers.RepeatedCompositeFieldContainer[InclusionProof]
+    def __init__(self, proofs: _Optional[_Iterable[_Union[InclusionProof, _Mapping]]] = ...) -> None: ...
+
 class GetConsistencyProofRequest(_message.Message):
     __slots__ = ("first", "second")
     FIRST_FIELD_NUMBER: _ClassVar[int]

@@ -384,6 +384,11 @@ class LedgerStub:
                 request_serializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
                 response_deserializer=qledger_dot_api_dot_qledger__pb2.InclusionProof.FromString,
                 _registered_method=True)
+        self.GetInclusionProofs = channel.unary_unary(
+                '/qledger.v1.Ledger/GetInclusionProofs',
+                request_serializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofsRequest.SerializeToString,
+                response_deserializer=qledger_dot_api_dot_qledger__pb2.InclusionProofs.FromString,
+                _registered_method=True)
         self.GetConsistencyProof = channel.unary_unary(
                 '/qledger.v1.Ledger/GetConsistencyProof',
                 request_serializer=qledger_dot_api_dot_qledger__pb2.GetConsistencyProofRequest.SerializeToString,
@@ -428,6 +433,12 @@ class LedgerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInclusionProof(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProofs(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -479,6 +490,11 @@ def add_LedgerServicer_to_server(servicer, server):
                     servicer.GetInclusionProof,
                     request_deserializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.FromString,
                     response_serializer=qledger_dot_api_dot_qledger__pb2.InclusionProof.SerializeToString,
+            ),
+            'GetInclusionProofs': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProofs,
+                    request_deserializer=qledger_dot_api_dot_qledger__pb2.GetInclusionProofsRequest.FromString,
+                    response_serializer=qledger_dot_api_dot_qledger__pb2.InclusionProofs.SerializeToString,
             ),
             'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsistencyProof,
@@ -609,6 +625,33 @@ class Ledger:
             '/qledger.v1.Ledger/GetInclusionProof',
             qledger_dot_api_dot_qledger__pb2.GetInclusionProofRequest.SerializeToString,
             qledger_dot_api_dot_qledger__pb2.InclusionProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProofs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qledger.v1.Ledger/GetInclusionProofs',
+            qledger_dot_api_dot_qledger__pb2.GetInclusionProofsRequest.SerializeToString,
+            qledger_dot_api_dot_qledger__pb2.InclusionProofs.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from qledger.ledger.content import EntryContent
 from qledger.ledger.errors import RunFailedError
 from qledger.ledger.keys import KeyStore, SigningKey
 from qledger.rpc.channel import client_channel
+from qledger.rpc.entries import MAX_PROOFS_PER_CALL
 from qledger.rpc.status import refusal_from
 from qledger.runs.commands import cancel_command, submit_command
 
@@ -105,10 +106,21 @@ class Client:
 
     def inclusion_proof(self, position: int, tree_size: int) -> list[bytes]:
         """The RFC 9162 inclusion proof of the entry at ``position`` in the tree of ``tree_size``."""
-        with _calls():
-            proof = self.ledger.GetInclusionProof(pb.GetInclusionProofRequest(
-                position=position, tree_size=tree_size), timeout=30)
-        return [bytes(h) for h in proof.path]
+        return self.inclusion_proofs([position], tree_size)[position]
+
+    def inclusion_proofs(self, positions: Sequence[int], tree_size: int) -> dict[int, list[bytes]]:
+        """The inclusion proofs of several entries in the tree of ``tree_size``, by position
+        (a call per thousand)."""
+        proofs: dict[int, list[bytes]] = {}
+        wanted = list(dict.fromkeys(positions))
+        for start in range(0, len(wanted), MAX_PROOFS_PER_CALL):
+            batch = wanted[start:start + MAX_PROOFS_PER_CALL]
+            with _calls():
+                reply = self.ledger.GetInclusionProofs(pb.GetInclusionProofsRequest(
+                    positions=batch, tree_size=tree_size), timeout=30)
+            proofs |= {position: [bytes(h) for h in proof.path]
+                       for position, proof in zip(batch, reply.proofs, strict=True)}
+        return proofs
 
     def submit(self, workflow: WorkflowSource, *, idempotency_key: str | None = None) -> RunHandle:
         """Sign and submit a run of ``workflow``; the same ``idempotency_key`` names the same run."""

@@ -189,8 +189,8 @@ class LedgerJob(BasePrimitiveJob[PrimitiveResult[PubResult], JobStatus]):  # typ
 
         note = self.client.checkpoint()
         size = parse_note(note).checkpoint.tree_size
-        proofs = {entry.position: [h.hex() for h in self.client.inclusion_proof(entry.position, size)]
-                  for _, entries in recorded for entry in entries}
+        paths = self.client.inclusion_proofs([e.position for _, entries in recorded for e in entries], size)
+        proofs = {position: [h.hex() for h in path] for position, path in paths.items()}
         return {"runs": [{"run_id": handle.id, "ledger_positions": [e.position for e in entries],
                           "leaf_hashes": [e.leaf_hash for e in entries]} for handle, entries in recorded],
                 "checkpoint": note, "tree_size": size, "inclusion_proofs": proofs}

@@ -47,7 +47,8 @@ ACTIONS = {
     "SubmitWorkflow": "submit", "RerunWorkflow": "submit", "CancelRun": "cancel",
     "GetRun": "watch", "WatchRun": "watch", "ListRuns": "watch", "GetArtifact": "watch",
     # Proofs hold only hashes (as a transparency log's do): every client may check its results.
-    "GetCheckpoint": "checkpoint", "GetInclusionProof": "checkpoint", "GetConsistencyProof": "checkpoint",
+    "GetCheckpoint": "checkpoint", "GetInclusionProof": "checkpoint", "GetInclusionProofs": "checkpoint",
+    "GetConsistencyProof": "checkpoint",
     "GetEntry": "read", "StreamEntries": "read",
     "ExportBundle": "audit", "GetLineage": "audit", "GetReport": "audit",
 }

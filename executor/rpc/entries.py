@@ -1,4 +1,4 @@
-"""A stored ledger entry, and a run, as the wire carries them."""
+"""A stored ledger entry, and a run, as the wire carries them (and how many proofs one call may ask for)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from qledger.api import qledger_pb2 as pb
 from qledger.ledger.canonical import canonical_bytes
 from qledger.ledger.source import EntryRow
 from qledger.runs.run import Run, results_of
+
+MAX_PROOFS_PER_CALL = 1000  # GetInclusionProofs
 
 
 def entry_message(row: EntryRow) -> pb.LedgerEntry:

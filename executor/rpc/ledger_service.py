@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import grpc
@@ -33,9 +33,11 @@ from qledger.provenance.lineage_index import artifact_lineage
 from qledger.provenance.projections import resolve_run
 from qledger.provenance.report import report, run_facts
 from qledger.rpc.authz import Authorizer
-from qledger.rpc.entries import entry_message
+from qledger.rpc.entries import MAX_PROOFS_PER_CALL, entry_message
 from qledger.rpc.status import rpc_method
 from qledger.runs.workflow import project_of
+
+Proven = TypeVar("Proven")
 
 
 class LedgerService(pb_grpc.LedgerServicer):
@@ -146,11 +148,19 @@ class LedgerService(pb_grpc.LedgerServicer):
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest,
                           context: grpc.ServicerContext) -> pb.InclusionProof:
         self.authz.require(context, "GetInclusionProof", ALL_PROJECTS)
-        p = _proof(lambda: self.app.inclusion_proof(request.position, request.tree_size or None))
-        return pb.InclusionProof(leaf_index=p["leaf_index"], tree_size=p["tree_size"],
-                                 leaf_hash=bytes.fromhex(p["leaf_hash"]),
-                                 path=[bytes.fromhex(h) for h in p["inclusion_path"]],
-                                 root_hash=bytes.fromhex(p["root_hash"]))
+        return _inclusion_message(_proof(lambda: self.app.inclusion_proof(request.position,
+                                                                          request.tree_size or None)))
+
+    @rpc_method
+    def GetInclusionProofs(self, request: pb.GetInclusionProofsRequest,
+                           context: grpc.ServicerContext) -> pb.InclusionProofs:
+        """Several entries proven in one tree with one call (a run's entries, for instance)."""
+        self.authz.require(context, "GetInclusionProofs", ALL_PROJECTS)
+        if not 0 < len(request.positions) <= MAX_PROOFS_PER_CALL:
+            raise InvalidRequestError(f"ask for 1..{MAX_PROOFS_PER_CALL} positions", "positions")
+        proofs = _proof(lambda: self.app.inclusion_proofs(list(request.positions), request.tree_size or None),
+                        "positions")
+        return pb.InclusionProofs(proofs=[_inclusion_message(p) for p in proofs])
 
     @rpc_method
     def GetConsistencyProof(self, request: pb.GetConsistencyProofRequest,
@@ -163,9 +173,16 @@ class LedgerService(pb_grpc.LedgerServicer):
                                    second_root=bytes.fromhex(p["second_root"]))
 
 
-def _proof(make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A proof, or OUT_OF_RANGE naming ``position`` (the ledger's ProofError says why)."""
+def _proof(make: Callable[[], Proven], field: str = "position") -> Proven:
+    """A proof, or OUT_OF_RANGE naming ``field`` (the ledger's ProofError says why)."""
     try:
         return make()
     except ProofError as exc:
-        raise OutOfRangeError(str(exc), "position") from None
+        raise OutOfRangeError(str(exc), field) from None
+
+
+def _inclusion_message(proof: dict[str, Any]) -> pb.InclusionProof:
+    return pb.InclusionProof(leaf_index=proof["leaf_index"], tree_size=proof["tree_size"],
+                             leaf_hash=bytes.fromhex(proof["leaf_hash"]),
+                             path=[bytes.fromhex(h) for h in proof["inclusion_path"]],
+                             root_hash=bytes.fromhex(proof["root_hash"]))

@@ -34,7 +34,8 @@ EXPECTED = {  # RPC -> who may call it on project alpha's run
     "GetRun": WATCHERS, "WatchRun": WATCHERS, "ListRuns": WATCHERS | {"beta-sub"}, "GetArtifact": WATCHERS,
     "GetCheckpoint": ANYONE_WITH_A_ROLE,
     "GetEntry": {"aud", "adm"}, "StreamEntries": {"aud", "adm"},
-    "GetInclusionProof": ANYONE_WITH_A_ROLE, "GetConsistencyProof": ANYONE_WITH_A_ROLE,
+    "GetInclusionProof": ANYONE_WITH_A_ROLE, "GetInclusionProofs": ANYONE_WITH_A_ROLE,
+    "GetConsistencyProof": ANYONE_WITH_A_ROLE,
     "ExportBundle": {"aud", "adm"}, "GetLineage": {"aud", "adm"}, "GetReport": {"aud", "adm"},
 }
 

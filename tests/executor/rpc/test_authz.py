@@ -47,6 +47,8 @@ def calls(origin: str, key: SigningKey, run_id: str, artifact: str) -> dict[str,
         "StreamEntries": lambda _, lg: list(lg.StreamEntries(pb.StreamEntriesRequest(from_position=1,
                                                                                       limit=3))),
         "GetInclusionProof": lambda _, lg: lg.GetInclusionProof(pb.GetInclusionProofRequest(position=1)),
+        "GetInclusionProofs": lambda _, lg: lg.GetInclusionProofs(pb.GetInclusionProofsRequest(
+            positions=[1, 2])),
         "GetConsistencyProof": lambda _, lg: lg.GetConsistencyProof(pb.GetConsistencyProofRequest(
             first=1, second=2)),
         "ExportBundle": lambda _, lg: lg.ExportBundle(pb.RunRef(run_id=run_id)),

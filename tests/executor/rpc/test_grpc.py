@@ -175,6 +175,21 @@ def test_ledger_service_entries_checkpoint_and_proofs(service: Service) -> None:
         proof = service.ledger.GetInclusionProof(pb.GetInclusionProofRequest(position=position))
         assert merkle.verify_inclusion(proof.leaf_index, proof.tree_size, leaves[position - 1],
                                        list(proof.path), checkpoint.root_hash)
+    # Several at once, in one tree (an older one here), in the order asked for.
+    older = checkpoint.tree_size - 1
+    asked = [older, 1, 3, 1]
+    batch = service.ledger.GetInclusionProofs(pb.GetInclusionProofsRequest(positions=asked, tree_size=older))
+    assert [p.leaf_index + 1 for p in batch.proofs] == asked
+    for position, proof in zip(asked, batch.proofs, strict=True):
+        assert proof.tree_size == older and proof.leaf_hash == leaves[position - 1]
+        assert merkle.verify_inclusion(proof.leaf_index, older, leaves[position - 1], list(proof.path),
+                                       merkle.root_of(leaves[:older]))
+    invalid, outside = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE
+    beyond = checkpoint.tree_size + 1
+    for positions, size, code in (([], 0, invalid), ([1] * 1001, 0, invalid),
+                                  ([1, beyond], 0, outside), ([1], beyond, outside)):
+        assert code_of(lambda p=positions, s=size: service.ledger.GetInclusionProofs(  # type: ignore[misc]
+            pb.GetInclusionProofsRequest(positions=p, tree_size=s))) == (code, ["positions"])
     consistency = service.ledger.GetConsistencyProof(
         pb.GetConsistencyProofRequest(first=3, second=checkpoint.tree_size))
     assert merkle.verify_consistency(3, checkpoint.tree_size, merkle.root_of(leaves[:3]),
