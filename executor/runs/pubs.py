@@ -220,7 +220,7 @@ def sampler_counts(simulator: AerSimulator, circuit: QuantumCircuit, values: np.
     ``SamplerV2.from_backend(simulator, seed=seed).run([(circuit, values, shots)])`` gives, equal
     to them outcome for outcome: the simulator call the primitive makes (same circuit, shots,
     seed and bindings), less the shot memory it asks for.  A sweep wants only counts, and the
-    memory (a string per shot, then a bit array) cost 40% of a sweep's time and grows with
+    memory (a string per shot, then a bit array) cost a third of a sweep's time and grows with
     shots x bindings."""
     binds = None if values is None else [{p: values[:, i] for i, p in enumerate(circuit.parameters)}]
     result = simulator.run([circuit], shots=shots, seed_simulator=seed, parameter_binds=binds,
