@@ -106,21 +106,34 @@ class Client:
 
     def inclusion_proof(self, position: int, tree_size: int) -> list[bytes]:
         """The RFC 9162 inclusion proof of the entry at ``position`` in the tree of ``tree_size``."""
-        return self.inclusion_proofs([position], tree_size)[position]
+        with _calls():
+            proof = self.ledger.GetInclusionProof(pb.GetInclusionProofRequest(
+                position=position, tree_size=tree_size), timeout=30)
+        return [bytes(h) for h in proof.path]
 
     def inclusion_proofs(self, positions: Sequence[int], tree_size: int) -> dict[int, list[bytes]]:
-        """The inclusion proofs of several entries in the tree of ``tree_size``, by position
-        (a call per thousand)."""
+        """The inclusion proofs of several entries in the tree of ``tree_size`` (0: the current
+        tree, the same one for all of them), by position: a call per thousand, or a call each
+        from a server without ``GetInclusionProofs``."""
         proofs: dict[int, list[bytes]] = {}
         wanted = list(dict.fromkeys(positions))
         for start in range(0, len(wanted), MAX_PROOFS_PER_CALL):
             batch = wanted[start:start + MAX_PROOFS_PER_CALL]
-            with _calls():
+            try:
                 reply = self.ledger.GetInclusionProofs(pb.GetInclusionProofsRequest(
                     positions=batch, tree_size=tree_size), timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise refusal_from(exc) from None
+                return proofs | {p: self.inclusion_proof(p, tree_size or self._tree_size())
+                                 for p in wanted[start:]}
+            tree_size = tree_size or reply.proofs[0].tree_size  # later batches: the same tree
             proofs |= {position: [bytes(h) for h in proof.path]
                        for position, proof in zip(batch, reply.proofs, strict=True)}
         return proofs
+
+    def _tree_size(self) -> int:
+        return parse_note(self.checkpoint()).checkpoint.tree_size
 
     def submit(self, workflow: WorkflowSource, *, idempotency_key: str | None = None) -> RunHandle:
         """Sign and submit a run of ``workflow``; the same ``idempotency_key`` names the same run."""

@@ -18,7 +18,7 @@ from qledger.api import qledger_pb2_grpc as pb_grpc
 from qledger.governance.admission import admit, record_within_budget
 from qledger.governance.budget_reservations import BudgetReservations
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.artifacts import ArchiveDirectory
+from qledger.ledger.artifacts import ArchiveDirectory, ArchiveError
 from qledger.ledger.errors import (
     AlreadyExistsError,
     DamagedArtifactError,
@@ -27,6 +27,7 @@ from qledger.ledger.errors import (
     NotFoundError,
     PermissionDeniedError,
     RequestRefusedError,
+    StoreUnavailableError,
     UnauthenticatedError,
     UnreadableEntryError,
 )
@@ -216,7 +217,10 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         reference = run_artifact(self.source.stream_entries(run.id, 0), request.sha256)
         data, where = HotArtifacts(self.app.ledger).get(request.sha256), "the store's hot table"
         if data is None and self.archive is not None:
-            data, where = self.archive.get(request.sha256), f"the archive {self.archive.root}"
+            try:
+                data, where = self.archive.get(request.sha256), f"the archive {self.archive.root}"
+            except ArchiveError as exc:  # the directory unreadable here: the server's to mend
+                raise StoreUnavailableError(str(exc)) from None
         if data is None:
             looked = ("in neither the store's hot table nor the archive" if self.archive is not None
                       else "not in the store's hot table (archived? serve with --archive)")

@@ -144,10 +144,18 @@ class LedgerService(pb_grpc.LedgerServicer):
         checkpoint = parse_note(note).checkpoint
         return pb.Checkpoint(tree_size=checkpoint.tree_size, root_hash=checkpoint.root_hash, note=note)
 
+    def _check_tree_size(self, size: int) -> None:
+        """A proof's tree (0: the current one) must exist; checked apart from the positions so
+        that the refusal names the field at fault (a tree only grows, so no race)."""
+        current = self.app.tree_size()
+        if not 0 <= size <= current:
+            raise OutOfRangeError(f"tree size {size} is outside 1..{current}", "tree_size")
+
     @rpc_method
     def GetInclusionProof(self, request: pb.GetInclusionProofRequest,
                           context: grpc.ServicerContext) -> pb.InclusionProof:
         self.authz.require(context, "GetInclusionProof", ALL_PROJECTS)
+        self._check_tree_size(request.tree_size)
         return _inclusion_message(_proof(lambda: self.app.inclusion_proof(request.position,
                                                                           request.tree_size or None)))
 
@@ -158,6 +166,7 @@ class LedgerService(pb_grpc.LedgerServicer):
         self.authz.require(context, "GetInclusionProofs", ALL_PROJECTS)
         if not 0 < len(request.positions) <= MAX_PROOFS_PER_CALL:
             raise InvalidRequestError(f"ask for 1..{MAX_PROOFS_PER_CALL} positions", "positions")
+        self._check_tree_size(request.tree_size)
         proofs = _proof(lambda: self.app.inclusion_proofs(list(request.positions), request.tree_size or None),
                         "positions")
         return pb.InclusionProofs(proofs=[_inclusion_message(p) for p in proofs])

@@ -83,7 +83,8 @@ class Backend(ABC):
 
     def run_pub_chunk(self, circuit: QuantumCircuit, pub: Pub, start: int, stop: int,
                       seed: int) -> dict[str, Any]:
-        """Bindings ``start``..``stop`` of ``pub`` on Aer's V2 primitive over this simulator."""
+        """Bindings ``start``..``stop`` of ``pub`` on this simulator: Estimator PUBs on Aer's
+        ``EstimatorV2``, Sampler PUBs' counts as ``SamplerV2`` would give them (``sampler_counts``)."""
         return run_chunk(self.simulator(), circuit, pub, start, stop, seed)
 
     def run_job(self, circuit: QuantumCircuit, pubs: Sequence[Pub], seed: int) -> list[dict[str, Any]]:

@@ -130,6 +130,10 @@ def parse_pubs(primitive: Any, raw: Any, parameters: tuple[str, ...], qubits: in
         if isinstance(raw_values, dict):  # a python step's output, known when the run gets there
             raw_values = [[0.0] * len(parameters)]
         values = _values(raw_values, f"{field}.parameter_values", parameters)
+        if not parameters and not paired and values.shape[0] > 1:
+            # Nothing to sweep: the circuit would run once and its results stand for N bindings.
+            raise CircuitError(f"{field}.parameter_values", "the circuit has no parameters: give one "
+                               f"binding, [[]], not {values.shape[0]}")
         total += values.shape[0]
         if total > MAX_BINDINGS:
             raise CircuitError("execute.pubs", f"the sweep has more than {MAX_BINDINGS} bindings")
@@ -222,9 +226,16 @@ def sampler_counts(simulator: AerSimulator, circuit: QuantumCircuit, values: np.
     seed and bindings), less the shot memory it asks for.  A sweep wants only counts, and the
     memory (a string per shot, then a bit array) cost a third of a sweep's time and grows with
     shots x bindings."""
+    if values is not None and values.shape[1:] != (circuit.num_parameters,):
+        raise CircuitError("execute.pubs", f"bindings of {values.shape[1:]} values for "
+                           f"{circuit.num_parameters} parameters")
     binds = None if values is None else [{p: values[:, i] for i, p in enumerate(circuit.parameters)}]
     result = simulator.run([circuit], shots=shots, seed_simulator=seed, parameter_binds=binds,
                            memory=False).result()
+    expected = 1 if values is None else len(values)
+    if len(result.results) != expected:  # a job that failed as a whole reports no experiments
+        raise AerError(f"Aer simulation failed: {expected} bindings gave {len(result.results)} results "
+                       f"({getattr(result, 'status', '')})")
     # Each register's bits within the simulator's outcome, as the primitive reads them.
     registers = sorted((creg.name, circuit.find_bit(creg[0]).index if creg.size else 0, creg.size)
                        for creg in circuit.cregs)

@@ -155,3 +155,45 @@ def test_the_client_speaks_mutual_tls_and_submits_a_workflow_file(sqlite_store_u
     finally:
         running.stop()
         app.close()
+
+
+@ONLY_SQLITE
+def test_inclusion_proofs_come_in_batches_of_one_tree(service: Service,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many positions (repeats too) in calls of at most the server's limit, every proof in the
+    tree asked for; a server without GetInclusionProofs is asked one position at a time."""
+    import grpc
+
+    import qledger.client.client as client_module
+    from qledger.ledger import merkle
+
+    with as_client(service) as client:
+        client.submit(BELL).result()
+        size = service.app.tree_size()
+        root = bytes.fromhex(service.app.inclusion_proof(1, size)["root_hash"])
+        leaves = {p: bytes.fromhex(proof["leaf_hash"])
+                  for p, proof in enumerate(service.app.inclusion_proofs(range(1, size + 1), size), start=1)}
+        wanted = [size, 1, 2, 1, *range(3, size)]
+        monkeypatch.setattr(client_module, "MAX_PROOFS_PER_CALL", 3)
+        calls = 0
+        batched = client.ledger.GetInclusionProofs
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return batched(*args, **kwargs)
+
+        monkeypatch.setattr(client.ledger, "GetInclusionProofs", counted)
+        proofs = client.inclusion_proofs(wanted, size)
+        assert sorted(proofs) == list(range(1, size + 1)) and calls == -(-size // 3)
+        assert all(merkle.verify_inclusion(p - 1, size, leaves[p], path, root) for p, path in proofs.items())
+
+        class Unimplemented(grpc.RpcError):
+            def code(self) -> grpc.StatusCode:
+                return grpc.StatusCode.UNIMPLEMENTED
+
+        def old_server(*_args: Any, **_kwargs: Any) -> Any:
+            raise Unimplemented()
+
+        monkeypatch.setattr(client.ledger, "GetInclusionProofs", old_server)
+        assert client.inclusion_proofs(wanted, size) == proofs

@@ -186,10 +186,15 @@ def test_ledger_service_entries_checkpoint_and_proofs(service: Service) -> None:
                                        merkle.root_of(leaves[:older]))
     invalid, outside = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE
     beyond = checkpoint.tree_size + 1
-    for positions, size, code in (([], 0, invalid), ([1] * 1001, 0, invalid),
-                                  ([1, beyond], 0, outside), ([1], beyond, outside)):
+    for positions, size, refused in (([], 0, (invalid, ["positions"])),
+                                     ([1] * 1001, 0, (invalid, ["positions"])),
+                                     ([1, beyond], 0, (outside, ["positions"])),
+                                     ([1], beyond, (outside, ["tree_size"])),
+                                     ([1], -1, (outside, ["tree_size"]))):
         assert code_of(lambda p=positions, s=size: service.ledger.GetInclusionProofs(  # type: ignore[misc]
-            pb.GetInclusionProofsRequest(positions=p, tree_size=s))) == (code, ["positions"])
+            pb.GetInclusionProofsRequest(positions=p, tree_size=s))) == refused
+    assert code_of(lambda: service.ledger.GetInclusionProof(pb.GetInclusionProofRequest(
+        position=1, tree_size=beyond))) == (outside, ["tree_size"])
     consistency = service.ledger.GetConsistencyProof(
         pb.GetConsistencyProofRequest(first=3, second=checkpoint.tree_size))
     assert merkle.verify_consistency(3, checkpoint.tree_size, merkle.root_of(leaves[:3]),

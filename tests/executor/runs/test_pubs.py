@@ -226,3 +226,17 @@ def test_sweep_counts_are_aer_samplers_outcome_for_outcome(backend: str) -> None
                      for register in sorted(result.data.keys())} for i in range(bindings)]
         assert sampler_counts(simulator, isa, swept, 333, 11) == expected, name
         assert sampler_counts(simulator, isa, swept, 333, 12) != expected, name  # the seed counts
+
+
+def test_a_circuit_without_parameters_takes_one_binding_unless_paired() -> None:
+    """Nothing to sweep: N empty bindings would run the circuit once for N results."""
+    for primitive, extra in (("sampler", {"shots": 10}), ("estimator", {"observables": [[["ZZZ", 1.0]],
+                                                                                         [["XII", 1.0]]],
+                                                                        "precision": 0.0})):
+        pub = {"parameter_values": [[], []], **extra}
+        with pytest.raises(CircuitError) as caught:
+            parse_pubs(primitive, [pub], (), 3)
+        assert caught.value.field == "execute.pubs[0].parameter_values"
+        assert parse_pubs(primitive, [{**pub, "parameter_values": [[]]}], (), 3)[0].bindings == 1
+        # A single job pairs the i-th binding with the i-th observable (Aer's broadcasting).
+        assert parse_pubs(primitive, [pub], (), 3, paired=True)[0].bindings == 2
