@@ -27,7 +27,7 @@ from eventsourcing.persistence import InterfaceError, OperationalError, Persiste
 from psycopg import DatabaseError
 
 from qledger.ledger.content import EntryContent
-from qledger.ledger.errors import QledgerError, UnknownProjectionError
+from qledger.ledger.errors import QledgerError, StoreNotInitialisedError, UnknownProjectionError
 from qledger.ledger.source import EntryRow, LedgerSource
 from qledger.ledger.store.chain_writer import ChainWriter
 
@@ -37,6 +37,10 @@ TRACKING_DDL = ("CREATE TABLE IF NOT EXISTS {tracking} (name TEXT PRIMARY KEY, "
                 "position {int} NOT NULL)")
 SKIPPED_DDL = ("CREATE TABLE IF NOT EXISTS {skipped} (name TEXT NOT NULL, position {int} NOT NULL, "
                "error TEXT NOT NULL, PRIMARY KEY (name, position))")
+# The shape each projection's tables were made in (Projection.version).  A store made before
+# versions were recorded has no row: its tables are version 1.
+VERSIONS_TABLE = "qledger_projection_versions"
+VERSIONS_DDL = "CREATE TABLE IF NOT EXISTS {versions} (name TEXT PRIMARY KEY, version {int} NOT NULL)"
 # A lost connection or a busy store: the page is tried again later, whole.  Anything else that
 # a page raises is about an entry, and only that entry is skipped.
 _OUTAGES: tuple[type[BaseException], ...] = (OperationalError, InterfaceError, sqlite3.OperationalError,
@@ -63,6 +67,7 @@ class ProjectionDB:
         self.tables = {name: name for name in tables}
         self.tables["tracking"] = TRACKING_TABLE
         self.tables["skipped"] = SKIPPED_TABLE
+        self.tables["versions"] = VERSIONS_TABLE
         self.names = {key: writer.table(name) for key, name in self.tables.items()}
         self._cache: dict[str, str] = {}
 
@@ -127,6 +132,9 @@ class Projection(ABC):
     name: ClassVar[str]
     tables: ClassVar[tuple[str, ...]]
     ddl: ClassVar[tuple[str, ...]]
+    # The shape of the tables: raised whenever ``ddl`` changes them, so that a store whose
+    # tables have an older shape gets them made anew and replayed, never folded into as they are.
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def apply(self, db: ProjectionDB, entries: Sequence[ProjectedEntry]) -> None:
@@ -162,29 +170,67 @@ class ProjectionRunner:
         return ProjectionDB(cursor, self.writer, projection.tables if projection else ())
 
     def create_tables(self) -> None:
-        """Tables and tracking rows, if missing.  On PostgreSQL, ``qledger init`` runs this."""
+        """Tables and tracking rows, if missing; a projection's tables of an older shape than
+        its ``version`` are made anew, to be replayed from the first entry.  On PostgreSQL,
+        ``qledger init`` runs this (it needs the owner's CREATE and DROP)."""
+        stale = self.stale()
         with self.writer.write_transaction() as cursor:
-            self._db(cursor).execute(TRACKING_DDL)
-            self._db(cursor).execute(SKIPPED_DDL)
+            for statement in (TRACKING_DDL, SKIPPED_DDL, VERSIONS_DDL):
+                self._db(cursor).execute(statement)
             for projection in self.projections.values():
                 db = self._db(cursor, projection)
+                if projection.name in stale:
+                    log.warning("projection %s: its tables have the shape of version %d; making them "
+                                "anew (version %d) and replaying the ledger into them", projection.name,
+                                stale[projection.name], projection.version)
+                    for table in projection.tables:
+                        db.execute(f"DROP TABLE IF EXISTS {{{table}}}")
+                    db.execute("UPDATE {tracking} SET position = 0 WHERE name = {p}", (projection.name,))
+                    db.execute("DELETE FROM {skipped} WHERE name = {p}", (projection.name,))
                 for statement in projection.ddl:
                     db.execute(statement)
                 db.execute("INSERT INTO {tracking} (name, position) VALUES ({p}, 0) "
                            "ON CONFLICT (name) DO NOTHING", (projection.name,))
+                db.execute("INSERT INTO {versions} (name, version) VALUES ({p}, {p}) ON CONFLICT (name) "
+                           "DO UPDATE SET version = excluded.version", (projection.name, projection.version))
+
+    def stale(self) -> dict[str, int]:
+        """Projections whose tables exist in an older shape than their ``version``: the
+        version they have."""
+        try:
+            tracked = set(self.positions())
+        except (PersistenceError, DatabaseError, sqlite3.Error):
+            return {}  # nothing made yet
+        try:
+            with self.writer.read_transaction() as cursor:
+                recorded = {r["name"]: int(r["version"])
+                            for r in self._db(cursor).rows("SELECT name, version FROM {versions}")}
+        except (PersistenceError, DatabaseError, sqlite3.Error):
+            recorded = {}  # made before versions were recorded
+        return {p.name: recorded.get(p.name, 1) for p in self.projections.values()
+                if p.name in tracked and recorded.get(p.name, 1) != p.version}
 
     def ensure_tables(self) -> None:
-        """``create_tables`` unless they are all there: the service role may not CREATE."""
+        """``create_tables`` unless they are all there in their current shape; a store whose
+        role may not CREATE (PostgreSQL's service role) is told to run ``qledger init``."""
         try:
-            if set(self.positions()) == set(self.projections):
+            if set(self.positions()) == set(self.projections) and not self.stale():
                 self.skipped()
                 return
         except (PersistenceError, DatabaseError, sqlite3.Error):
             pass  # no tracking table yet
-        self.create_tables()
+        try:
+            self.create_tables()
+        except (PersistenceError, DatabaseError, sqlite3.Error) as exc:
+            stale = ", ".join(f"{name} (version {v}, now {self.projections[name].version})"
+                              for name, v in self.stale().items())
+            raise StoreNotInitialisedError(
+                f"the projections' tables {'have an older shape: ' + stale if stale else 'are missing'}; "
+                f"run `qledger init` as the store's owner ({exc})") from None
 
     def table_names(self) -> list[str]:
-        return [TRACKING_TABLE, SKIPPED_TABLE] + [t for p in self.projections.values() for t in p.tables]
+        return [TRACKING_TABLE, SKIPPED_TABLE, VERSIONS_TABLE] + [
+            t for p in self.projections.values() for t in p.tables]
 
     def skipped(self) -> list[tuple[str, int, str]]:
         """(projection, position, error) of every entry a projection could not apply."""

@@ -21,6 +21,7 @@ from qledger.runs.workflow import project_of
 class UsageProjection(Projection):
     name = "usage"
     tables = ("usage_projects", "usage_runs")
+    version = 2  # usage_runs gained reserved_shots and shots_taken
     ddl = (
         "CREATE TABLE IF NOT EXISTS {usage_projects} (project TEXT PRIMARY KEY, runs {int} NOT NULL, "
         "shots {int} NOT NULL, executor_ms {int} NOT NULL)",

@@ -373,3 +373,51 @@ def test_an_entry_a_projection_cannot_apply_is_skipped_alone(ran: tuple[Service,
     fixed.rebuild()  # a fixed projection, rebuilt: nothing skipped any more
     assert fixed.skipped() == []
     assert fixed.read("operations", OperationsProjection().dump) == reference
+
+
+def _as_before_versions(app: LedgerApp) -> None:
+    """The usage tables as a release before their columns for shots were added made them, in a
+    store from before projection versions were recorded."""
+    with app.ledger.write_transaction() as cursor:
+        db = ProjectionDB(cursor, app.ledger, ("usage_runs",))
+        db.execute("DROP TABLE {usage_runs}")
+        db.execute("CREATE TABLE {usage_runs} (run_id TEXT PRIMARY KEY, project TEXT NOT NULL, "
+                   "started_at TEXT)")
+        db.execute("DELETE FROM {versions}")
+
+
+def test_tables_of_an_older_shape_are_made_anew_and_replayed(ran: tuple[Service, dict[str, str]]) -> None:
+    service, _ = ran
+    runner = projection_runner(service.app)
+    expected = dumps(runner)
+    _as_before_versions(service.app)
+    assert runner.stale() == {"usage": 1}  # lineage and operations have not changed shape
+    runner.ensure_tables()  # what a server does as it starts (its role may create here)
+    assert runner.stale() == {} and runner.positions()["usage"] == 0
+    runner.catch_up()
+    assert dumps(runner) == expected and runner.skipped() == []
+
+
+@pytest.mark.postgres
+def test_a_service_role_is_told_to_run_init_for_tables_of_an_older_shape(pg_store_url: str,
+                                                                         qledger_home: Path) -> None:
+    from qledger.ledger.admin import init_store
+    from qledger.ledger.errors import StoreNotInitialisedError
+
+    app, _ = make_ledger(pg_store_url, qledger_home)
+    keys = KeyStore(qledger_home)
+    init_store(app, keys, app.require_origin(), projections=projection_runner(app))
+    _as_before_versions(app)
+    schema = pg_store_url.split("schema=")[1]
+    served = LedgerApp(pg_store_url.split("?")[0].replace("postgres@", "qledger_service@", 1)
+                       + f"?schema={schema}", create_tables=False)
+    try:
+        with pytest.raises(StoreNotInitialisedError) as refused:
+            projection_runner(served).ensure_tables()
+        assert "usage (version 1, now 2)" in str(refused.value) and "qledger init" in str(refused.value)
+        init_store(app, keys, app.require_origin(), projections=projection_runner(app))  # the owner's
+        projection_runner(served).ensure_tables()
+        assert projection_runner(served).stale() == {}
+    finally:
+        served.close()
+        app.close()
