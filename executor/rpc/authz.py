@@ -153,6 +153,15 @@ class Authorizer:
             return ""
         return self._identified(context, method, NOT_YET_KNOWN)
 
+    def refuse_signature(self, context: grpc.ServicerContext, method: str, field: str) -> NoReturn:
+        """A command whose signature no registered, unrevoked key makes: refused as an
+        unidentified call is (recorded once per window, limited per peer)."""
+        error = UnauthenticatedError("command signature does not verify with a registered, unrevoked key",
+                                     field)
+        if not self.enabled:
+            raise error
+        self._deny(error, peer_host(context), "anonymous", method, NOT_YET_KNOWN)
+
     def permit(self, context: grpc.ServicerContext, who: str, method: str, project: str) -> None:
         """Abort (and record the denial) unless ``who`` may call ``method`` in ``project``."""
         if self.enabled and not self.allowed(who, method, project):

@@ -28,7 +28,6 @@ from qledger.ledger.errors import (
     PermissionDeniedError,
     RequestRefusedError,
     StoreUnavailableError,
-    UnauthenticatedError,
     UnreadableEntryError,
 )
 from qledger.ledger.projection import ProjectionRunner
@@ -156,8 +155,7 @@ class ExecutorService(pb_grpc.ExecutorServicer):
         command = read_cancel(request.command.envelope, self.app.origin)
         key = self.authz.signer(command.envelope.key_id, command.envelope.signature_valid)
         if key is None:
-            raise UnauthenticatedError("command signature does not verify with a registered, unrevoked key",
-                                       "command.envelope")
+            self.authz.refuse_signature(context, "CancelRun", "command.envelope")
         run = self._run_named(command.run_id)
         project = project_of(run.workflow)
         self.authz.require(context, "CancelRun", project, principal=key.principal)

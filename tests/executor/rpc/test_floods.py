@@ -104,3 +104,31 @@ def test_a_principal_calling_too_fast_is_slowed_down(service_factory: ServiceFac
     assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == 40 - codes.count(grpc.StatusCode.OK)
     assert refusal_counts(service)[("rate_limited", "alice", "GetCheckpoint")] == \
         codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+def test_forged_cancel_commands_are_refused_like_forged_calls(service_factory: ServiceFactory) -> None:
+    """A cancel command signed by a key the ledger does not have is an unidentified call: the
+    first is recorded, the rest counted, and past the peer's limit the refusal is
+    RESOURCE_EXHAUSTED, whether the run it names exists or not."""
+    from qledger.ledger.keys import SigningKey
+    from qledger.runs.commands import cancel_command
+
+    service = service_factory(authorize=True, flood=FloodLimits(denials_per_second=2, burst_seconds=5,
+                                                                window_seconds=600))
+    intruder = SigningKey.generate("intruder")
+    size = service.app.tree_size()
+    codes = []
+    with client_channel(service.running.address) as channel:
+        stub = pb_grpc.ExecutorStub(channel)
+        for i in range(30):
+            command = cancel_command(intruder, service.origin, "0" * 8 + f"-0000-0000-0000-{i:012d}", "x")
+            try:
+                stub.CancelRun(pb.CancelRunRequest(command=pb.SignedEnvelope(envelope=command)), timeout=10)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())  # type: ignore[attr-defined]
+    refused, limited = grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(codes) == 30 and set(codes) == {refused, limited}
+    counts = refusal_counts(service)
+    assert counts[("access_denied", "anonymous", "CancelRun")] == codes.count(refused)
+    assert counts[("rate_limited", "anonymous", "CancelRun")] == codes.count(limited)
+    assert service.app.tree_size() - size <= 4  # a first entry and a summary of each kind
