@@ -16,7 +16,7 @@ from eventsourcing.persistence import IntegrityError, StoredEvent
 
 from qledger.ledger import dsse
 from qledger.ledger.app import LedgerApp
-from qledger.ledger.content import EntryContent
+from qledger.ledger.content import MAX_ENTRY_BYTES, EntryContent
 from qledger.ledger.errors import InvalidRequestError, PreconditionError, QledgerError
 from qledger.runs.dag import PYTHON
 from qledger.runs.queue import RunQueue
@@ -89,6 +89,7 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
     """Every member of the command, checked before anything is appended (python steps: only
     the entry points this server allows)."""
     payload = signed.payload
+    _check_size(signed)
     found = unstorable_text(payload, "payload") or violation(SUBMITTED_SCHEMA, payload, "payload")
     if found is not None:
         raise InvalidRequestError(found.description, found.field)
@@ -119,6 +120,23 @@ def check_submission(signed: SignedSubmission, backends: frozenset[str],
         raise InvalidRequestError("use RerunWorkflow to replay a run", "rerun_of")
     template = spec.template_source
     return Submission(signed, run_id, key, workflow, sha, template.sha256 if template else None)
+
+
+def _check_size(signed: SignedSubmission) -> None:
+    """The command is stored as it came: more than an entry holds is refused here, naming what
+    made it so large (a sweep's bindings, nearly always), rather than at the append."""
+    if len(signed.data) <= MAX_ENTRY_BYTES:
+        return
+    try:  # the members are not checked yet: anything else counts as no bindings
+        bindings = sum(len(pub["parameter_values"]) for pub in signed.payload["workflow"]["execute"]["pubs"]
+                       if isinstance(pub["parameter_values"], list))
+    except (KeyError, TypeError):
+        bindings = 0
+    size = f"the command is {len(signed.data):,} bytes; an entry holds at most {MAX_ENTRY_BYTES:,}"
+    if bindings:
+        raise InvalidRequestError(f"{size}: its {bindings:,} bindings are more than one run can carry; "
+                                  "split the sweep into several runs", "workflow.execute.pubs")
+    raise InvalidRequestError(size, "command.envelope")
 
 
 def clock_skew(stamp: str, now: datetime) -> float | None:

@@ -115,3 +115,19 @@ def test_a_lone_surrogate_is_not_canonical_json() -> None:
     with pytest.raises(InvalidRequestError) as caught:
         read_submission(dsse.sign(raw, KEY).canonical)
     assert caught.value.field == "command.envelope"
+
+
+def test_a_command_larger_than_an_entry_is_refused_naming_its_sweep() -> None:
+    from qledger.ledger.content import MAX_ENTRY_BYTES
+    from qledger.runs.reference_workflows import load
+
+    sweep = copy.deepcopy(load("sweep_qasm3"))
+    sweep["execute"]["pubs"] = [{"parameter_values": [[0.123456789, 1.23456789]] * 40_000, "shots": 10}]
+    data = submit_command(KEY, "test-origin", sweep, "big")
+    assert len(data) > MAX_ENTRY_BYTES
+    with pytest.raises(InvalidRequestError) as caught:
+        check_submission(read_submission(data), BACKENDS)
+    assert caught.value.field == "workflow.execute.pubs" and "40,000 bindings" in str(caught.value)
+    sweep["execute"]["pubs"][0]["parameter_values"] = [[0.5, 1.5]] * 1_000  # what one run carries
+    assert check_submission(read_submission(submit_command(KEY, "test-origin", sweep, "fits")),
+                            BACKENDS).workflow == sweep
