@@ -51,18 +51,18 @@ def b64(hex_text: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_text)).decode()
 
 
-def ledger_of(url: str, home: Path, notes: int) -> LedgerApp:
+def checkpointed(url: str, home: Path, notes: int) -> tuple[LedgerApp, str, str, int]:
+    """A ledger of ``notes`` notes, its checkpoint note, its checkpoint verifier key, its size."""
     app, _ = make_ledger(url, home)
     write_notes(app, "alice", notes, per_save=3)
-    return app
+    checkpointer = KeyStore(home).load(CHECKPOINTER)
+    return app, app.checkpoint(checkpointer), verifier_key(app.require_origin(), checkpointer.public), \
+        app.tree_size()
 
 
 def test_go_sumdb_checks_our_checkpoints_and_every_proof(sqlite_store_url: str, qledger_home: Path,
                                                          sumdb_check: Path) -> None:
-    app = ledger_of(sqlite_store_url, qledger_home, 8)
-    checkpointer = KeyStore(qledger_home).load(CHECKPOINTER)
-    note = app.checkpoint(checkpointer)
-    size = app.tree_size()
+    app, note, key, size = checkpointed(sqlite_store_url, qledger_home, 8)
     envelopes = {row.position: row.state or b"" for row in app.source().entries(1, size)}
     roots = {n: app.inclusion_proof(1, n)["root_hash"] for n in range(1, size + 1)}
     records = [{"index": p - 1, "size": n, "root": b64(roots[n]),
@@ -73,7 +73,6 @@ def test_go_sumdb_checks_our_checkpoints_and_every_proof(sqlite_store_url: str, 
     consistency = [{"old": m, "old_root": b64(roots[m]), "new": n, "new_root": b64(roots[n]),
                     "proof": [b64(h) for h in app.consistency_proof(m, n)["consistency_path"]]}
                    for n in range(2, size + 1) for m in range(1, n)]
-    key = verifier_key(app.require_origin(), checkpointer.public)
     verdict = check(sumdb_check, {"verifier_key": key, "note": note, "records": records,
                                   "consistency": consistency})
     assert verdict["note_error"] == ""
@@ -86,10 +85,7 @@ def test_go_sumdb_checks_our_checkpoints_and_every_proof(sqlite_store_url: str, 
 
 def test_go_sumdb_refuses_what_was_changed(sqlite_store_url: str, qledger_home: Path,
                                            sumdb_check: Path) -> None:
-    app = ledger_of(sqlite_store_url, qledger_home, 4)
-    checkpointer = KeyStore(qledger_home).load(CHECKPOINTER)
-    note = app.checkpoint(checkpointer)
-    size = app.tree_size()
+    app, note, key, size = checkpointed(sqlite_store_url, qledger_home, 4)
     proof = app.inclusion_proof(3, size)
     envelope = next(iter(app.source().entries(3, 3))).state or b""
     good = {"index": 2, "size": size, "root": b64(proof["root_hash"]),
@@ -100,7 +96,6 @@ def test_go_sumdb_refuses_what_was_changed(sqlite_store_url: str, qledger_home: 
     old = app.inclusion_proof(1, 2)["root_hash"]
     step = {"old": 2, "old_root": b64(old), "new": size, "new_root": b64(proof["root_hash"]),
             "proof": [b64(h) for h in app.consistency_proof(2, size)["consistency_path"]]}
-    key = verifier_key(app.require_origin(), checkpointer.public)
     other = verifier_key(app.require_origin(), KeyStore(qledger_home).load("alice").public)
     signature_at = note.index("\u2014 ") + len("\u2014 ") + len(app.require_origin()) + 10
     forged_note = note[:signature_at] + ("A" if note[signature_at] != "A" else "B") + note[signature_at + 1:]
