@@ -3,22 +3,14 @@ deploy/Dockerfile, and a PostgreSQL server of their own that asks for passwords.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from tests.conftest import Cluster, start_private_cluster
+from tests.conftest import Cluster, skip_or_fail, start_private_cluster
 from tests.deploy.podman import Podman, base_image, build_image, missing_tools
-
-
-def skip_or_fail(message: str) -> None:
-    """Under CI=true a real-infrastructure test fails rather than skips."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

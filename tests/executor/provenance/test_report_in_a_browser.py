@@ -5,7 +5,6 @@ every lineage node, carry its data intact, and run none of the text it shows."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from typer.testing import CliRunner
 from qledger.cli import app as cli
 from qledger.provenance.render import report_html
 from qledger.runs.reference_workflows import BELL
-from tests.conftest import ONLY_SQLITE
+from tests.conftest import ONLY_SQLITE, skip_or_fail
 from tests.executor.conftest import Service
 
 HOSTILE = '</script><script>window.pwned = 1</script><img src="x" onerror="window.pwned = 2">'
@@ -32,9 +31,7 @@ def browser() -> Iterator[Any]:
     except ImportError:
         binary = None
     if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("needs Debian's chromium and the playwright package (.ci/run installs them)")
-        pytest.skip("needs Debian's chromium and the playwright package")
+        skip_or_fail("needs Debian's chromium and the playwright package (.ci/run installs them)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=binary, args=["--no-sandbox"])
         yield launched

@@ -18,7 +18,7 @@ import pytest
 from qledger.ledger import merkle
 from qledger.ledger.checkpoint import parse_note
 from qledger.runs.reference_workflows import BELL
-from tests.conftest import ONLY_SQLITE
+from tests.conftest import ONLY_SQLITE, skip_or_fail
 from tests.executor.conftest import STEPS, Service
 
 HERE = Path(__file__).with_name("grpc_js")
@@ -30,9 +30,7 @@ def grpc_js() -> Path:
     """A directory with client.js and its pinned node_modules (npm ci, kept per lock file)."""
     node, npm = shutil.which("node"), shutil.which("npm")
     if node is None or npm is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("needs Node.js and npm (for grpc-js from the npm registry)")
-        pytest.skip("needs Node.js and npm")
+        skip_or_fail("needs Node.js and npm (for grpc-js from the npm registry)")
     lock = (HERE / "package-lock.json").read_bytes()
     home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "qledger-grpc-js"
     place = home / hashlib.sha256(lock + (HERE / "package.json").read_bytes()).hexdigest()[:16]
